@@ -1,0 +1,1 @@
+"""finsent streaming pipeline."""

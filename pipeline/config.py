@@ -1,0 +1,257 @@
+"""finsent's configuration: the only place settings are parsed.
+
+Values come, highest priority first, from keyword arguments, ``FINSENT_*`` environment
+variables, ``FINSENT_<NAME>_FILE`` files (for secrets mounted into containers) and an optional
+YAML file (``FINSENT_CONFIG`` or ``load_settings(config_file=...)``). Invalid values raise
+:class:`ConfigError`, whose message names the environment variable and the bad value, with
+secrets masked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "FINSENT_"
+SECRET_FIELDS = frozenset({"kafka_sasl_password", "es_api_key", "es_password", "kafka_ssl_keyfile_password"})
+
+
+def default_home() -> Path:
+    """Where local services, caches and state live unless configured otherwise."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finsent"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names each bad setting."""
+
+
+class _SecretFileSource(PydanticBaseSettingsSource):
+    """Reads ``FINSENT_<FIELD>_FILE=/path`` as the value of ``<field>`` (Docker/K8s secrets)."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            path = os.environ.get(f"{ENV_PREFIX}{name.upper()}_FILE")
+            if not path:
+                continue
+            try:
+                values[name] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}_FILE={path!r}: cannot read file ({exc.strerror})") from exc
+        return values
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Optional YAML file with the same keys as the fields (lower case, no prefix)."""
+
+    def __init__(self, settings_cls, path: Path | None):
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            data = yaml.safe_load(Path(self.path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"configuration file {self.path}: cannot read ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {self.path}: invalid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"configuration file {self.path}: expected a mapping of setting names to values")
+        unknown = sorted(set(data) - set(self.settings_cls.model_fields))
+        if unknown:
+            raise ConfigError(f"configuration file {self.path}: unknown setting(s) {', '.join(unknown)}")
+        return data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_keyfile_password: SecretStr | None = None
+    consumer_group: str = "finsent"
+
+    topic_raw: str = "finsent.raw"
+    topic_scored: str = "finsent.scored"
+    topic_deadletter: str = "finsent.deadletter"
+    topic_aggregates: str = "finsent.aggregates"
+    topic_alerts: str = "finsent.alerts"
+    topic_partitions: int = Field(default=4, ge=1, le=10_000)
+    topic_replication_factor: int = Field(default=1, ge=1, le=32)
+
+    # --- Elasticsearch -----------------------------------------------------------------------
+    es_hosts: list[str] = ["http://127.0.0.1:9200"]
+    es_api_key: SecretStr | None = None
+    es_username: str | None = None
+    es_password: SecretStr | None = None
+    es_ca_certs: Path | None = None
+    es_index_prefix: str = "finsent"
+
+    # --- worker ------------------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    model_bundle: Path | None = None
+    state_dir: Path = Field(default_factory=lambda: default_home() / "state")
+
+    # --- local services (`finsent stack`) ----------------------------------------------------
+    stack_home: Path = Field(default_factory=default_home)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        yaml_path = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        return (
+            init_settings,
+            env_settings,
+            _SecretFileSource(settings_cls),
+            _YamlFileSource(settings_cls, Path(yaml_path) if yaml_path else None),
+        )
+
+    @field_validator("es_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        # Environment variables carry lists as "http://a:9200,http://b:9200".
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return value
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("es_hosts")
+    @classmethod
+    def _check_hosts(cls, hosts: list[str]) -> list[str]:
+        if not hosts:
+            raise ValueError("at least one Elasticsearch host is required")
+        for host in hosts:
+            if not host.startswith(("http://", "https://")):
+                raise ValueError(f"{host!r} must start with http:// or https://")
+        return hosts
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port")
+        return value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "es_ca_certs", "model_bundle")
+    @classmethod
+    def _must_exist(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.exists():
+            raise ValueError(f"{str(path)!r} does not exist")
+        return path
+
+    @field_validator("topic_raw", "topic_scored", "topic_deadletter", "topic_aggregates", "topic_alerts")
+    @classmethod
+    def _check_topic(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name) or name in {".", ".."}:
+            raise ValueError(f"{name!r} is not a valid Kafka topic name")
+        return name
+
+    @field_validator("es_index_prefix")
+    @classmethod
+    def _check_index_prefix(cls, prefix: str) -> str:
+        # Index names are lower case, may not start with -, _ or +, and exclude \/*?"<>| , #
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,100}", prefix):
+            raise ValueError(f"{prefix!r} is not a valid Elasticsearch index prefix")
+        return prefix
+
+    @model_validator(mode="after")
+    def _check_security(self) -> "Settings":
+        if self.kafka_security_protocol.startswith("SASL"):
+            missing = [
+                f"{ENV_PREFIX}{name.upper()}"
+                for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"kafka_security_protocol={self.kafka_security_protocol} also needs {', '.join(missing)}")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile must be given together (mutual TLS)")
+        if self.es_api_key is not None and self.es_username is not None:
+            raise ValueError("give either es_api_key or es_username/es_password, not both")
+        if (self.es_username is None) != (self.es_password is None):
+            raise ValueError("es_username and es_password must be given together")
+        return self
+
+    # --- views used by the clients -----------------------------------------------------------
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Connection settings shared by kafka-python and aiokafka (same keyword names)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+            kwargs["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+        return kwargs
+
+    def es_client_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"hosts": list(self.es_hosts)}
+        if self.es_api_key is not None:
+            kwargs["api_key"] = self.es_api_key.get_secret_value()
+        if self.es_username is not None and self.es_password is not None:
+            kwargs["basic_auth"] = (self.es_username, self.es_password.get_secret_value())
+        if self.es_ca_certs is not None:
+            kwargs["ca_certs"] = str(self.es_ca_certs)
+        return kwargs
+
+    def all_topics(self) -> list[str]:
+        return [self.topic_raw, self.topic_scored, self.topic_deadletter, self.topic_aggregates, self.topic_alerts]
+
+
+def _describe_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else ""
+        where = f"{ENV_PREFIX}{field.upper()}" if field else "configuration"
+        value = err.get("input")
+        if field in SECRET_FIELDS:
+            shown = "'***'"
+        elif isinstance(value, dict):  # model-level errors carry the whole input: don't echo it
+            shown = None
+        else:
+            shown = repr(value)
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}={shown}: {message}" if shown is not None else f"{where}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Builds :class:`Settings`, turning validation errors into one readable :class:`ConfigError`."""
+    previous = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if config_file is not None:
+        os.environ[f"{ENV_PREFIX}CONFIG"] = str(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors(exc)) from None
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop(f"{ENV_PREFIX}CONFIG", None)
+            else:
+                os.environ[f"{ENV_PREFIX}CONFIG"] = previous

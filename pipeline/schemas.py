@@ -1,0 +1,89 @@
+"""The records finsent moves around, declared once.
+
+``RawMessage`` is what producers write to the raw topic (JSON, UTF-8). Later stages add the
+scored, aggregate, alert and dead-letter records here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+Label = Literal["negative", "neutral", "positive"]
+
+
+def content_id(text: str, source: str | None = None) -> str:
+    """A stable id for a message that came without one: same source and text, same id."""
+    digest = hashlib.sha256(f"{source or ''}\x1f{text}".encode("utf-8")).hexdigest()
+    return digest[:32]
+
+
+class RawMessage(BaseModel):
+    """One piece of text to classify, as read from the raw topic."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False, frozen=True)
+
+    id: str = Field(default="", max_length=512)
+    text: str
+    source: str | None = Field(default=None, max_length=256)
+    published_at: datetime | None = None
+    topics: list[str] = Field(default_factory=list)
+    tickers: list[str] = Field(default_factory=list)
+    lang: str | None = Field(default=None, max_length=16)
+    url: str | None = Field(default=None, max_length=4096)
+    # Ground truth, only present in evaluation replays.
+    label: Label | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("text is empty")
+        return text
+
+    @field_validator("published_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        # Accept RFC 3339 strings only (not epoch numbers, which are ambiguous in s vs ms).
+        if value is None or isinstance(value, datetime):
+            return value
+        if not isinstance(value, str):
+            raise ValueError("published_at must be an RFC 3339 string such as 2024-05-01T12:00:00Z")
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"published_at {value!r} is not an RFC 3339 timestamp") from None
+
+    @field_validator("published_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("published_at needs a time zone offset (e.g. Z or +02:00)")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    @field_validator("topics", "tickers")
+    @classmethod
+    def _clean_list(cls, values: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in values if v.strip()]
+        if len(cleaned) > 64:
+            raise ValueError("at most 64 entries are allowed")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _fill_id(self) -> "RawMessage":
+        if not self.id:
+            object.__setattr__(self, "id", content_id(self.text, self.source))
+        return self
+
+    @classmethod
+    def from_payload(cls, payload: dict, kafka_timestamp_ms: int | None = None) -> "RawMessage":
+        """Validates a decoded JSON object; a missing ``published_at`` takes the Kafka timestamp."""
+        message = cls.model_validate(payload)
+        if message.published_at is None and kafka_timestamp_ms is not None:
+            ts = datetime.fromtimestamp(kafka_timestamp_ms / 1000, tz=timezone.utc)
+            message = message.model_copy(update={"published_at": ts})
+        return message

@@ -1,0 +1,1 @@
+"""finsent training: data, fine-tuning, evaluation, ONNX export."""
