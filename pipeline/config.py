@@ -9,14 +9,16 @@ secrets masked.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 ENV_PREFIX = "FINSENT_"
 SECRET_FIELDS = frozenset({"kafka_sasl_password", "es_api_key", "es_password", "kafka_ssl_keyfile_password"})
@@ -101,7 +103,7 @@ class Settings(BaseSettings):
     topic_replication_factor: int = Field(default=1, ge=1, le=32)
 
     # --- Elasticsearch -----------------------------------------------------------------------
-    es_hosts: list[str] = ["http://127.0.0.1:9200"]
+    es_hosts: Annotated[list[str], NoDecode] = ["http://127.0.0.1:9200"]
     es_api_key: SecretStr | None = None
     es_username: str | None = None
     es_password: SecretStr | None = None
@@ -133,7 +135,10 @@ class Settings(BaseSettings):
         # Environment variables carry lists as "http://a:9200,http://b:9200".
         if isinstance(value, str):
             if value.lstrip().startswith("["):
-                return value
+                try:
+                    return json.loads(value)
+                except ValueError:
+                    raise ValueError("looks like a JSON list but is not valid JSON") from None
             return [h.strip() for h in value.split(",") if h.strip()]
         return value
 
@@ -249,6 +254,8 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe_errors(exc)) from None
+    except SettingsError as exc:  # a value that could not even be decoded (e.g. bad JSON)
+        raise ConfigError(f"invalid configuration: {exc}") from None
     finally:
         if config_file is not None:
             if previous is None:

@@ -1,0 +1,23 @@
+# The two commands a fresh machine needs (see README.md).
+PYTHON ?= python3
+
+.PHONY: setup test test-unit test-integration stack-up stack-down
+
+setup:
+	bash deploy/local/setup.sh
+
+# Unit tests need nothing; integration tests start the local stack themselves (fixture).
+test: setup
+	$(PYTHON) -m pytest tests
+
+test-unit: setup
+	$(PYTHON) -m pytest tests/unit
+
+test-integration: setup
+	$(PYTHON) -m pytest tests/integration
+
+stack-up: setup
+	finsent stack up
+
+stack-down:
+	finsent stack down

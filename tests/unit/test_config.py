@@ -1,0 +1,115 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("FINSENT_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_point_at_the_local_stack():
+    settings = load_settings()
+    assert settings.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert settings.es_hosts == ["http://127.0.0.1:9200"]
+    assert settings.topic_raw == "finsent.raw" and settings.topic_partitions >= 1
+
+
+def test_environment_overrides_and_lists(monkeypatch):
+    monkeypatch.setenv("FINSENT_ES_HOSTS", "http://a:9200, https://b:9201")
+    monkeypatch.setenv("FINSENT_TOPIC_PARTITIONS", "12")
+    settings = load_settings()
+    assert settings.es_hosts == ["http://a:9200", "https://b:9201"]
+    assert settings.topic_partitions == 12
+
+
+def test_bad_value_names_the_variable_and_value(monkeypatch):
+    monkeypatch.setenv("FINSENT_TOPIC_PARTITIONS", "zero")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "FINSENT_TOPIC_PARTITIONS='zero'" in str(exc.value)
+
+
+def test_bad_protocol_and_bootstrap(monkeypatch):
+    monkeypatch.setenv("FINSENT_KAFKA_SECURITY_PROTOCOL", "TLS")
+    monkeypatch.setenv("FINSENT_KAFKA_BOOTSTRAP_SERVERS", "localhost")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    message = str(exc.value)
+    assert "FINSENT_KAFKA_SECURITY_PROTOCOL='TLS'" in message
+    assert "FINSENT_KAFKA_BOOTSTRAP_SERVERS='localhost'" in message and "host:port" in message
+
+
+def test_sasl_needs_credentials_and_password_is_masked(monkeypatch):
+    monkeypatch.setenv("FINSENT_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("FINSENT_KAFKA_SASL_PASSWORD", "hunter2-secret")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    message = str(exc.value)
+    assert "FINSENT_KAFKA_SASL_MECHANISM" in message and "FINSENT_KAFKA_SASL_USERNAME" in message
+    assert "hunter2-secret" not in message
+
+
+def test_secret_never_echoed_when_invalid(monkeypatch):
+    monkeypatch.setenv("FINSENT_ES_API_KEY", "topsecret")
+    monkeypatch.setenv("FINSENT_ES_USERNAME", "elastic")
+    monkeypatch.setenv("FINSENT_ES_PASSWORD", "alsosecret")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "topsecret" not in str(exc.value) and "alsosecret" not in str(exc.value)
+    assert "either es_api_key or es_username" in str(exc.value)
+
+
+def test_secret_from_file(monkeypatch, tmp_path: Path):
+    secret = tmp_path / "pw"
+    secret.write_text("from-a-file\n")
+    monkeypatch.setenv("FINSENT_ES_USERNAME", "elastic")
+    monkeypatch.setenv("FINSENT_ES_PASSWORD_FILE", str(secret))
+    settings = load_settings()
+    assert settings.es_client_kwargs()["basic_auth"] == ("elastic", "from-a-file")
+    assert "from-a-file" not in repr(settings)
+
+
+def test_yaml_file_with_env_taking_precedence(monkeypatch, tmp_path: Path):
+    config = tmp_path / "finsent.yaml"
+    config.write_text("topic_raw: news.raw\ntopic_partitions: 6\n")
+    monkeypatch.setenv("FINSENT_TOPIC_PARTITIONS", "8")
+    settings = load_settings(config)
+    assert settings.topic_raw == "news.raw"
+    assert settings.topic_partitions == 8
+
+
+def test_yaml_unknown_key_is_named(tmp_path: Path):
+    config = tmp_path / "finsent.yaml"
+    config.write_text("topic_rwa: typo\n")
+    with pytest.raises(ConfigError, match="unknown setting.*topic_rwa"):
+        load_settings(config)
+
+
+def test_missing_files_are_named(monkeypatch):
+    monkeypatch.setenv("FINSENT_KAFKA_SSL_CAFILE", "/nonexistent/ca.pem")
+    with pytest.raises(ConfigError, match="FINSENT_KAFKA_SSL_CAFILE='/nonexistent/ca.pem'.*does not exist"):
+        load_settings()
+
+
+def test_invalid_topic_and_index_names(monkeypatch):
+    monkeypatch.setenv("FINSENT_TOPIC_SCORED", "bad topic!")
+    monkeypatch.setenv("FINSENT_ES_INDEX_PREFIX", "Upper/Case")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "FINSENT_TOPIC_SCORED" in str(exc.value) and "FINSENT_ES_INDEX_PREFIX" in str(exc.value)
+
+
+def test_kafka_kwargs_carry_sasl(monkeypatch):
+    monkeypatch.setenv("FINSENT_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("FINSENT_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("FINSENT_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("FINSENT_KAFKA_SASL_PASSWORD", "pw")
+    kwargs = load_settings().kafka_client_kwargs()
+    assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512" and kwargs["sasl_plain_password"] == "pw"
