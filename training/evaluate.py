@@ -1,0 +1,149 @@
+"""Metrics, calibration and reports for a checkpoint or a model bundle.
+
+``classification_metrics`` is shared by training (dev metrics each epoch), export (parity) and
+``finsent evaluate``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.classify import softmax
+from pipeline.schemas import LABELS
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def classification_metrics(y_true, logits: np.ndarray) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    y_true = np.asarray(y_true)
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(len(LABELS)))
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "per_class": {LABELS[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                                  "support": int(support[i])} for i in labels},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "ece": expected_calibration_error(probs, y_true),
+        "predictions": y_pred.tolist(),
+    }
+
+
+def plot_confusion_matrix(matrix: list[list[int]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=120)
+    ax.imshow(data, cmap="Blues")
+    ax.set_xticks(range(len(LABELS)), LABELS)
+    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            ax.text(j, i, str(data[i, j]), ha="center", va="center",
+                    color="white" if data[i, j] > data.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def markdown_report(result: dict, png_name: str) -> str:
+    m = result["metrics"]
+    lines = [
+        f"# finsent evaluation: {result['model']}",
+        "",
+        f"- variant: `{result['variant']}`, data: {', '.join(result['datasets'])} (split `{result['split']}`, {m['n']} examples)",
+        f"- accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**, expected calibration error {m['ece']:.4f}",
+        f"- throughput {result['throughput_msgs_per_s']:.1f} messages/s (batch {result['batch_size']}, tokenisation included)",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for label, c in m["per_class"].items():
+        lines.append(f"| {label} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
+    lines += ["", f"![confusion matrix]({png_name})", ""]
+    return "\n".join(lines)
+
+
+def evaluate(model_path: Path, datasets: list[str], split_name: str = "test", variant: str = "int8",
+             json_out: Path | None = None, batch_size: int = 32, skip_bad_rows: bool = False) -> dict:
+    """Evaluates a bundle (ONNX variants) or a checkpoint (``variant='torch'``) on labelled data.
+
+    ``split_name`` other than ``all`` reproduces the training split from the seed the model records.
+    """
+    from pipeline.bundle import open_bundle
+    from pipeline.classify import Classifier
+
+    from .data import LABEL_TO_ID, load_datasets, split
+
+    model_path = Path(model_path)
+    is_bundle = (model_path / "manifest.json").exists()
+    if is_bundle:
+        bundle = open_bundle(model_path)
+        seed, max_length = bundle.manifest["split_seed"], bundle.max_length
+    else:
+        meta = json.loads((model_path / "finsent_checkpoint.json").read_text())
+        seed, max_length = meta["data"]["split_seed"], meta["max_length"]
+    dataset = load_datasets(datasets, skip_bad_rows=skip_bad_rows)
+    examples = split(dataset, seed=seed).part(split_name) if split_name != "all" else dataset.examples
+    texts = [e.text for e in examples]
+    y_true = [LABEL_TO_ID[e.label] for e in examples]
+
+    started = time.perf_counter()
+    if variant == "torch":
+        import torch
+
+        from .model import SentimentClassifier
+        from .train import predict_logits
+
+        if is_bundle:
+            raise ValueError(f"{model_path} is a bundle (ONNX only): --variant torch needs the training checkpoint")
+        model, tokenizer, _ = SentimentClassifier.load(model_path)
+        logits = predict_logits(model, tokenizer, texts, max_length, torch.device("cpu"), batch_size=batch_size)
+    else:
+        if not is_bundle:
+            raise ValueError(f"{model_path} is a checkpoint: evaluate it with --variant torch, or export it first")
+        classifier = Classifier(bundle, variant=variant, batch_size=batch_size)
+        logits = classifier.logits(texts)
+    elapsed = time.perf_counter() - started
+
+    metrics = classification_metrics(y_true, logits)
+    result = {"model": str(model_path), "variant": variant, "datasets": [str(d) for d in datasets],
+              "split": split_name, "split_seed": seed, "batch_size": batch_size,
+              "throughput_msgs_per_s": len(texts) / elapsed if elapsed else 0.0,
+              "metrics": {k: v for k, v in metrics.items() if k != "predictions"},
+              "bad_rows": dict(dataset.bad_rows)}
+    if json_out is not None:
+        json_out = Path(json_out)
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        png = json_out.with_suffix(".confusion.png")
+        plot_confusion_matrix(metrics["confusion_matrix"], png, f"{model_path.name} ({variant}, {split_name})")
+        json_out.write_text(json.dumps(result, indent=2))
+        json_out.with_suffix(".md").write_text(markdown_report(result, png.name))
+    result["predictions"] = metrics["predictions"]
+    return result

@@ -1,0 +1,167 @@
+"""Checkpoint -> model bundle: ONNX export, transformer graph optimisation, INT8 and fp16 variants,
+parity against torch on the test split. The bundle is built in a temporary directory and moved
+into place only when parity holds, so a failed export never leaves a bundle behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.bundle import VARIANT_FILES, Bundle, sha256_of, write_manifest
+from pipeline.classify import Classifier
+from pipeline.schemas import LABELS
+
+from .data import LABEL_TO_ID, load_datasets, split
+from .evaluate import classification_metrics
+from .model import SentimentClassifier
+from .train import predict_logits
+
+ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class ExportError(RuntimeError):
+    """Export failed, usually because a variant does not agree with the torch model."""
+
+
+class _Exportable(torch.nn.Module):
+    """Positional inputs in a fixed order for the ONNX graph."""
+
+    def __init__(self, model: SentimentClassifier, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs):
+        return self.model(**dict(zip(self.names, inputs)))
+
+
+def _export_onnx(model: SentimentClassifier, tokenizer, path: Path, opset: int) -> list[str]:
+    sample = tokenizer(["finsent export sample", "a second, longer sample sentence for shapes"],
+                       padding=True, return_tensors="pt")
+    names = [n for n in ONNX_INPUTS if n in sample]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    torch.onnx.export(_Exportable(model, names), tuple(sample[n] for n in names), str(path),
+                      input_names=names, output_names=["logits"], dynamic_axes=axes,
+                      opset_version=opset, do_constant_folding=True, dynamo=False)
+    return names
+
+
+def _optimise(raw: Path, config, fp32_path: Path, fp16_path: Path) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    kwargs = {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
+    optimize_model(str(raw), **kwargs).save_model_to_file(str(fp32_path))
+    fp16 = optimize_model(str(raw), **kwargs)
+    fp16.convert_float_to_float16(keep_io_types=True)
+    fp16.save_model_to_file(str(fp16_path))
+
+
+def _quantise(fp32_path: Path, int8_path: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    import onnx
+
+    # The fused graph has contrib ops (Attention, SkipLayerNorm) that shape inference can't type.
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model_version: str | None = None,
+           parity_datasets: list[str] | None = None, parity_limit: int | None = None,
+           max_logit_diff: float = 1e-3, min_int8_agreement: float = 0.99, max_int8_f1_drop: float = 0.01,
+           log=print) -> Bundle:
+    checkpoint, output = Path(checkpoint), Path(output)
+    model, tokenizer, meta = SentimentClassifier.load(checkpoint)
+    datasets = parity_datasets or list(meta["data"]["files"])
+    missing = [d for d in datasets if not Path(d).exists()]
+    if missing:
+        raise ExportError(f"parity data {missing} not found; pass --parity-dataset PATH")
+    parts = split(load_datasets(datasets, skip_bad_rows=meta["config"].get("skip_bad_rows", False)),
+                  seed=meta["data"]["split_seed"])
+    test = parts.test[:parity_limit] if parity_limit else parts.test
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        raw = work / "raw.onnx"
+        log(f"exporting {checkpoint} to ONNX (opset {opset})")
+        _export_onnx(model, tokenizer, raw, opset)
+        log("optimising the graph (ONNX Runtime transformer fusions) and converting to fp16")
+        _optimise(raw, model.encoder.config, work / VARIANT_FILES["fp32"], work / VARIANT_FILES["fp16"])
+        raw.unlink()
+        log("quantising to INT8 (dynamic)")
+        _quantise(work / VARIANT_FILES["fp32"], work / VARIANT_FILES["int8"])
+        tokenizer.save_pretrained(work)
+        (work / "labels.json").write_text(json.dumps(list(LABELS)))
+        version = model_version or (datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-"
+                                    + sha256_of(work / VARIANT_FILES["fp32"])[:8])
+        manifest = {
+            "model_version": version,
+            "base_model": meta["base_model"],
+            "labels": list(LABELS),
+            "max_length": meta["max_length"],
+            "onnx_inputs": [n for n in ONNX_INPUTS],
+            "opset": opset,
+            "training_data": [{"path": p, "sha256": h} for p, h in meta["data"]["files"].items()],
+            "split_seed": meta["data"]["split_seed"],
+            "split": {k: meta["data"][k] for k in ("test_size", "dev_size", "sizes", "duplicates_removed",
+                                                   "conflicting_removed")},
+            "training": {"config": meta["config"], "epoch": meta.get("epoch"), "history": [
+                {k: v for k, v in h.items() if k != "losses"} for h in meta.get("history", [])]},
+        }
+        write_manifest(work, manifest)  # provisional, so the parity run can open the bundle
+
+        log(f"checking parity on {len(test)} test examples")
+        texts = [e.text for e in test]
+        y_true = [LABEL_TO_ID[e.label] for e in test]
+        torch_logits = predict_logits(model, tokenizer, texts, meta["max_length"], torch.device("cpu"))
+        provisional = Bundle(work, json.loads((work / "manifest.json").read_text()))
+        variants = {v: Classifier(provisional, variant=v, providers=["CPUExecutionProvider"]).logits(texts)
+                    for v in ("fp32", "int8")}
+        try:
+            variants["fp16"] = Classifier(provisional, variant="fp16", providers=["CPUExecutionProvider"]).logits(texts)
+        except Exception as exc:  # some fp16 kernels exist only on GPU providers
+            log(f"fp16 parity not measured on CPU: {exc}")
+        metrics = {name: classification_metrics(y_true, logits) for name, logits in
+                   {"torch": torch_logits, **variants}.items()}
+        parity = {
+            "examples": len(texts),
+            "fp32_max_abs_logit_diff": float(np.abs(variants["fp32"] - torch_logits).max()),
+            "int8_label_agreement": float((variants["int8"].argmax(1) == variants["fp32"].argmax(1)).mean()),
+            "int8_macro_f1_drop": metrics["fp32"]["macro_f1"] - metrics["int8"]["macro_f1"],
+        }
+        if "fp16" in variants:
+            parity["fp16_max_abs_logit_diff"] = float(np.abs(variants["fp16"] - variants["fp32"]).max())
+            parity["fp16_label_agreement"] = float((variants["fp16"].argmax(1) == variants["fp32"].argmax(1)).mean())
+        failures = []
+        if parity["fp32_max_abs_logit_diff"] > max_logit_diff:
+            failures.append(f"fp32 ONNX differs from torch by {parity['fp32_max_abs_logit_diff']:.2e} > {max_logit_diff:.0e}")
+        if parity["int8_label_agreement"] < min_int8_agreement:
+            failures.append(f"INT8 agrees with fp32 on {parity['int8_label_agreement']:.2%} < {min_int8_agreement:.0%} of labels")
+        if parity["int8_macro_f1_drop"] > max_int8_f1_drop:
+            failures.append(f"INT8 loses {parity['int8_macro_f1_drop']:.4f} macro-F1 > {max_int8_f1_drop}")
+        parity["passed"] = not failures
+        log("parity: " + json.dumps(parity))
+        if failures:
+            raise ExportError("parity failed: " + "; ".join(failures))
+
+        manifest["parity"] = parity
+        manifest["metrics"] = {"test": {name: {k: v for k, v in m.items() if k not in ("predictions", "per_class")}
+                                        for name, m in metrics.items()},
+                               "dev": {k: v for k, v in meta.get("dev_metrics", {}).items() if k != "predictions"}}
+        write_manifest(work, manifest)
+        if output.exists():
+            shutil.rmtree(output)
+        work.rename(output)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    from pipeline.bundle import open_bundle
+
+    return open_bundle(output)

@@ -1,0 +1,195 @@
+"""Fine-tuning loop: AdamW, linear warm-up and decay, gradient clipping, early stopping on dev
+macro-F1, fixed seeds, dynamic padding, epoch-level resume; CUDA with mixed precision when present.
+
+The output directory holds ``best/`` (the checkpoint with the best dev macro-F1, what ``export``
+takes) and ``last/`` (model, optimiser and scheduler state after the latest epoch, for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.schemas import LABELS
+
+from .data import LABEL_TO_ID, Example, load_datasets, split
+from .evaluate import classification_metrics
+from .model import SentimentClassifier, default_base_model
+
+
+@dataclass
+class TrainConfig:
+    datasets: list[str]
+    output: str
+    base_model: str = ""
+    epochs: int = 3
+    seed: int = 0
+    max_length: int = 64
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    class_weights: bool = False
+    patience: int = 2
+    max_examples: int | None = None  # cap the training set (smoke runs, tests)
+    max_steps: int | None = None  # stop after this many optimiser steps in total
+    skip_bad_rows: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def batches(examples: list[Example], tokenizer, batch_size: int, max_length: int, shuffle: bool, generator=None):
+    """Tokenised batches padded to their own longest text (dynamic padding)."""
+    order = list(range(len(examples)))
+    if shuffle:
+        order = torch.randperm(len(examples), generator=generator).tolist()
+    for start in range(0, len(order), batch_size):
+        chunk = [examples[i] for i in order[start:start + batch_size]]
+        encoded = tokenizer([e.text for e in chunk], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+        labels = torch.tensor([LABEL_TO_ID[e.label] for e in chunk])
+        yield encoded, labels
+
+
+@torch.no_grad()
+def predict_logits(model, tokenizer, texts: list[str], max_length: int, device, batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    out = []
+    # Sort by length so each batch pads little; restore the order at the end.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        encoded = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt").to(device)
+        out.append(model(**encoded).float().cpu().numpy())
+    logits = np.concatenate(out) if out else np.zeros((0, len(LABELS)), dtype=np.float32)
+    result = np.empty_like(logits)
+    result[order] = logits
+    return result
+
+
+def train(config: TrainConfig) -> Path:
+    """Runs the fine-tuning and returns the path of the best checkpoint."""
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    output = Path(config.output)
+    last_dir, best_dir = output / "last", output / "best"
+    base_model = config.base_model or default_base_model()
+    seed_everything(config.seed)
+    dataset = load_datasets(config.datasets, skip_bad_rows=config.skip_bad_rows)
+    parts = split(dataset, seed=config.seed)
+    train_examples = parts.train[: config.max_examples] if config.max_examples else parts.train
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_amp = device.type == "cuda"
+
+    resume_state = None
+    if (last_dir / "trainer_state.pt").exists() and config.extra.get("resume"):
+        model, tokenizer, _ = SentimentClassifier.load(last_dir)
+        resume_state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=False)
+    else:
+        model = SentimentClassifier.from_base(base_model)
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model.to(device)
+
+    steps_per_epoch = (len(train_examples) + config.batch_size - 1) // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    weights = None
+    if config.class_weights:
+        counts = np.bincount([LABEL_TO_ID[e.label] for e in train_examples], minlength=len(LABELS)).astype(float)
+        weights = torch.tensor(counts.sum() / (len(LABELS) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+
+    history: list[dict] = []
+    start_epoch, step, best_f1, stale = 0, 0, -1.0, 0
+    if resume_state:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        start_epoch, step = resume_state["epoch"] + 1, resume_state["step"]
+        best_f1, stale, history = resume_state["best_f1"], resume_state["stale"], resume_state["history"]
+        torch.set_rng_state(resume_state["rng"])
+    generator = torch.Generator().manual_seed(config.seed)
+    for _ in range(start_epoch):  # same shuffles as an uninterrupted run
+        torch.randperm(len(train_examples), generator=generator)
+
+    meta = {
+        "base_model": base_model,
+        "labels": list(LABELS),
+        "max_length": config.max_length,
+        "config": asdict(config),
+        "data": {"files": dataset.files, "split_seed": config.seed, "test_size": 0.2, "dev_size": 0.1,
+                 "sizes": {"train": len(train_examples), "dev": len(parts.dev), "test": len(parts.test)},
+                 "duplicates_removed": dataset.duplicates_removed,
+                 "conflicting_removed": dataset.conflicting_removed, "bad_rows": dict(dataset.bad_rows)},
+    }
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        started = time.perf_counter()
+        bar = tqdm(batches(train_examples, tokenizer, config.batch_size, config.max_length, True, generator),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+        losses = []
+        for encoded, labels in bar:
+            encoded, labels = encoded.to(device), labels.to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = loss_fn(model(**encoded).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if config.max_steps and step >= config.max_steps:
+                break
+        bar.close()
+        dev_logits = predict_logits(model, tokenizer, [e.text for e in parts.dev], config.max_length, device)
+        dev = classification_metrics([LABEL_TO_ID[e.label] for e in parts.dev], dev_logits)
+        record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
+                  "losses": [round(x, 5) for x in losses], "dev_accuracy": dev["accuracy"],
+                  "dev_macro_f1": dev["macro_f1"], "seconds": round(time.perf_counter() - started, 1)}
+        history.append(record)
+        tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, dev accuracy {dev['accuracy']:.4f}, "
+                   f"dev macro-F1 {dev['macro_f1']:.4f} ({record['seconds']} s)")
+        meta["history"] = history
+        if dev["macro_f1"] > best_f1:
+            best_f1, stale = dev["macro_f1"], 0
+            model.save(best_dir, tokenizer, {**meta, "epoch": epoch + 1, "dev_metrics": dev})
+        else:
+            stale += 1
+        model.save(last_dir, tokenizer, {**meta, "epoch": epoch + 1})
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                    "step": step, "best_f1": best_f1, "stale": stale, "history": history,
+                    "rng": torch.get_rng_state()}, last_dir / "trainer_state.pt")
+        if stale >= config.patience:
+            tqdm.write(f"early stopping: dev macro-F1 has not improved for {stale} epochs")
+            break
+        if config.max_steps and step >= config.max_steps:
+            break
+    (output / "history.json").write_text(json.dumps(history, indent=2))
+    return best_dir
