@@ -171,6 +171,26 @@ def evaluate(
         console.print(f"report: {json_out} (+ .md, .confusion.png)")
 
 
+@app.command()
+def worker(
+    config: Optional[Path] = ConfigOption,
+    bundle: Optional[Path] = typer.Option(None, help="Model bundle (overrides FINSENT_MODEL_BUNDLE)."),
+    loglevel: str = typer.Option("info"),
+) -> None:
+    """Run a stream worker: raw topic -> classify -> scored topic + Elasticsearch + metrics."""
+    from .app import run_worker
+    from .bundle import BundleError
+
+    try:
+        settings = load_settings(config, **({"model_bundle": bundle} if bundle else {}))
+    except ConfigError as exc:
+        _fail(exc)
+    try:
+        run_worker(settings, loglevel)
+    except (BundleError, ValueError) as exc:
+        _fail(exc)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -114,7 +114,18 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=1, le=65535)
     model_bundle: Path | None = None
+    model_variant: Literal["int8", "fp32", "fp16"] | None = None  # default: fp16 on GPU, int8 on CPU
+    onnx_providers: Annotated[list[str], NoDecode] = []  # default: TensorRT/CUDA when present, else CPU
+    inference_threads: int | None = Field(default=None, ge=1, le=256)
     state_dir: Path = Field(default_factory=lambda: default_home() / "state")
+    max_batch: int = Field(default=32, ge=1, le=4096)
+    max_wait_ms: int = Field(default=50, ge=1, le=60_000)
+    max_text_chars: int = Field(default=10_000, ge=16, le=1_000_000)
+    unknown_fields: Literal["keep", "ignore"] = "ignore"
+    dedup_horizon_s: int = Field(default=86_400, ge=0)
+    company_dictionary: Path | None = None
+    es_retry_max_backoff_s: float = Field(default=30.0, gt=0, le=600)
+    es_request_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
     # --- local services (`finsent stack`) ----------------------------------------------------
     stack_home: Path = Field(default_factory=default_home)
@@ -129,9 +140,9 @@ class Settings(BaseSettings):
             _YamlFileSource(settings_cls, Path(yaml_path) if yaml_path else None),
         )
 
-    @field_validator("es_hosts", mode="before")
+    @field_validator("es_hosts", "onnx_providers", mode="before")
     @classmethod
-    def _split_hosts(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         # Environment variables carry lists as "http://a:9200,http://b:9200".
         if isinstance(value, str):
             if value.lstrip().startswith("["):
@@ -161,7 +172,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server!r} is not host:port")
         return value
 
-    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "es_ca_certs", "model_bundle")
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "es_ca_certs", "model_bundle",
+                     "company_dictionary")
     @classmethod
     def _must_exist(cls, path: Path | None) -> Path | None:
         if path is not None and not path.exists():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -35,8 +35,9 @@ class RawMessage(BaseModel):
     tickers: list[str] = Field(default_factory=list)
     lang: str | None = Field(default=None, max_length=16)
     url: str | None = Field(default=None, max_length=4096)
-    # Ground truth, only present in evaluation replays.
+    # Ground truth and replay run, only present in evaluation replays.
     label: Label | None = None
+    run_id: str | None = Field(default=None, max_length=128)
 
     @field_validator("text")
     @classmethod
@@ -87,3 +88,63 @@ class RawMessage(BaseModel):
             ts = datetime.fromtimestamp(kafka_timestamp_ms / 1000, tz=timezone.utc)
             message = message.model_copy(update={"published_at": ts})
         return message
+
+
+class ScoredRecord(BaseModel):
+    """A raw message with its classification, as written to the scored topic and Elasticsearch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    text: str
+    source: str | None = None
+    published_at: datetime
+    topics: list[str] = Field(default_factory=list)
+    tickers: list[str] = Field(default_factory=list)
+    lang: str | None = None
+    url: str | None = None
+    label_true: Label | None = None  # the replay's ground truth, when present
+    label: Label
+    probabilities: dict[str, float]
+    sentiment_score: float  # p(positive) - p(negative), in [-1, 1]
+    model_version: str
+    processed_at: datetime
+    latency_ms: float  # published_at -> processed_at
+    kafka_latency_ms: float | None = None  # Kafka timestamp -> processed_at
+    truncated: bool = False
+    duplicate_of: str | None = None  # id of the first copy of a syndicated text
+    extra: dict | None = None  # unknown input fields, when configured to keep them
+    run_id: str | None = None
+
+
+DeadLetterReason = Literal[
+    "not_utf8", "invalid_json", "not_an_object", "missing_text", "empty_text", "wrong_type", "invalid_field",
+    "es_rejected",
+]
+DEAD_LETTER_REASONS: tuple[str, ...] = get_args(DeadLetterReason)
+
+
+class DeadLetter(BaseModel):
+    """Input that could not be processed, with why and where it came from."""
+
+    reason: DeadLetterReason
+    detail: str
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"]
+    topic: str
+    partition: int
+    offset: int
+    kafka_timestamp_ms: int | None = None
+    failed_at: datetime
+
+
+class ValidatedMessage(BaseModel):
+    """A decoded raw message on its way to classification (internal topic, keyed by fingerprint)."""
+
+    message: RawMessage
+    truncated: bool = False
+    extra: dict | None = None
+    kafka_timestamp_ms: int | None = None
+    origin_topic: str
+    origin_partition: int
+    origin_offset: int

@@ -62,13 +62,25 @@ def _optimise(raw: Path, config, fp32_path: Path, fp16_path: Path) -> None:
     fp16.save_model_to_file(str(fp16_path))
 
 
-def _quantise(fp32_path: Path, int8_path: Path) -> None:
+# INT8 recipes, fastest first; export keeps the first that passes parity. Measured on the FPB test
+# split (MiniLM, 2 cores): embeddings in fp32 + per-channel weights agree with fp32 on ~99.0 % of
+# labels at ~2.2x fp32 speed; also keeping the FFN output projections (activation outliers) in
+# fp32 gives ~99.1 % at ~1.6x. Quantising everything per-tensor agreed on only ~96.9 %.
+INT8_RECIPES = ("matmul_attention_per_channel", "matmul_attention_per_channel_fp32_ffn_out")
+
+
+def _quantise(fp32_path: Path, int8_path: Path, recipe: str) -> None:
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    import onnx
-
+    exclude: list[str] = []
+    if recipe.endswith("_fp32_ffn_out"):
+        graph = onnx.load(str(fp32_path), load_external_data=False).graph
+        exclude = [n.name for n in graph.node if n.op_type == "MatMul" and n.name.endswith("output/dense/MatMul")
+                   and "attention" not in n.name]
     # The fused graph has contrib ops (Attention, SkipLayerNorm) that shape inference can't type.
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
+    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=exclude,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
@@ -95,8 +107,7 @@ def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model
         log("optimising the graph (ONNX Runtime transformer fusions) and converting to fp16")
         _optimise(raw, model.encoder.config, work / VARIANT_FILES["fp32"], work / VARIANT_FILES["fp16"])
         raw.unlink()
-        log("quantising to INT8 (dynamic)")
-        _quantise(work / VARIANT_FILES["fp32"], work / VARIANT_FILES["int8"])
+        _quantise(work / VARIANT_FILES["fp32"], work / VARIANT_FILES["int8"], INT8_RECIPES[0])
         tokenizer.save_pretrained(work)
         (work / "labels.json").write_text(json.dumps(list(LABELS)))
         version = model_version or (datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-"
@@ -122,30 +133,44 @@ def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model
         y_true = [LABEL_TO_ID[e.label] for e in test]
         torch_logits = predict_logits(model, tokenizer, texts, meta["max_length"], torch.device("cpu"))
         provisional = Bundle(work, json.loads((work / "manifest.json").read_text()))
-        variants = {v: Classifier(provisional, variant=v, providers=["CPUExecutionProvider"]).logits(texts)
-                    for v in ("fp32", "int8")}
+
+        def run(variant: str) -> np.ndarray:
+            return Classifier(provisional, variant=variant, providers=["CPUExecutionProvider"]).logits(texts)
+
+        variants = {"fp32": run("fp32")}
         try:
-            variants["fp16"] = Classifier(provisional, variant="fp16", providers=["CPUExecutionProvider"]).logits(texts)
+            variants["fp16"] = run("fp16")
         except Exception as exc:  # some fp16 kernels exist only on GPU providers
             log(f"fp16 parity not measured on CPU: {exc}")
-        metrics = {name: classification_metrics(y_true, logits) for name, logits in
-                   {"torch": torch_logits, **variants}.items()}
-        parity = {
-            "examples": len(texts),
-            "fp32_max_abs_logit_diff": float(np.abs(variants["fp32"] - torch_logits).max()),
-            "int8_label_agreement": float((variants["int8"].argmax(1) == variants["fp32"].argmax(1)).mean()),
-            "int8_macro_f1_drop": metrics["fp32"]["macro_f1"] - metrics["int8"]["macro_f1"],
-        }
+        metrics = {"torch": classification_metrics(y_true, torch_logits),
+                   "fp32": classification_metrics(y_true, variants["fp32"])}
+        parity = {"examples": len(texts),
+                  "fp32_max_abs_logit_diff": float(np.abs(variants["fp32"] - torch_logits).max())}
         if "fp16" in variants:
+            metrics["fp16"] = classification_metrics(y_true, variants["fp16"])
             parity["fp16_max_abs_logit_diff"] = float(np.abs(variants["fp16"] - variants["fp32"]).max())
             parity["fp16_label_agreement"] = float((variants["fp16"].argmax(1) == variants["fp32"].argmax(1)).mean())
         failures = []
         if parity["fp32_max_abs_logit_diff"] > max_logit_diff:
             failures.append(f"fp32 ONNX differs from torch by {parity['fp32_max_abs_logit_diff']:.2e} > {max_logit_diff:.0e}")
-        if parity["int8_label_agreement"] < min_int8_agreement:
-            failures.append(f"INT8 agrees with fp32 on {parity['int8_label_agreement']:.2%} < {min_int8_agreement:.0%} of labels")
-        if parity["int8_macro_f1_drop"] > max_int8_f1_drop:
-            failures.append(f"INT8 loses {parity['int8_macro_f1_drop']:.4f} macro-F1 > {max_int8_f1_drop}")
+        for recipe in INT8_RECIPES:
+            log(f"quantising to INT8 (dynamic, {recipe})")
+            _quantise(work / VARIANT_FILES["fp32"], work / VARIANT_FILES["int8"], recipe)
+            variants["int8"] = run("int8")
+            metrics["int8"] = classification_metrics(y_true, variants["int8"])
+            parity["int8_recipe"] = recipe
+            parity["int8_label_agreement"] = float((variants["int8"].argmax(1) == variants["fp32"].argmax(1)).mean())
+            parity["int8_macro_f1_drop"] = metrics["fp32"]["macro_f1"] - metrics["int8"]["macro_f1"]
+            int8_failures = []
+            if parity["int8_label_agreement"] < min_int8_agreement:
+                int8_failures.append(f"INT8 agrees with fp32 on {parity['int8_label_agreement']:.2%} "
+                                     f"< {min_int8_agreement:.0%} of labels")
+            if parity["int8_macro_f1_drop"] > max_int8_f1_drop:
+                int8_failures.append(f"INT8 loses {parity['int8_macro_f1_drop']:.4f} macro-F1 > {max_int8_f1_drop}")
+            if not int8_failures:
+                break
+            log(f"INT8 recipe {recipe} failed parity: {'; '.join(int8_failures)}")
+        failures += int8_failures
         parity["passed"] = not failures
         log("parity: " + json.dumps(parity))
         if failures:

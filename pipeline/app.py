@@ -1,0 +1,332 @@
+"""The Faust app: topics, tables and agents, wired in flow order.
+
+    finsent.raw ──decode_stage──▶ <group>.<raw>.by-fingerprint ──classify_stage──▶ finsent.scored + Elasticsearch
+         └─ bad input ─▶ finsent.deadletter                   └─ rejected by Elasticsearch ─▶ finsent.deadletter
+
+decode_stage validates and re-keys each message by the fingerprint of its normalised text, so
+copies of one text meet in one partition, where the de-duplication table (changelog-backed,
+survives restarts and rebalances) is co-partitioned with them. classify_stage takes batches,
+classifies them in an executor thread and acknowledges a batch's offsets only after Kafka and
+Elasticsearch have acknowledged its outputs (faust's ``take_events`` acks when the loop body
+returns), which makes the worker at-least-once and, with ``_id`` = message id, exactly-once in
+effect in Elasticsearch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faust
+
+from . import metrics
+from .bundle import open_bundle
+from .classify import Classifier
+from .config import Settings
+from .decode import Decoded, Origin, decode, dead_letter
+from .dedup import fingerprint
+from .enrich import CompanyDictionary, enrich, routing_key
+from .schemas import LABELS, DeadLetter, ScoredRecord, ValidatedMessage
+from .sinks.elasticsearch import ElasticsearchSink
+
+log = logging.getLogger("finsent.worker")
+
+
+def _broker_credentials(settings: Settings):
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    context = None
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+        if settings.kafka_ssl_certfile:
+            password = settings.kafka_ssl_keyfile_password
+            context.load_cert_chain(str(settings.kafka_ssl_certfile), str(settings.kafka_ssl_keyfile),
+                                    password.get_secret_value() if password else None)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.kafka_sasl_username,
+                                     password=settings.kafka_sasl_password.get_secret_value(),
+                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+    return faust.SSLCredentials(context)
+
+
+class ModelHolder:
+    """The classifier in use; ``maybe_swap`` replaces it between batches when the bundle changes."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.path: Path = settings.model_bundle
+        self.classifier = self._load()
+
+    def _load(self) -> Classifier:
+        bundle = open_bundle(self.path.resolve())
+        classifier = Classifier(bundle, variant=self.settings.model_variant,
+                                providers=self.settings.onnx_providers or None,
+                                batch_size=self.settings.max_batch, intra_op_threads=self.settings.inference_threads)
+        log.info("model %s loaded from %s: variant %s on %s", bundle.model_version, bundle.path,
+                 classifier.variant, classifier.provider)
+        metrics.set_model_info(bundle.model_version, classifier.provider, classifier.variant)
+        return classifier
+
+    def bundle_version_on_disk(self) -> str | None:
+        import json
+
+        try:
+            return json.loads((self.path.resolve() / "manifest.json").read_text())["model_version"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    async def maybe_swap(self, loop, executor) -> bool:
+        version = self.bundle_version_on_disk()
+        if version is None or version == self.classifier.model_version:
+            return False
+        try:
+            classifier = await loop.run_in_executor(executor, self._load)
+        except Exception:  # a broken new bundle must not stop the worker: keep the old model
+            log.exception("new model bundle at %s could not be loaded; keeping %s", self.path,
+                          self.classifier.model_version)
+            return False
+        self.classifier = classifier  # atomic between batches: a batch holds its own reference
+        metrics.MODEL_SWAPS.inc()
+        return True
+
+
+def create_app(settings: Settings) -> faust.App:
+    if settings.model_bundle is None:
+        raise ValueError("FINSENT_MODEL_BUNDLE is not set: point it at a bundle written by `finsent export`")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=_broker_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.state_dir),
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        processing_guarantee="at_least_once",
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        # Topics carry bytes we encode ourselves; tables use JSON.
+        key_serializer="json",
+        value_serializer="json",
+    )
+    partitions = settings.topic_partitions
+
+    def topic(name: str):
+        return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions, internal=True,
+                         key_serializer="raw", value_serializer="raw")
+
+    raw_topic = topic(settings.topic_raw)
+    # Internal to this consumer group, like faust's own changelog topics.
+    valid_topic = topic(f"{settings.consumer_group}.{settings.topic_raw}.by-fingerprint")
+    scored_topic = topic(settings.topic_scored)
+    deadletter_topic = topic(settings.topic_deadletter)
+    # fingerprint -> first copy seen: {"id", "at", "label", "probabilities"}
+    dedup_table = app.Table("finsent-dedup", default=None, partitions=partitions)
+
+    model = ModelHolder(settings)
+    sink = ElasticsearchSink(settings)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    dictionary = (CompanyDictionary.from_csv(settings.company_dictionary) if settings.company_dictionary
+                  else CompanyDictionary.empty())
+    within = settings.max_wait_ms / 1000
+    state = {"template": False}
+    app.finsent_model = model  # for the web view and tests
+
+    async def send_dead_letter(letter: DeadLetter):
+        metrics.DEAD_LETTERS.labels(letter.reason).inc()
+        metrics.MESSAGES.labels("dead_letter").inc()
+        return await deadletter_topic.send(key=None, value=letter.model_dump_json().encode())
+
+    @app.agent(raw_topic)
+    async def decode_stage(stream):
+        async for events in stream.take_events(settings.max_batch * 4, within=within):
+            deliveries = []
+            for event in events:
+                message = event.message
+                timestamp_ms = int(message.timestamp * 1000) if message.timestamp else None
+                origin = Origin(message.topic, message.partition, message.offset, timestamp_ms)
+                result = decode(event.value, origin, max_text_chars=settings.max_text_chars,
+                                unknown_fields=settings.unknown_fields)
+                if isinstance(result, DeadLetter):
+                    deliveries.append(await send_dead_letter(result))
+                    continue
+                valid = _validated(result, origin)
+                deliveries.append(await valid_topic.send(key=fingerprint(result.message.text).encode(),
+                                                         value=valid.model_dump_json().encode()))
+            await asyncio.gather(*deliveries)  # delivered before take_events acks the batch
+            _record_lag(app, events)
+
+    @app.agent(valid_topic)
+    async def classify_stage(stream):
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(settings.max_batch, within=within):
+            if not state["template"]:
+                await sink.install_template()
+                state["template"] = True
+            await _classify_batch(events, loop)
+            _record_lag(app, events)
+
+    async def _classify_batch(events, loop) -> None:
+        classifier = model.classifier  # one model for the whole batch
+        now_s = time.time()
+        items = []
+        for event in events:
+            valid = ValidatedMessage.model_validate_json(event.value)
+            items.append((event, valid, event.key.decode() if isinstance(event.key, bytes) else str(event.key)))
+
+        # De-duplicate: first copies are scored, later copies reuse their scores.
+        to_score: list[int] = []
+        copy_of: dict[int, int | dict] = {}
+        first_in_batch: dict[str, int] = {}
+        for i, (event, valid, fp) in enumerate(items):
+            _set_current_event(event)
+            seen = dedup_table.get(fp)
+            fresh = seen and now_s - seen["at"] <= settings.dedup_horizon_s
+            if fresh and seen["id"] != valid.message.id:
+                copy_of[i] = seen
+            elif fp in first_in_batch and items[first_in_batch[fp]][1].message.id != valid.message.id:
+                copy_of[i] = first_in_batch[fp]
+            else:
+                first_in_batch.setdefault(fp, i)
+                to_score.append(i)
+
+        probabilities = None
+        if to_score:
+            texts = [items[i][1].message.text for i in to_score]
+            started = time.perf_counter()
+            probabilities = await loop.run_in_executor(executor, classifier.predict_proba, texts)
+            metrics.INFERENCE.observe(time.perf_counter() - started)
+            metrics.BATCH_SIZE.observe(len(texts))
+        scores: dict[int, dict] = {}
+        for row, i in enumerate(to_score):
+            probs = {label: float(p) for label, p in zip(LABELS, probabilities[row])}
+            scores[i] = {"id": items[i][1].message.id, "label": max(probs, key=probs.get), "probabilities": probs,
+                         "at": now_s, "model_version": classifier.model_version}
+
+        processed_at = datetime.now(timezone.utc)
+        records: dict[int, ScoredRecord] = {}
+        for i, (event, valid, fp) in enumerate(items):
+            first = copy_of.get(i)
+            entry = scores[i] if i in scores else (scores[first] if isinstance(first, int) else first)
+            records[i] = _scored_record(valid, entry, None if i in scores else entry["id"], processed_at,
+                                        classifier.model_version, dictionary, settings)
+
+        rejected = {r.doc_id: r.reason for r in await sink.write([records[i].model_dump(mode="json")
+                                                                   for i in records])}
+        deliveries = []
+        for i, (event, valid, fp) in enumerate(items):
+            record = records[i]
+            if record.id in rejected:
+                origin = Origin(valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms)
+                letter = dead_letter(record.model_dump_json().encode(), origin, "es_rejected", rejected[record.id])
+                deliveries.append(await send_dead_letter(letter))
+                continue
+            key = routing_key(record.tickers, record.topics, record.source).encode()
+            deliveries.append(await scored_topic.send(key=key, value=record.model_dump_json().encode()))
+            if i in scores:
+                _set_current_event(event)
+                dedup_table[fp] = scores[i]
+            outcome = "duplicate" if record.duplicate_of else "scored"
+            metrics.MESSAGES.labels(outcome).inc()
+            if record.truncated:
+                metrics.TRUNCATED.inc()
+            metrics.END_TO_END.labels("published").observe(record.latency_ms / 1000)
+            if record.kafka_latency_ms is not None:
+                metrics.END_TO_END.labels("kafka").observe(record.kafka_latency_ms / 1000)
+        await asyncio.gather(*deliveries)
+
+    @app.timer(interval=2.0)
+    async def watch_bundle():
+        await model.maybe_swap(asyncio.get_running_loop(), executor)
+
+    @app.task
+    async def on_start():
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(model.maybe_swap(loop, executor)))
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread / platform
+            pass
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        body, content_type = metrics.exposition()
+        return web.bytes(body, content_type=content_type.split(";")[0])
+
+    @app.page("/healthz")
+    async def health_page(web, request):
+        return web.json({"status": "ok", "model_version": model.classifier.model_version,
+                         "provider": model.classifier.provider})
+
+    @app.on_before_shutdown.connect
+    async def close_sink(app, **kwargs):
+        await sink.close()
+        executor.shutdown(wait=False)
+
+    return app
+
+
+def _validated(result: Decoded, origin: Origin) -> ValidatedMessage:
+    return ValidatedMessage(message=result.message, truncated=result.truncated, extra=result.extra,
+                            kafka_timestamp_ms=origin.timestamp_ms, origin_topic=origin.topic,
+                            origin_partition=origin.partition, origin_offset=origin.offset)
+
+
+def _scored_record(valid: ValidatedMessage, entry: dict, duplicate_of: str | None, processed_at: datetime,
+                   model_version: str, dictionary: CompanyDictionary, settings: Settings) -> ScoredRecord:
+    message = valid.message
+    tickers, topics = enrich(message.text, message.tickers, message.topics, dictionary)
+    probs = entry["probabilities"]
+    published = message.published_at or processed_at
+    kafka_latency = None
+    if valid.kafka_timestamp_ms is not None:
+        kafka_latency = max(0.0, processed_at.timestamp() * 1000 - valid.kafka_timestamp_ms)
+    return ScoredRecord(
+        id=message.id, text=message.text, source=message.source, published_at=published, topics=topics,
+        tickers=tickers, lang=message.lang, url=message.url, label_true=message.label, label=entry["label"],
+        probabilities=probs, sentiment_score=probs["positive"] - probs["negative"],
+        model_version=entry.get("model_version", model_version),
+        processed_at=processed_at, latency_ms=max(0.0, (processed_at - published).total_seconds() * 1000),
+        kafka_latency_ms=kafka_latency, truncated=valid.truncated, duplicate_of=duplicate_of,
+        extra=valid.extra, run_id=message.run_id,
+    )
+
+
+def _set_current_event(event) -> None:
+    """Table writes go to the changelog partition of the 'current event'; a batch from
+    take_events mixes partitions, so point the context at each event before touching the table."""
+    from faust.streams import _current_event
+
+    _current_event.set(weakref.ref(event))
+
+
+def _record_lag(app: faust.App, events) -> None:
+    last: dict = {}
+    for event in events:
+        tp = event.message.tp
+        last[tp] = max(last.get(tp, -1), event.message.offset)
+    for tp, offset in last.items():
+        highwater = app.consumer.highwater(tp)
+        if highwater is not None:
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset - 1))
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Blocks running one worker until it is stopped (SIGTERM/SIGINT)."""
+    from faust.worker import Worker
+
+    app = create_app(settings)
+    worker = Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,88 @@
+"""bytes -> RawMessage or DeadLetter. Pure: no Kafka, no I/O.
+
+Every failure maps to one of a fixed set of reasons (bounded metric labels) plus a detail that
+names the field. Over-long text is truncated and flagged, not rejected.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import ValidationError
+
+from .schemas import DeadLetter, RawMessage
+
+UnknownFields = Literal["keep", "ignore"]
+
+
+@dataclass(frozen=True)
+class Origin:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    message: RawMessage
+    truncated: bool
+    extra: dict | None  # unknown fields, when kept
+
+
+def dead_letter(payload: bytes, origin: Origin, reason: str, detail: str) -> DeadLetter:
+    try:
+        text, encoding = payload.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
+    return DeadLetter(reason=reason, detail=detail[:2000], payload=text, payload_encoding=encoding,
+                      topic=origin.topic, partition=origin.partition, offset=origin.offset,
+                      kafka_timestamp_ms=origin.timestamp_ms, failed_at=datetime.now(timezone.utc))
+
+
+def _reason_for(errors: list[dict]) -> tuple[str, str]:
+    first = errors[0]
+    field = ".".join(str(p) for p in first["loc"]) or "message"
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in errors)
+    if field == "text":
+        if first["type"] == "missing":
+            return "missing_text", detail
+        if "text is empty" in first["msg"]:
+            return "empty_text", detail
+    if first["type"].endswith("_type") or first["type"] in ("list_type", "dict_type"):
+        return "wrong_type", detail
+    return "invalid_field", detail
+
+
+def decode(payload: bytes | None, origin: Origin, *, max_text_chars: int = 10_000,
+           unknown_fields: UnknownFields = "ignore") -> Decoded | DeadLetter:
+    if payload is None:
+        return dead_letter(b"", origin, "missing_text", "empty Kafka record (no value)")
+    try:
+        raw = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return dead_letter(payload, origin, "not_utf8", f"byte {exc.start}: {exc.reason}")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return dead_letter(payload, origin, "invalid_json", f"line {exc.lineno} column {exc.colno}: {exc.msg}")
+    if not isinstance(data, dict):
+        return dead_letter(payload, origin, "not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    truncated = False
+    text = data.get("text")
+    if isinstance(text, str) and len(text) > max_text_chars:
+        data = {**data, "text": text[:max_text_chars]}
+        truncated = True
+    try:
+        message = RawMessage.from_payload(data, origin.timestamp_ms)
+    except ValidationError as exc:
+        reason, detail = _reason_for(exc.errors())
+        return dead_letter(payload, origin, reason, detail)
+    extra = None
+    if unknown_fields == "keep":
+        extra = {k: v for k, v in data.items() if k not in RawMessage.model_fields} or None
+    return Decoded(message, truncated, extra)

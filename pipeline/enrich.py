@@ -1,0 +1,81 @@
+"""Tickers and topics for a message. Pure.
+
+Explicit ``tickers``/``topics`` fields come first, then cashtags in the text (``$AAPL``,
+``$BRK.B``), then an optional dictionary of company names and aliases (CSV ``ticker,name``,
+one alias per row). The first ticker (or else topic) is the record's Kafka key.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# $ + 1-6 letters, optional .class suffix; not part of a longer word or a dollar amount.
+CASHTAG = re.compile(r"(?<![\w$])\$([A-Za-z]{1,6}(?:\.[A-Za-z]{1,2})?)(?!\w|\.\w)")
+
+
+class DictionaryError(ValueError):
+    """The company dictionary file is unusable; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class CompanyDictionary:
+    pattern: re.Pattern | None
+    alias_to_ticker: dict[str, str]
+
+    @classmethod
+    def empty(cls) -> "CompanyDictionary":
+        return cls(None, {})
+
+    @classmethod
+    def from_csv(cls, path: Path | str) -> "CompanyDictionary":
+        path = Path(path)
+        aliases: dict[str, str] = {}
+        try:
+            with open(path, encoding="utf-8", newline="") as handle:
+                reader = csv.DictReader(handle)
+                if not reader.fieldnames or not {"ticker", "name"} <= set(reader.fieldnames):
+                    raise DictionaryError(f"{path}:1: needs the columns 'ticker' and 'name'")
+                for row in reader:
+                    ticker, name = (row["ticker"] or "").strip().upper(), (row["name"] or "").strip()
+                    if not ticker or not name:
+                        raise DictionaryError(f"{path}:{reader.line_num}: empty ticker or name")
+                    aliases[name.lower()] = ticker
+        except OSError as exc:
+            raise DictionaryError(f"{path}: {exc.strerror}") from None
+        if not aliases:
+            return cls.empty()
+        # Longest names first so "Bank of America" wins over "America".
+        names = sorted(aliases, key=len, reverse=True)
+        pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(n) for n in names) + r")(?!\w)", re.IGNORECASE)
+        return cls(pattern, aliases)
+
+    def tickers_in(self, text: str) -> list[str]:
+        if self.pattern is None:
+            return []
+        return [self.alias_to_ticker[m.group(1).lower()] for m in self.pattern.finditer(text)]
+
+
+def cashtags(text: str) -> list[str]:
+    return [m.group(1).upper() for m in CASHTAG.finditer(text)]
+
+
+def _unique(values) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def enrich(text: str, tickers: list[str], topics: list[str], dictionary: CompanyDictionary,
+           max_items: int = 16) -> tuple[list[str], list[str]]:
+    """(tickers, topics): explicit values first, de-duplicated, at most ``max_items`` each."""
+    found = _unique([t.upper() for t in tickers] + cashtags(text) + dictionary.tickers_in(text))
+    return found[:max_items], _unique(topics)[:max_items]
+
+
+def routing_key(tickers: list[str], topics: list[str], source: str | None) -> str:
+    if tickers:
+        return tickers[0]
+    if topics:
+        return topics[0]
+    return source or "unknown"

@@ -1,0 +1,53 @@
+"""The worker's Prometheus metrics, declared once, in their own registry.
+
+Label values are bounded: outcomes and dead-letter reasons are fixed sets, partitions are
+bounded by the topic's partition count, and model info holds one series per loaded model.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .schemas import DEAD_LETTER_REASONS
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+MESSAGES = Counter("finsent_messages", "Messages read from the raw topic, by outcome.", ["outcome"], registry=REGISTRY)
+DEAD_LETTERS = Counter("finsent_dead_letters", "Messages sent to the dead-letter topic, by reason.", ["reason"],
+                       registry=REGISTRY)
+TRUNCATED = Counter("finsent_truncated_texts", "Texts longer than the limit, truncated before scoring.",
+                    registry=REGISTRY)
+BATCH_SIZE = Histogram("finsent_batch_size_messages", "Messages per classified batch.",
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=REGISTRY)
+INFERENCE = Histogram("finsent_inference_duration_seconds", "Tokenisation plus ONNX Runtime time per batch.",
+                      buckets=LATENCY_BUCKETS, registry=REGISTRY)
+END_TO_END = Histogram("finsent_end_to_end_latency_seconds",
+                       "From a message's clock (published_at or Kafka timestamp) to its scored record.",
+                       ["clock"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
+ES_BULK = Histogram("finsent_es_bulk_duration_seconds", "Elasticsearch bulk request time, retries included.",
+                    buckets=LATENCY_BUCKETS, registry=REGISTRY)
+ES_ERRORS = Counter("finsent_es_errors", "Elasticsearch failures, by kind (unavailable, rejected, retried).",
+                    ["kind"], registry=REGISTRY)
+ES_BACKPRESSURE = Gauge("finsent_es_backpressure", "1 while the worker waits for Elasticsearch to come back.",
+                        registry=REGISTRY)
+CONSUMER_LAG = Gauge("finsent_consumer_lag_messages", "Messages not yet processed, per partition.",
+                     ["topic", "partition"], registry=REGISTRY)
+MODEL_INFO = Gauge("finsent_model_info", "The model in use (value 1).", ["version", "provider", "variant"],
+                   registry=REGISTRY)
+MODEL_SWAPS = Counter("finsent_model_swaps", "Model bundles hot-swapped in.", registry=REGISTRY)
+
+for _reason in DEAD_LETTER_REASONS:  # expose zeros so rates and alerts work from the start
+    DEAD_LETTERS.labels(_reason)
+for _outcome in ("scored", "duplicate", "dead_letter"):
+    MESSAGES.labels(_outcome)
+
+
+def set_model_info(version: str, provider: str, variant: str) -> None:
+    MODEL_INFO.clear()
+    MODEL_INFO.labels(version, provider, variant).set(1)
+
+
+def exposition() -> tuple[bytes, str]:
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,1 @@
+"""Where scored records go besides Kafka."""

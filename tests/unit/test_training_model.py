@@ -1,0 +1,138 @@
+"""A tiny fine-tuning run (64 examples, a few steps) end to end: loss, checkpoint, export,
+parity, bundle validation, classification, evaluation and resume. CPU only, about a minute."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.bundle import BundleError, open_bundle
+from pipeline.classify import Classifier
+from pipeline.schemas import LABELS
+from training.export import ExportError, export
+from training.train import TrainConfig, train
+
+# An almost untrained head has near-tied logits, so INT8 flips some of them; trained models are
+# held to the default 99 % (see the README's figures).
+TINY_INT8_AGREEMENT = 0.8
+
+
+@pytest.fixture(scope="module")
+def phrasebank(shared_data: Path) -> str:
+    return str(shared_data / "financial_phrasebank/Sentences_AllAgree.txt")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, phrasebank) -> Path:
+    output = tmp_path_factory.mktemp("tiny") / "run"
+    train(TrainConfig(datasets=[phrasebank], output=str(output), epochs=3, batch_size=16, max_examples=64,
+                      learning_rate=3e-4, max_length=48, patience=3))
+    return output
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_run: Path, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bundles") / "tiny"
+    export(tiny_run / "best", path, parity_limit=200, min_int8_agreement=TINY_INT8_AGREEMENT, max_int8_f1_drop=0.2,
+           model_version="tiny-1", log=lambda *_: None)
+    return path
+
+
+def test_loss_falls_and_checkpoints_are_written(tiny_run: Path):
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert len(history) == 3
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    meta = json.loads((tiny_run / "best" / "finsent_checkpoint.json").read_text())
+    assert meta["labels"] == list(LABELS) and meta["data"]["split_seed"] == 0
+    config = json.loads((tiny_run / "best" / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+
+
+def test_bundle_has_every_file_and_parity(tiny_bundle: Path):
+    bundle = open_bundle(tiny_bundle)
+    manifest = bundle.manifest
+    assert bundle.model_version == "tiny-1"
+    for name in ("model.onnx", "model.int8.onnx", "model.fp16.onnx", "tokenizer.json", "labels.json"):
+        assert name in manifest["files"]
+    assert manifest["parity"]["fp32_max_abs_logit_diff"] <= 1e-3
+    assert manifest["parity"]["int8_label_agreement"] >= TINY_INT8_AGREEMENT
+    assert manifest["training_data"][0]["sha256"]
+    # INT8 is the small one.
+    assert (tiny_bundle / "model.int8.onnx").stat().st_size < 0.5 * (tiny_bundle / "model.onnx").stat().st_size
+
+
+def test_bundle_classifies(tiny_bundle: Path):
+    classifier = Classifier(open_bundle(tiny_bundle))
+    assert classifier.variant == "int8" and classifier.provider == "CPUExecutionProvider"
+    texts = ["Operating profit rose to EUR 13.1 mn", "The company laid off 200 workers", "x " * 500, "ok"]
+    probs = classifier.predict_proba(texts)
+    assert probs.shape == (4, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # Order is preserved despite length sorting: same result one by one.
+    single = np.vstack([classifier.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(single, probs, atol=2e-3)
+
+
+def test_failed_parity_leaves_no_bundle(tiny_run: Path, tmp_path: Path):
+    target = tmp_path / "never"
+    with pytest.raises(ExportError, match="INT8 agrees with fp32"):
+        export(tiny_run / "best", target, parity_limit=50, min_int8_agreement=1.01, log=lambda *_: None)
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bundle_validation_names_the_problem(tiny_bundle: Path, tmp_path: Path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "labels.json").write_text('["negative", "neutral", "positive"] ')
+    with pytest.raises(BundleError, match="checksum mismatch for labels.json"):
+        open_bundle(broken)
+    shutil.rmtree(broken)
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "model.int8.onnx").unlink()
+    with pytest.raises(BundleError, match="model.int8.onnx is missing"):
+        open_bundle(broken)
+    shutil.rmtree(broken)
+    shutil.copytree(tiny_bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="unknown format version 99"):
+        open_bundle(broken)
+    with pytest.raises(BundleError, match="no such directory"):
+        open_bundle(tmp_path / "absent")
+
+
+def test_evaluate_on_a_file_with_known_predictions(tiny_bundle: Path, tmp_path: Path):
+    from training.evaluate import evaluate
+
+    texts = ["Sales increased by 10 %", "Net loss widened", "The meeting is on Monday", "Shares fell sharply",
+             "Record quarter for the group", "Dividend unchanged"]
+    predicted = Classifier(open_bundle(tiny_bundle)).predict_proba(texts).argmax(axis=1)
+    agree, disagree = tmp_path / "agree.jsonl", tmp_path / "disagree.jsonl"
+    agree.write_text("\n".join(json.dumps({"text": t, "label": LABELS[p]}) for t, p in zip(texts, predicted)))
+    disagree.write_text("\n".join(json.dumps({"text": t, "label": LABELS[(p + 1) % 3]}) for t, p in zip(texts, predicted)))
+
+    good = evaluate(tiny_bundle, [str(agree)], "all", "int8", tmp_path / "out" / "agree.json")
+    assert good["metrics"]["accuracy"] == 1.0 and good["metrics"]["n"] == 6
+    bad = evaluate(tiny_bundle, [str(disagree)], "all", "int8")
+    assert bad["metrics"]["accuracy"] == 0.0
+    assert sum(map(sum, bad["metrics"]["confusion_matrix"])) == 6
+    assert (tmp_path / "out" / "agree.md").read_text().startswith("# finsent evaluation")
+    assert (tmp_path / "out" / "agree.confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_an_interrupted_run(phrasebank, tmp_path: Path):
+    output = tmp_path / "resumable"
+    common = dict(datasets=[phrasebank], output=str(output), batch_size=16, max_examples=32, max_length=32)
+    train(TrainConfig(epochs=1, **common))
+    first = json.loads((output / "history.json").read_text())
+    train(TrainConfig(epochs=2, extra={"resume": True}, **common))
+    history = json.loads((output / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == first[0]
+    assert history[1]["step"] == 2 * history[0]["step"]
