@@ -1,0 +1,176 @@
+"""Drive real finsent workers against the real broker and Elasticsearch, with bounded waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elasticsearch import Elasticsearch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from pipeline.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Pipeline:
+    """One isolated deployment: its own topics, consumer group, index prefix and state."""
+
+    name: str
+    bundle: Path
+    workdir: Path
+    partitions: int = 3
+    extra_env: dict = field(default_factory=dict)
+    workers: list = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "FINSENT_CONSUMER_GROUP": f"grp-{self.name}",
+            "FINSENT_TOPIC_RAW": f"{self.name}.raw",
+            "FINSENT_TOPIC_SCORED": f"{self.name}.scored",
+            "FINSENT_TOPIC_DEADLETTER": f"{self.name}.deadletter",
+            "FINSENT_TOPIC_AGGREGATES": f"{self.name}.aggregates",
+            "FINSENT_TOPIC_ALERTS": f"{self.name}.alerts",
+            "FINSENT_TOPIC_PARTITIONS": str(self.partitions),
+            "FINSENT_ES_INDEX_PREFIX": self.name,
+            "FINSENT_MODEL_BUNDLE": str(self.bundle),
+            **self.extra_env,
+        }
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(**{k.removeprefix("FINSENT_").lower(): v for k, v in self.env.items()})
+
+    def start_worker(self, index: int = 0) -> "Worker":
+        worker = Worker(self, index)
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    # --- Kafka and Elasticsearch views ------------------------------------------------------------
+    def produce(self, payloads: list[bytes], keys: list[bytes | None] | None = None) -> None:
+        producer = KafkaProducer(bootstrap_servers="127.0.0.1:9092", acks="all", linger_ms=5)
+        for i, payload in enumerate(payloads):
+            producer.send(self.env["FINSENT_TOPIC_RAW"], value=payload, key=keys[i] if keys else None)
+        producer.flush(timeout=60)
+        producer.close()
+
+    def read_topic(self, topic_env: str, expected: int, timeout_s: float = 60) -> list[dict]:
+        """Every record of a topic (from the start), stopping once ``expected`` are read and
+        the topic has been quiet for 2 s (so extras would be seen), or at the timeout."""
+        topic = self.env[topic_env]
+        consumer = KafkaConsumer(bootstrap_servers="127.0.0.1:9092", enable_auto_commit=False,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=2000)
+        wait_for(lambda: consumer.partitions_for_topic(topic), 30, f"topic {topic}")
+        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+        records: list[dict] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = list(consumer)  # ends after 2 s without records
+            records += [json.loads(r.value) for r in batch]
+            if len(records) >= expected and not batch:
+                break
+        consumer.close()
+        return records
+
+    def es(self) -> Elasticsearch:
+        return Elasticsearch("http://127.0.0.1:9200", request_timeout=30)
+
+    def indexed_ids(self) -> list[str]:
+        es, index = self.es(), f"{self.name}-scored"
+        if not es.indices.exists(index=index):
+            return []
+        es.indices.refresh(index=index)
+        hits = es.search(index=index, size=10_000, source=False, query={"match_all": {}})["hits"]["hits"]
+        return [h["_id"] for h in hits]
+
+    def wait_indexed(self, expected: int, timeout_s: float = 120) -> list[str]:
+        wait_for(lambda: len(self.indexed_ids()) >= expected, timeout_s, f"{expected} documents in Elasticsearch",
+                 interval_s=1)
+        return self.indexed_ids()
+
+
+class Worker:
+    def __init__(self, pipeline: Pipeline, index: int):
+        self.pipeline = pipeline
+        self.port = free_port()
+        self.state = pipeline.workdir / f"state-{index}"
+        self.log = pipeline.workdir / f"worker-{index}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.pipeline.env, "FINSENT_WEB_PORT": str(self.port),
+               "FINSENT_STATE_DIR": str(self.state)}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
+                                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self.metrics_text() is not None or self._died(), 90, f"worker on port {self.port}")
+        assert self.process.poll() is None, f"worker exited:\n{self.log.read_text()[-3000:]}"
+
+    def _died(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def metrics_text(self) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
+                return response.read().decode()
+        except OSError:
+            return None
+
+    def metric(self, name: str, **labels) -> float:
+        text = self.metrics_text() or ""
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            series, _, value = line.rpartition(" ")
+            if series == (f"{name}{{{want}}}" if want else name):
+                return float(value)
+        return 0.0
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)

@@ -1,0 +1,179 @@
+"""The stream worker against the real broker and Elasticsearch: good and bad input, SIGKILL,
+an Elasticsearch outage and a model hot swap. Every wait is bounded."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline.bundle import write_manifest
+from pipeline.stack.elasticsearch import Elasticsearch as ElasticsearchService
+
+from .harness import Pipeline, wait_for
+
+
+def good_messages(n: int, prefix: str) -> list[dict]:
+    companies = ["AAPL", "MSFT", "NOK", "BRK.B", "TSLA"]
+    return [{"id": f"{prefix}-{i}", "text": f"${companies[i % 5]} reports quarter {i}: operating profit rose {i % 17} %",
+             "source": "wire", "published_at": "2024-05-01T12:00:00Z", "topics": ["Earnings"] if i % 2 else []}
+            for i in range(n)]
+
+
+@pytest.fixture
+def pipeline(local_stack, tiny_bundle, tmp_path, unique):
+    p = Pipeline(name=f"t{unique}", bundle=tiny_bundle, workdir=tmp_path)
+    yield p
+    p.stop_all()
+
+
+BAD_INPUT = {
+    "not_utf8": b"\xff\xfe\x00 binary junk",
+    "invalid_json": b'{"text": "unterminated',
+    "not_an_object": b'["a", "list"]',
+    "missing_text": json.dumps({"id": "no-text", "source": "x"}).encode(),
+    "empty_text": json.dumps({"id": "blank", "text": "   "}).encode(),
+    "wrong_type": json.dumps({"id": "num", "text": 42}).encode(),
+    "invalid_field": json.dumps({"id": "when", "text": "ok", "published_at": "last tuesday"}).encode(),
+}
+
+
+def test_good_messages_scored_once_and_bad_ones_dead_lettered(pipeline: Pipeline):
+    good = good_messages(150, "g")
+    # A very long text is truncated and flagged, and unknown fields are tolerated.
+    good.append({"id": "long", "text": "Profit rose. " * 5000, "vendor_field": {"x": 1}})
+    payloads = [json.dumps(m).encode() for m in good] + list(BAD_INPUT.values())
+    worker = pipeline.start_worker()
+    pipeline.produce(payloads)
+
+    good_ids = {m["id"] for m in good}
+    assert sorted(pipeline.wait_indexed(len(good_ids))) == sorted(good_ids)
+
+    scored = pipeline.read_topic("FINSENT_TOPIC_SCORED", len(good_ids))
+    assert Counter(r["id"] for r in scored) == Counter(good_ids)  # each exactly once
+    by_id = {r["id"]: r for r in scored}
+    for record in scored:
+        assert record["label"] in ("negative", "neutral", "positive")
+        assert abs(sum(record["probabilities"].values()) - 1) < 1e-4
+        assert record["sentiment_score"] == pytest.approx(record["probabilities"]["positive"]
+                                                          - record["probabilities"]["negative"])
+        assert record["model_version"] == "tiny-1"
+    assert by_id["g-3"]["tickers"] == ["BRK.B"] and by_id["g-1"]["topics"] == ["Earnings"]
+    assert by_id["long"]["truncated"] is True and len(by_id["long"]["text"]) == 10_000
+
+    letters = pipeline.read_topic("FINSENT_TOPIC_DEADLETTER", len(BAD_INPUT))
+    assert sorted(letter["reason"] for letter in letters) == sorted(BAD_INPUT)
+    for letter in letters:
+        original = BAD_INPUT[letter["reason"]]
+        payload = base64.b64decode(letter["payload"]) if letter["payload_encoding"] == "base64" \
+            else letter["payload"].encode()
+        assert payload == original
+        assert letter["topic"] == pipeline.env["FINSENT_TOPIC_RAW"] and letter["offset"] >= 0
+        assert letter["detail"]
+    assert [letter["payload_encoding"] for letter in letters if letter["reason"] == "not_utf8"] == ["base64"]
+
+    # The metrics agree with what went where.
+    assert worker.metric("finsent_messages_total", outcome="scored") == len(good_ids)
+    assert worker.metric("finsent_messages_total", outcome="dead_letter") == len(BAD_INPUT)
+    for reason in BAD_INPUT:
+        assert worker.metric("finsent_dead_letters_total", reason=reason) == 1
+    assert worker.metric("finsent_truncated_texts_total") == 1
+    assert worker.metric("finsent_batch_size_messages_count") >= 1
+    assert 'provider="CPUExecutionProvider"' in worker.metrics_text()
+
+
+def test_syndicated_copies_are_marked_not_rescored(pipeline: Pipeline):
+    original = {"id": "orig", "text": "Nokia wins EUR 50 mn network deal https://t.co/AAA", "source": "a"}
+    copy = {"id": "copy", "text": "NOKIA wins EUR 50 mn network deal!! https://t.co/BBB", "source": "b"}
+    worker = pipeline.start_worker()
+    pipeline.produce([json.dumps(original).encode()])
+    pipeline.wait_indexed(1)
+    pipeline.produce([json.dumps(copy).encode()])
+    pipeline.wait_indexed(2)
+    scored = {r["id"]: r for r in pipeline.read_topic("FINSENT_TOPIC_SCORED", 2)}
+    assert scored["copy"]["duplicate_of"] == "orig"
+    assert scored["copy"]["probabilities"] == scored["orig"]["probabilities"]
+    assert worker.metric("finsent_messages_total", outcome="duplicate") == 1
+    assert worker.metric("finsent_messages_total", outcome="scored") == 1
+
+
+def test_sigkill_mid_stream_loses_and_duplicates_nothing(pipeline: Pipeline):
+    messages = good_messages(3000, "k")
+    worker = pipeline.start_worker()
+    pipeline.produce([json.dumps(m).encode() for m in messages])
+    wait_for(lambda: len(pipeline.indexed_ids()) >= 300, 120, "a few hundred documents before the kill")
+    worker.kill()
+    assert len(pipeline.indexed_ids()) < len(messages), "the worker finished before it could be killed"
+    pipeline.start_worker()
+    ids = pipeline.wait_indexed(len(messages), timeout_s=240)
+    assert len(ids) == len(messages) == len(set(ids))
+    assert set(ids) == {m["id"] for m in messages}
+
+
+def test_elasticsearch_outage_backpressure_and_recovery(pipeline: Pipeline, local_stack):
+    es_service = ElasticsearchService(local_stack)
+    first, second = good_messages(400, "a"), good_messages(1200, "b")
+    worker = pipeline.start_worker()
+    pipeline.produce([json.dumps(m).encode() for m in first])
+    pipeline.wait_indexed(len(first))
+    baseline_rss = worker.rss_mb()
+    es_service.stop()
+    try:
+        pipeline.produce([json.dumps(m).encode() for m in second])
+        peak = baseline_rss
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the worker waits, alive, with bounded memory
+            assert worker.process.poll() is None
+            peak = max(peak, worker.rss_mb())
+            time.sleep(1)
+        assert worker.metric("finsent_es_backpressure") == 1
+        assert worker.metric("finsent_es_errors_total", kind="unavailable") >= 1
+    finally:
+        es_service.start()
+    ids = pipeline.wait_indexed(len(first) + len(second), timeout_s=240)
+    assert len(ids) == len(set(ids)) == len(first) + len(second)
+    assert peak - baseline_rss < 300, f"worker memory grew by {peak - baseline_rss:.0f} MB during the outage"
+    assert worker.metric("finsent_es_backpressure") == 0
+
+
+def test_hot_swap_between_batches(local_stack, tiny_bundle, tmp_path, unique):
+    # The worker watches a symlink; flipping it to a new bundle swaps the model in.
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    shutil.copytree(tiny_bundle, v1)
+    shutil.copytree(tiny_bundle, v2)
+    manifest = json.loads((v2 / "manifest.json").read_text())
+    manifest["model_version"] = "tiny-2"
+    write_manifest(v2, {k: v for k, v in manifest.items() if k not in ("files", "format_version", "created_at")})
+    current = tmp_path / "current"
+    current.symlink_to(v1)
+    pipeline = Pipeline(name=f"h{unique}", bundle=current, workdir=tmp_path)
+    try:
+        worker = pipeline.start_worker()
+        messages = good_messages(1500, "s")
+        def produce_slowly():  # ~9 s of traffic, so the flip lands mid-stream
+            for i in range(0, len(messages), 50):
+                pipeline.produce([json.dumps(m).encode() for m in messages[i:i + 50]])
+                time.sleep(0.3)
+
+        producer = threading.Thread(target=produce_slowly)
+        producer.start()
+        wait_for(lambda: len(pipeline.indexed_ids()) >= 200, 120, "records scored by the first model")
+        tmp_link = tmp_path / "current.new"
+        tmp_link.symlink_to(v2)
+        tmp_link.replace(current)  # atomic flip
+        producer.join(timeout=120)
+        pipeline.wait_indexed(len(messages), timeout_s=240)
+        scored = pipeline.read_topic("FINSENT_TOPIC_SCORED", len(messages))
+        versions = Counter(r["model_version"] for r in scored)
+        assert set(versions) == {"tiny-1", "tiny-2"}, versions
+        assert {r["id"] for r in scored} == {m["id"] for m in messages}
+        assert worker.metric("finsent_model_swaps_total") == 1
+        assert 'version="tiny-2"' in worker.metrics_text()
+    finally:
+        pipeline.stop_all()
