@@ -98,6 +98,8 @@ def train(
     max_examples: Optional[int] = typer.Option(None, help="Use at most this many training examples (smoke runs)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps."),
     skip_bad_rows: bool = typer.Option(False, help="Count and skip bad rows instead of failing."),
+    text_column: str = typer.Option("text", help="Text column of generic CSV/JSONL files."),
+    label_column: str = typer.Option("label", help="Label column of generic CSV/JSONL files."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from OUTPUT/last."),
 ) -> None:
     """Fine-tune a BERT-family encoder on labelled financial text."""
@@ -107,7 +109,8 @@ def train(
     config = TrainConfig(datasets=[str(d) for d in dataset], output=str(output), base_model=base_model, epochs=epochs,
                          seed=seed, max_length=max_length, batch_size=batch_size, learning_rate=learning_rate,
                          class_weights=class_weights, patience=patience, max_examples=max_examples,
-                         max_steps=max_steps, skip_bad_rows=skip_bad_rows, extra={"resume": resume})
+                         max_steps=max_steps, skip_bad_rows=skip_bad_rows, text_column=text_column,
+                         label_column=label_column, extra={"resume": resume})
     try:
         best = run_training(config)
     except (BadDataError, OSError) as exc:

@@ -106,11 +106,29 @@ def evaluate(model_path: Path, datasets: list[str], split_name: str = "test", va
     if is_bundle:
         bundle = open_bundle(model_path)
         seed, max_length = bundle.manifest["split_seed"], bundle.max_length
+        trained_on = [d["path"] for d in bundle.manifest["training_data"]]
     else:
         meta = json.loads((model_path / "finsent_checkpoint.json").read_text())
         seed, max_length = meta["data"]["split_seed"], meta["max_length"]
-    dataset = load_datasets(datasets, skip_bad_rows=skip_bad_rows)
-    examples = split(dataset, seed=seed).part(split_name) if split_name != "all" else dataset.examples
+        trained_on = list(meta["data"]["files"])
+    if split_name == "all":
+        dataset = load_datasets(datasets, skip_bad_rows=skip_bad_rows)
+        examples = dataset.examples
+    else:
+        # Re-create the training split over all the files the model was trained on (a combined
+        # run splits them together), then keep the part that came from the requested files.
+        wanted = {Path(d).name for d in datasets}
+        unknown = wanted - {Path(t).name for t in trained_on}
+        if unknown:
+            raise ValueError(f"{', '.join(sorted(unknown))} was not part of this model's training data "
+                             f"({', '.join(Path(t).name for t in trained_on)}); use --split all for unseen data")
+        by_name = {Path(d).name: d for d in datasets}
+        sources = [by_name.get(Path(t).name, t) for t in trained_on]
+        missing = [s for s in sources if not Path(s).exists()]
+        if missing:
+            raise ValueError(f"the training split needs {', '.join(missing)}; pass them with --dataset")
+        dataset = load_datasets(sources, skip_bad_rows=skip_bad_rows)
+        examples = [e for e in split(dataset, seed=seed).part(split_name) if e.source in wanted]
     texts = [e.text for e in examples]
     y_true = [LABEL_TO_ID[e.label] for e in examples]
 

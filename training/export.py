@@ -94,7 +94,8 @@ def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model
     missing = [d for d in datasets if not Path(d).exists()]
     if missing:
         raise ExportError(f"parity data {missing} not found; pass --parity-dataset PATH")
-    parts = split(load_datasets(datasets, skip_bad_rows=meta["config"].get("skip_bad_rows", False)),
+    columns = {k: meta["config"][k] for k in ("text_column", "label_column") if k in meta["config"]}
+    parts = split(load_datasets(datasets, skip_bad_rows=meta["config"].get("skip_bad_rows", False), **columns),
                   seed=meta["data"]["split_seed"])
     test = parts.test[:parity_limit] if parity_limit else parts.test
 

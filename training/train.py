@@ -42,6 +42,8 @@ class TrainConfig:
     max_examples: int | None = None  # cap the training set (smoke runs, tests)
     max_steps: int | None = None  # stop after this many optimiser steps in total
     skip_bad_rows: bool = False
+    text_column: str = "text"  # for generic CSV/JSONL files
+    label_column: str = "label"
     extra: dict = field(default_factory=dict)
 
 
@@ -90,7 +92,8 @@ def train(config: TrainConfig) -> Path:
     last_dir, best_dir = output / "last", output / "best"
     base_model = config.base_model or default_base_model()
     seed_everything(config.seed)
-    dataset = load_datasets(config.datasets, skip_bad_rows=config.skip_bad_rows)
+    dataset = load_datasets(config.datasets, skip_bad_rows=config.skip_bad_rows, text_column=config.text_column,
+                            label_column=config.label_column)
     parts = split(dataset, seed=config.seed)
     train_examples = parts.train[: config.max_examples] if config.max_examples else parts.train
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -113,3 +113,13 @@ def test_resume_continues_an_interrupted_run(phrasebank, tmp_path: Path):
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[0] == first[0]
     assert history[1]["step"] == 2 * history[0]["step"]
+
+
+def test_evaluate_test_split_refuses_data_the_model_never_saw(tiny_bundle: Path, shared_data: Path):
+    from training.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="sent_train.csv was not part of this model's training data"):
+        evaluate(tiny_bundle, [str(shared_data / "twitter_financial_news_sentiment/sent_train.csv")], "test", "int8")
+    result = evaluate(tiny_bundle, [str(shared_data / "financial_phrasebank/Sentences_AllAgree.txt")], "test", "fp32")
+    meta = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert result["metrics"]["n"] == meta["split"]["sizes"]["test"]

@@ -1,0 +1,78 @@
+"""The pure cores of the worker: decoding to messages or dead letters, enrichment, fingerprints."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from pipeline.decode import Decoded, Origin, decode
+from pipeline.dedup import fingerprint, normalise
+from pipeline.enrich import CompanyDictionary, DictionaryError, cashtags, enrich, routing_key
+from pipeline.schemas import DeadLetter
+
+ORIGIN = Origin("finsent.raw", 2, 41, 1_714_564_800_000)
+
+
+@pytest.mark.parametrize(
+    "payload, reason, detail",
+    [
+        (b"\xff\xfe", "not_utf8", "byte 0"),
+        (b'{"text": ', "invalid_json", "line 1"),
+        (b"42", "not_an_object", "got int"),
+        (b'{"source": "x"}', "missing_text", "text: Field required"),
+        (b'{"text": " \\n "}', "empty_text", "text is empty"),
+        (b'{"text": ["a"]}', "wrong_type", "text"),
+        (b'{"text": "x", "topics": "Earnings"}', "wrong_type", "topics"),
+        (b'{"text": "x", "published_at": "soon"}', "invalid_field", "published_at"),
+        (None, "missing_text", "no value"),
+    ],
+)
+def test_bad_input_becomes_a_dead_letter_with_reason_and_origin(payload, reason, detail):
+    result = decode(payload, ORIGIN)
+    assert isinstance(result, DeadLetter)
+    assert result.reason == reason and detail in result.detail
+    assert (result.topic, result.partition, result.offset) == ("finsent.raw", 2, 41)
+    if payload and reason == "not_utf8":
+        assert result.payload_encoding == "base64" and base64.b64decode(result.payload) == payload
+    elif payload:
+        assert result.payload_encoding == "utf-8" and result.payload.encode() == payload
+
+
+def test_good_input_with_truncation_and_unknown_fields():
+    payload = json.dumps({"text": "a" * 50, "vendor": {"k": 1}}).encode()
+    kept = decode(payload, ORIGIN, max_text_chars=20, unknown_fields="keep")
+    assert isinstance(kept, Decoded)
+    assert kept.truncated and kept.message.text == "a" * 20 and kept.extra == {"vendor": {"k": 1}}
+    assert kept.message.published_at.year == 2024  # Kafka timestamp fallback
+    ignored = decode(payload, ORIGIN, unknown_fields="ignore")
+    assert not ignored.truncated and ignored.extra is None
+
+
+def test_cashtags():
+    assert cashtags("$AAPL up, $brk.b flat; paid $5; $MSFT. x$Y $TOOLONGX") == ["AAPL", "BRK.B", "MSFT"]
+
+
+def test_enrich_order_dictionary_and_limits(tmp_path):
+    names = tmp_path / "companies.csv"
+    names.write_text("ticker,name\nNOK,Nokia\nBAC,Bank of America\nXX,America\n")
+    dictionary = CompanyDictionary.from_csv(names)
+    tickers, topics = enrich("Nokia and Bank of America beat; $AAPL too", ["msft"], ["Earnings", "Earnings"],
+                             dictionary)
+    assert tickers == ["MSFT", "AAPL", "NOK", "BAC"]  # explicit, cashtags, dictionary (longest name wins)
+    assert topics == ["Earnings"]
+    assert routing_key(tickers, topics, "wire") == "MSFT"
+    assert routing_key([], [], None) == "unknown"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("symbol,company\nA,B\n")
+    with pytest.raises(DictionaryError, match="bad.csv:1: needs the columns"):
+        CompanyDictionary.from_csv(bad)
+
+
+def test_syndicated_copies_share_a_fingerprint():
+    a = "Apple beats estimates &amp; raises guidance https://t.co/abc"
+    b = "APPLE beats estimates & raises guidance!   https://t.co/xyz"
+    assert normalise(a) == "apple beats estimates raises guidance"
+    assert fingerprint(a) == fingerprint(b)
+    assert fingerprint(a) != fingerprint("Apple misses estimates")
