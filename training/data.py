@@ -11,12 +11,12 @@ Formats (detected from the file, or forced with ``fmt``):
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.bundle import sha256_of
 from pipeline.schemas import LABELS
 
 LABEL_TO_ID = {label: i for i, label in enumerate(LABELS)}
@@ -55,14 +55,6 @@ class Dataset:
     @property
     def label_ids(self) -> list[int]:
         return [LABEL_TO_ID[e.label] for e in self.examples]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def detect_format(path: Path) -> str:
@@ -181,7 +173,7 @@ def load_datasets(paths: list[Path | str], **kwargs) -> Dataset:
     files = {}
     for path in paths:
         examples += load_file(path, bad_rows=bad_rows, **kwargs)
-        files[str(path)] = sha256_file(Path(path))
+        files[str(path)] = sha256_of(Path(path))
     labels_by_text: dict[str, set[str]] = {}
     for example in examples:
         labels_by_text.setdefault(example.text, set()).add(example.label)

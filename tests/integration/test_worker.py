@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -86,6 +87,9 @@ def test_good_messages_scored_once_and_bad_ones_dead_lettered(pipeline: Pipeline
     assert worker.metric("finsent_truncated_texts_total") == 1
     assert worker.metric("finsent_batch_size_messages_count") >= 1
     assert 'provider="CPUExecutionProvider"' in worker.metrics_text()
+    lint = subprocess.run(["promtool", "check", "metrics"], input=worker.metrics_text(), capture_output=True,
+                          text=True, timeout=30)
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint.stdout + lint.stderr
 
 
 def test_syndicated_copies_are_marked_not_rescored(pipeline: Pipeline):
