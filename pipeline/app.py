@@ -166,7 +166,11 @@ def create_app(settings: Settings) -> faust.App:
                 valid = _validated(result, origin)
                 deliveries.append(await valid_topic.send(key=fingerprint(result.message.text).encode(),
                                                          value=valid.model_dump_json().encode()))
-            await asyncio.gather(*deliveries)  # delivered before take_events acks the batch
+            try:
+                await asyncio.gather(*deliveries)  # delivered before take_events acks the batch
+            except asyncio.CancelledError:
+                _hold_back(events)
+                raise
             _record_lag(app, events)
 
     @app.agent(valid_topic)
@@ -176,8 +180,30 @@ def create_app(settings: Settings) -> faust.App:
             if not state["template"]:
                 await sink.install_template()
                 state["template"] = True
-            await _classify_batch(events, loop)
+            try:
+                await _classify_batch(events, loop)
+            except asyncio.CancelledError:
+                _hold_back(events)
+                raise
+            except Exception:  # a poison message or a bug: isolate it instead of losing the batch
+                log.exception("batch of %d failed; retrying message by message", len(events))
+                await _classify_one_by_one(events, loop)
             _record_lag(app, events)
+
+    async def _classify_one_by_one(events, loop) -> None:
+        for event in events:
+            try:
+                await _classify_batch([event], loop)
+            except Exception as exc:
+                try:
+                    valid = ValidatedMessage.model_validate_json(event.value)
+                    origin = Origin(valid.origin_topic, valid.origin_partition, valid.origin_offset,
+                                    valid.kafka_timestamp_ms)
+                except ValueError:
+                    message = event.message
+                    origin = Origin(message.topic, message.partition, message.offset)
+                letter = dead_letter(event.value or b"", origin, "processing_error", f"{type(exc).__name__}: {exc}")
+                await (await send_dead_letter(letter))
 
     async def _classify_batch(events, loop) -> None:
         classifier = model.classifier  # one model for the whole batch
@@ -310,6 +336,14 @@ def _set_current_event(event) -> None:
     from faust.streams import _current_event
 
     _current_event.set(weakref.ref(event))
+
+
+def _hold_back(events) -> None:
+    """The worker is stopping mid-batch: mark the batch's messages so take_events' clean-up does
+    not acknowledge them (faust skips messages already flagged ``acked``); their offsets stay
+    uncommitted and the batch is redelivered after the restart."""
+    for event in events:
+        event.message.acked = True
 
 
 def _record_lag(app: faust.App, events) -> None:

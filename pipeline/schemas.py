@@ -119,7 +119,7 @@ class ScoredRecord(BaseModel):
 
 DeadLetterReason = Literal[
     "not_utf8", "invalid_json", "not_an_object", "missing_text", "empty_text", "wrong_type", "invalid_field",
-    "es_rejected",
+    "es_rejected", "processing_error",
 ]
 DEAD_LETTER_REASONS: tuple[str, ...] = get_args(DeadLetterReason)
 

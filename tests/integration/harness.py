@@ -133,7 +133,7 @@ class Worker:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
                                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: self.metrics_text() is not None or self._died(), 90, f"worker on port {self.port}")
+        wait_for(lambda: self.metrics_text() is not None or self._died(), 180, f"worker on port {self.port}")
         assert self.process.poll() is None, f"worker exited:\n{self.log.read_text()[-3000:]}"
 
     def _died(self) -> bool:

@@ -181,3 +181,23 @@ def test_hot_swap_between_batches(local_stack, tiny_bundle, tmp_path, unique):
         assert 'version="tiny-2"' in worker.metrics_text()
     finally:
         pipeline.stop_all()
+
+
+def test_stopping_the_worker_while_elasticsearch_is_down_loses_nothing(pipeline: Pipeline, local_stack):
+    # A graceful stop cancels the batch that is waiting for Elasticsearch; it must not be acknowledged.
+    es_service = ElasticsearchService(local_stack)
+    messages = good_messages(500, "q")
+    worker = pipeline.start_worker()
+    pipeline.produce([json.dumps(m).encode() for m in messages[:100]])
+    pipeline.wait_indexed(100)
+    es_service.stop()
+    try:
+        pipeline.produce([json.dumps(m).encode() for m in messages[100:]])
+        wait_for(lambda: worker.metric("finsent_es_backpressure") == 1, 120, "the worker to notice the outage")
+        worker.stop()  # SIGTERM mid-batch
+        assert worker.process.returncode is not None
+    finally:
+        es_service.start()
+    pipeline.start_worker()
+    ids = pipeline.wait_indexed(len(messages), timeout_s=240)
+    assert sorted(ids) == sorted(m["id"] for m in messages)
