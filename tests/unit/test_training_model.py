@@ -49,9 +49,11 @@ def test_bundle_classifies(tiny_bundle: Path):
     probs = classifier.predict_proba(texts)
     assert probs.shape == (4, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
-    # Order is preserved despite length sorting: same result one by one.
-    single = np.vstack([classifier.predict_proba([t]) for t in texts])
-    np.testing.assert_allclose(single, probs, atol=2e-3)
+    # Order is preserved despite length sorting: same result one by one. (fp32: dynamic INT8 scales
+    # activations per batch, so its outputs move slightly with the batch's other texts.)
+    fp32 = Classifier(open_bundle(tiny_bundle), variant="fp32")
+    single = np.vstack([fp32.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(single, fp32.predict_proba(texts), atol=1e-4)
 
 
 def test_failed_parity_leaves_no_bundle(tiny_run: Path, tmp_path: Path):

@@ -1,6 +1,6 @@
 """End-to-end worker throughput and latency through the real broker and Elasticsearch.
 
-    python benchmarks/pipeline.py --bundle BUNDLE --data ../shared/data/twitter_financial_news_sentiment/sent_train.csv
+    python benchmarks/end_to_end.py --bundle BUNDLE --data ../shared/data/twitter_financial_news_sentiment/sent_train.csv
 
 In one run, on the same messages: (1) the bare ONNX Runtime rate (the worker's Classifier,
 INT8 on CPU, in this process); (2) one worker draining a pre-filled raw topic: sustained
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=6000)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pipeline.json"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/end_to_end.json"))
     args = parser.parse_args()
 
     stack.up(load_settings().stack_home, ["kafka", "elasticsearch"])
