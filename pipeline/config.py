@@ -118,8 +118,8 @@ class Settings(BaseSettings):
     onnx_providers: Annotated[list[str], NoDecode] = []  # default: TensorRT/CUDA when present, else CPU
     inference_threads: int | None = Field(default=None, ge=1, le=256)
     state_dir: Path = Field(default_factory=lambda: default_home() / "state")
-    max_batch: int = Field(default=32, ge=1, le=4096)
-    max_wait_ms: int = Field(default=50, ge=1, le=60_000)
+    max_batch: int = Field(default=64, ge=1, le=4096)  # from benchmarks/end_to_end.py
+    max_wait_ms: int = Field(default=100, ge=1, le=60_000)
     max_text_chars: int = Field(default=10_000, ge=16, le=1_000_000)
     unknown_fields: Literal["keep", "ignore"] = "ignore"
     dedup_horizon_s: int = Field(default=86_400, ge=0)
