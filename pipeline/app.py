@@ -153,6 +153,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic)
     async def decode_stage(stream):
         async for events in stream.take_events(settings.max_batch * 4, within=within):
+            _hold(events)
             deliveries = []
             for event in events:
                 message = event.message
@@ -166,11 +167,8 @@ def create_app(settings: Settings) -> faust.App:
                 valid = _validated(result, origin)
                 deliveries.append(await valid_topic.send(key=fingerprint(result.message.text).encode(),
                                                          value=valid.model_dump_json().encode()))
-            try:
-                await asyncio.gather(*deliveries)  # delivered before take_events acks the batch
-            except asyncio.CancelledError:
-                _hold_back(events)
-                raise
+            await asyncio.gather(*deliveries)  # delivered before take_events acks the batch
+            _release(events)
             _record_lag(app, events)
 
     @app.agent(valid_topic)
@@ -180,21 +178,22 @@ def create_app(settings: Settings) -> faust.App:
             if not state["template"]:
                 await sink.install_template()
                 state["template"] = True
+            # Held until its outputs are acknowledged: if the worker stops, or Kafka/Elasticsearch
+            # fail in a way retries don't cover, the batch stays uncommitted and is redelivered.
+            _hold(events)
             try:
                 await _classify_batch(events, loop)
-            except asyncio.CancelledError:
-                _hold_back(events)
-                raise
-            except Exception:  # a poison message or a bug: isolate it instead of losing the batch
-                log.exception("batch of %d failed; retrying message by message", len(events))
+            except PoisonBatch:  # something in the batch breaks scoring: isolate it, lose nothing
+                log.exception("scoring a batch of %d failed; retrying message by message", len(events))
                 await _classify_one_by_one(events, loop)
+            _release(events)
             _record_lag(app, events)
 
     async def _classify_one_by_one(events, loop) -> None:
         for event in events:
             try:
                 await _classify_batch([event], loop)
-            except Exception as exc:
+            except PoisonBatch as exc:
                 try:
                     valid = ValidatedMessage.model_validate_json(event.value)
                     origin = Origin(valid.origin_topic, valid.origin_partition, valid.origin_offset,
@@ -206,6 +205,14 @@ def create_app(settings: Settings) -> faust.App:
                 await (await send_dead_letter(letter))
 
     async def _classify_batch(events, loop) -> None:
+        try:
+            items, records, scores = await _score_batch(events, loop)
+        except Exception as exc:
+            raise PoisonBatch(f"{type(exc).__name__}: {exc}") from exc
+        await _deliver(items, records, scores)
+
+    async def _score_batch(events, loop):
+        """Decode, de-duplicate, classify and build records: no output is written here."""
         classifier = model.classifier  # one model for the whole batch
         now_s = time.time()
         items = []
@@ -249,7 +256,10 @@ def create_app(settings: Settings) -> faust.App:
             entry = scores[i] if i in scores else (scores[first] if isinstance(first, int) else first)
             records[i] = _scored_record(valid, entry, None if i in scores else entry["id"], processed_at,
                                         classifier.model_version, dictionary, settings)
+        return items, records, scores
 
+    async def _deliver(items, records, scores) -> None:
+        """Elasticsearch first (its rejections become dead letters), then Kafka; returns once both ack."""
         rejected = {r.doc_id: r.reason for r in await sink.write([records[i].model_dump(mode="json")
                                                                    for i in records])}
         deliveries = []
@@ -296,12 +306,13 @@ def create_app(settings: Settings) -> faust.App:
         return web.json({"status": "ok", "model_version": model.classifier.model_version,
                          "provider": model.classifier.provider})
 
-    @app.on_before_shutdown.connect
-    async def close_sink(app, **kwargs):
-        await sink.close()
-        executor.shutdown(wait=False)
-
+    # The Elasticsearch client and the executor are not closed on shutdown: agents may still be
+    # finishing a batch then, and a closed client would turn a clean stop into errors.
     return app
+
+
+class PoisonBatch(Exception):
+    """Scoring (not writing) a batch failed: some message in it cannot be processed."""
 
 
 def _validated(result: Decoded, origin: Origin) -> ValidatedMessage:
@@ -338,12 +349,19 @@ def _set_current_event(event) -> None:
     _current_event.set(weakref.ref(event))
 
 
-def _hold_back(events) -> None:
-    """The worker is stopping mid-batch: mark the batch's messages so take_events' clean-up does
-    not acknowledge them (faust skips messages already flagged ``acked``); their offsets stay
-    uncommitted and the batch is redelivered after the restart."""
+def _hold(events) -> None:
+    """take_events acknowledges a batch whenever its loop body is left, also when the body was
+    cut short (shutdown cancels it; the event loop closes the generator). An extra reference on
+    each message keeps that acknowledgement from becoming final until ``_release``."""
     for event in events:
-        event.message.acked = True
+        event.message.incref()
+
+
+def _release(events) -> None:
+    """The batch's outputs are acknowledged: drop the extra reference, so take_events' own
+    acknowledgement marks the offsets committable."""
+    for event in events:
+        event.message.decref()
 
 
 def _record_lag(app: faust.App, events) -> None:

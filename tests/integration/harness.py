@@ -131,7 +131,8 @@ class Worker:
         env = {**os.environ, **self.pipeline.env, "FINSENT_WEB_PORT": str(self.port),
                "FINSENT_STATE_DIR": str(self.state)}
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
+            level = os.environ.get("FINSENT_TEST_WORKER_LOGLEVEL", "warning")
+            self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", level],
                                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: self.metrics_text() is not None or self._died(), 180, f"worker on port {self.port}")
         assert self.process.poll() is None, f"worker exited:\n{self.log.read_text()[-3000:]}"
