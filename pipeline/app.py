@@ -15,6 +15,7 @@ effect in Elasticsearch.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import ssl
@@ -75,8 +76,6 @@ class ModelHolder:
         return classifier
 
     def bundle_version_on_disk(self) -> str | None:
-        import json
-
         try:
             return json.loads((self.path.resolve() / "manifest.json").read_text())["model_version"]
         except (OSError, ValueError, KeyError):

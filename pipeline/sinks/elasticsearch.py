@@ -60,6 +60,23 @@ def scored_index(settings: Settings) -> str:
     return f"{settings.es_index_prefix}-scored"
 
 
+class _Backoff:
+    """Exponential wait between retries, shown as backpressure while it lasts."""
+
+    def __init__(self, max_delay_s: float):
+        self.delay, self.max_delay_s = 0.5, max_delay_s
+
+    async def wait(self, what: str, reason) -> None:
+        metrics.ES_ERRORS.labels("unavailable").inc()
+        metrics.ES_BACKPRESSURE.set(1)
+        log.warning("Elasticsearch %s failed (%s); retrying in %.1fs", what, reason, self.delay)
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.max_delay_s)
+
+    def done(self) -> None:
+        metrics.ES_BACKPRESSURE.set(0)
+
+
 @dataclass
 class Rejected:
     doc_id: str
@@ -82,29 +99,28 @@ class ElasticsearchSink:
         await self._retry(lambda: self.client.indices.put_index_template(name=self.index, **body), "template")
 
     async def _retry(self, call, what: str):
-        delay = 0.5
+        backoff = _Backoff(self.settings.es_retry_max_backoff_s)
         while True:
             try:
-                return await call()
+                result = await call()
+                backoff.done()
+                return result
             except (TransportError, ApiError) as exc:
                 if isinstance(exc, ApiError) and not _retryable(exc.status_code):
                     raise
-                metrics.ES_ERRORS.labels("unavailable").inc()
-                metrics.ES_BACKPRESSURE.set(1)
-                log.warning("Elasticsearch %s failed (%s); retrying in %.1fs", what, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.es_retry_max_backoff_s)
+                await backoff.wait(what, exc)
 
     async def write(self, documents: list[dict]) -> list[Rejected]:
         """Indexes every document or returns it as rejected; retries everything else until it lands."""
         started = time.perf_counter()
         pending = {doc["id"]: doc for doc in documents}
         rejected: list[Rejected] = []
-        delay = 0.5
+        backoff = _Backoff(self.settings.es_retry_max_backoff_s)
         while pending:
             actions = [{"_op_type": "index", "_index": self.index, "_id": doc_id, "_source": doc}
                        for doc_id, doc in pending.items()]
             retry_later: dict[str, dict] = {}
+            failure: Exception | None = None
             try:
                 async for ok, item in async_streaming_bulk(self.client, actions, chunk_size=500, raise_on_error=False,
                                                            max_retries=0):
@@ -127,17 +143,12 @@ class ElasticsearchSink:
                     metrics.ES_ERRORS.labels("rejected").inc(len(pending))
                     pending.clear()
                     continue
-                log.warning("Elasticsearch bulk failed (%s); retrying in %.1fs", exc, delay)
-                retry_later = pending
+                failure, retry_later = exc, pending
             except (TransportError, OSError, asyncio.TimeoutError) as exc:
-                log.warning("Elasticsearch bulk failed (%s); retrying in %.1fs", exc, delay)
-                retry_later = pending
+                failure, retry_later = exc, pending
             if retry_later:
-                metrics.ES_ERRORS.labels("unavailable").inc()
-                metrics.ES_BACKPRESSURE.set(1)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.es_retry_max_backoff_s)
-        metrics.ES_BACKPRESSURE.set(0)
+                await backoff.wait("bulk", failure or f"{len(retry_later)} documents refused for now")
+        backoff.done()
         metrics.ES_BULK.observe(time.perf_counter() - started)
         return rejected
 

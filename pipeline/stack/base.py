@@ -150,7 +150,8 @@ class Service:
             state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
         except (OSError, ValueError, IndexError):
             return None
-        if state == "Z" or str(self.dir.resolve()) not in cmdline and str(self.dir) not in cmdline:
+        ours = str(self.dir.resolve()) in cmdline or str(self.dir) in cmdline
+        if state == "Z" or not ours:
             return None
         return pid
 
