@@ -1,7 +1,10 @@
 """The Faust app: topics, tables and agents, wired in flow order.
 
     finsent.raw ──decode_stage──▶ <group>.<raw>.by-fingerprint ──classify_stage──▶ finsent.scored + Elasticsearch
-         └─ bad input ─▶ finsent.deadletter                   └─ rejected by Elasticsearch ─▶ finsent.deadletter
+         └─ bad input ─▶ finsent.deadletter                   │└─ rejected by Elasticsearch ─▶ finsent.deadletter
+                                                              └─▶ <group>.windows ──window_stage──▶ finsent.aggregates,
+                                                                  (one item per topic/ticker)        finsent.alerts,
+                                                                                                     Elasticsearch, metrics
 
 decode_stage validates and re-keys each message by the fingerprint of its normalised text, so
 copies of one text meet in one partition, where the de-duplication table (changelog-backed,
@@ -9,7 +12,8 @@ survives restarts and rebalances) is co-partitioned with them. classify_stage ta
 classifies them in an executor thread and acknowledges a batch's offsets only after Kafka and
 Elasticsearch have acknowledged its outputs (faust's ``take_events`` acks when the loop body
 returns), which makes the worker at-least-once and, with ``_id`` = message id, exactly-once in
-effect in Elasticsearch.
+effect in Elasticsearch. window_stage (see aggregation.py) does the same with its table: new
+window and alert state is stored only once the aggregates and alerts it produced are acknowledged.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pathlib import Path
 import faust
 
 from . import metrics
+from .aggregation import WindowOutputs, WindowProcessor
+from .alerts import load_rules
 from .bundle import open_bundle
 from .classify import Classifier
 from .config import Settings
@@ -35,7 +41,7 @@ from .decode import Decoded, Origin, decode, dead_letter
 from .dedup import fingerprint
 from .enrich import CompanyDictionary, enrich, routing_key
 from .schemas import LABELS, DeadLetter, ScoredRecord, ValidatedMessage
-from .sinks.elasticsearch import ElasticsearchSink
+from .sinks.elasticsearch import ElasticsearchSink, index_name
 
 log = logging.getLogger("finsent.worker")
 
@@ -134,6 +140,16 @@ def create_app(settings: Settings) -> faust.App:
     deadletter_topic = topic(settings.topic_deadletter)
     # fingerprint -> first copy seen: {"id", "at", "label", "probabilities"}
     dedup_table = app.Table("finsent-dedup", default=None, partitions=partitions)
+    # One item per (scored record, topic/ticker), keyed by the name: its windows live in one partition.
+    window_topic = topic(f"{settings.consumer_group}.windows")
+    aggregates_topic = topic(settings.topic_aggregates)
+    alerts_topic = topic(settings.topic_alerts)
+    # t/<name>: window and alert state; p/<partition>: stream time and tracked names (aggregation.py)
+    window_table = app.Table("finsent-windows", default=None, partitions=partitions)
+    window_config = settings.window_config()
+    rules = load_rules(settings.alert_rules, [s.name for s in window_config.specs]) if settings.alert_rules else []
+    windows_stage = WindowProcessor(window_config, rules, settings.window_max_topics, partitions, window_table.get,
+                                    idle_s=settings.window_idle_s)
 
     model = ModelHolder(settings)
     sink = ElasticsearchSink(settings)
@@ -271,6 +287,12 @@ def create_app(settings: Settings) -> faust.App:
                 continue
             key = routing_key(record.tickers, record.topics, record.source).encode()
             deliveries.append(await scored_topic.send(key=key, value=record.model_dump_json().encode()))
+            # Upstream partition and offset let the window stage recognise a redelivered item.
+            source = {"t": record.published_at.timestamp(), "score": record.sentiment_score, "label": record.label,
+                      "id": record.id, "src": str(event.message.partition), "off": event.message.offset}
+            for name in dict.fromkeys(record.tickers + record.topics):
+                deliveries.append(await window_topic.send(key=name.encode(),
+                                                          value=json.dumps({**source, "topic": name}).encode()))
             if i in scores:
                 _set_current_event(event)
                 dedup_table[fp] = scores[i]
@@ -282,6 +304,60 @@ def create_app(settings: Settings) -> faust.App:
             if record.kafka_latency_ms is not None:
                 metrics.END_TO_END.labels("kafka").observe(record.kafka_latency_ms / 1000)
         await asyncio.gather(*deliveries)
+
+    @app.agent(window_topic)
+    async def window_stage(stream):
+        async for events in stream.take_events(settings.max_batch * 4, within=within):
+            _hold(events)
+            out, last_event = WindowOutputs(), {}
+            for event in events:
+                partition = event.message.partition
+                last_event[partition] = event
+                _set_current_event(event)  # table reads go to this partition's store
+                item = json.loads(event.value)
+                if "tick" in item:
+                    windows_stage.tick(partition, time.time())
+                else:
+                    windows_stage.record(partition, {**item, "woff": event.message.offset}, time.time(), out)
+            for partition, event in last_event.items():
+                _set_current_event(event)
+                windows_stage.close_partition(partition, out)
+            # Shielded: once outputs are on their way, the state that says so is stored too, even
+            # if shutdown cancels the agent meanwhile (else a restart would repeat the alerts).
+            await asyncio.shield(_emit_windows(out, last_event, events))
+
+    async def _emit_windows(out: WindowOutputs, last_event: dict, events) -> None:
+        if not state["template"]:
+            await sink.install_template()
+            state["template"] = True
+        deliveries = [await window_topic.send(key=b"other", value=json.dumps(item).encode()) for item in out.reroute]
+        deliveries += [await aggregates_topic.send(key=a.topic.encode(), value=a.model_dump_json().encode())
+                       for a in out.aggregates]
+        deliveries += [await alerts_topic.send(key=a.id.encode(), value=a.model_dump_json().encode())
+                       for a in out.alerts]
+        for suffix, documents in (("aggregates", out.aggregates), ("alerts", out.alerts)):
+            if documents:
+                rejected = await sink.write([d.model_dump(mode="json") for d in documents],
+                                            index=index_name(settings, suffix))
+                for r in rejected:  # our own documents: a rejection is a bug or a broken template
+                    log.error("Elasticsearch rejected %s document %s: %s", suffix, r.doc_id, r.reason)
+        await asyncio.gather(*deliveries)
+        for key, (partition, value) in windows_stage.writes().items():
+            _set_current_event(last_event[partition])
+            if value is None:
+                window_table.pop(key, None)
+            else:
+                window_table[key] = value
+        metrics.record_windows(out.closed, out.alerts, out.late, out.forgotten, sum(windows_stage.tracked.values()))
+        _release(events)
+
+    @app.timer(interval=1.0)
+    async def window_ticks():
+        """A heartbeat into each window partition this worker owns (see WindowProcessor.tick)."""
+        tick = json.dumps({"tick": time.time()}).encode()
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == window_topic.get_topic_name():
+                await window_topic.send(key=None, value=tick, partition=tp.partition)
 
     @app.timer(interval=2.0)
     async def watch_bundle():

@@ -29,6 +29,12 @@ def default_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finsent"
 
 
+def _deploy_file(relative: str) -> Path | None:
+    """A file shipped in deploy/ (present in a checkout and in the Docker image)."""
+    path = Path(__file__).resolve().parents[1] / "deploy" / relative
+    return path if path.exists() else None
+
+
 class ConfigError(ValueError):
     """Invalid configuration; the message names each bad setting."""
 
@@ -127,6 +133,16 @@ class Settings(BaseSettings):
     es_retry_max_backoff_s: float = Field(default=30.0, gt=0, le=600)
     es_request_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
+    # --- windows and alerts ------------------------------------------------------------------
+    window_tumbling_s: int = Field(default=60, ge=1, le=86_400)
+    window_hopping_s: int = Field(default=900, ge=0, le=7 * 86_400)  # 0: no hopping window
+    window_hop_s: int = Field(default=60, ge=1, le=86_400)
+    window_lateness_s: float = Field(default=30.0, ge=0, le=86_400)
+    window_idle_s: float = Field(default=10.0, gt=0, le=3600)  # then stream time follows the wall clock
+    window_max_topics: int = Field(default=500, ge=1, le=100_000)  # the rest are counted as "other"
+    baseline_span_windows: int = Field(default=30, ge=2, le=10_000)
+    alert_rules: Path | None = Field(default_factory=lambda: _deploy_file("alerts/rules.yml"))
+
     # --- local services (`finsent stack`) ----------------------------------------------------
     stack_home: Path = Field(default_factory=default_home)
 
@@ -173,7 +189,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "es_ca_certs", "model_bundle",
-                     "company_dictionary")
+                     "company_dictionary", "alert_rules")
     @classmethod
     def _must_exist(cls, path: Path | None) -> Path | None:
         if path is not None and not path.exists():
@@ -207,6 +223,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"kafka_security_protocol={self.kafka_security_protocol} also needs {', '.join(missing)}")
         if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
             raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile must be given together (mutual TLS)")
+        if self.window_hopping_s:
+            if self.window_hopping_s % self.window_hop_s:
+                raise ValueError(f"window_hopping_s={self.window_hopping_s} must be a multiple of "
+                                 f"window_hop_s={self.window_hop_s}")
+            if self.window_hopping_s == self.window_tumbling_s:
+                raise ValueError("window_hopping_s must differ from window_tumbling_s")
         if self.es_api_key is not None and self.es_username is not None:
             raise ValueError("give either es_api_key or es_username/es_password, not both")
         if (self.es_username is None) != (self.es_password is None):
@@ -235,6 +257,12 @@ class Settings(BaseSettings):
         if self.es_ca_certs is not None:
             kwargs["ca_certs"] = str(self.es_ca_certs)
         return kwargs
+
+    def window_config(self):
+        from .windows import WindowConfig
+
+        return WindowConfig.from_seconds(self.window_tumbling_s, self.window_hopping_s, self.window_hop_s,
+                                         lateness_s=self.window_lateness_s, baseline_span=self.baseline_span_windows)
 
     def all_topics(self) -> list[str]:
         return [self.topic_raw, self.topic_scored, self.topic_deadletter, self.topic_aggregates, self.topic_alerts]

@@ -38,6 +38,23 @@ MODEL_INFO = Gauge("finsent_model_info", "The model in use (value 1).", ["versio
                    registry=REGISTRY)
 MODEL_SWAPS = Counter("finsent_model_swaps", "Model bundles hot-swapped in.", registry=REGISTRY)
 
+# Per topic/ticker, from the last closed window (label values bounded by FINSENT_WINDOW_MAX_TOPICS).
+TOPIC_SENTIMENT = Gauge("finsent_topic_sentiment", "Mean sentiment score (-1..1) of the last closed window.",
+                        ["topic", "window"], registry=REGISTRY)
+TOPIC_NEGATIVE_RATIO = Gauge("finsent_topic_negative_ratio", "Share of negative messages in the last closed window.",
+                             ["topic", "window"], registry=REGISTRY)
+TOPIC_MESSAGES = Gauge("finsent_topic_messages", "Messages in the last closed window.", ["topic", "window"],
+                       registry=REGISTRY)
+WINDOWS_CLOSED = Counter("finsent_windows_closed", "Windows closed, empty ones included.", ["window"],
+                         registry=REGISTRY)
+LATE_RECORDS = Counter("finsent_late_records", "Records later than the allowed lateness (not in any window).",
+                       registry=REGISTRY)
+TRACKED_TOPICS = Gauge("finsent_tracked_topics", "Topics and tickers with their own windows on this worker.",
+                       registry=REGISTRY)
+ALERTS = Counter("finsent_alerts", "Alert episodes fired.", ["rule", "severity"], registry=REGISTRY)
+ALERT_ACTIVE = Gauge("finsent_alert_active", "1 while an alert episode is firing.", ["rule", "topic", "severity"],
+                     registry=REGISTRY)
+
 for _reason in DEAD_LETTER_REASONS:  # expose zeros so rates and alerts work from the start
     DEAD_LETTERS.labels(_reason)
 for _outcome in ("scored", "duplicate", "dead_letter"):
@@ -51,3 +68,27 @@ def set_model_info(version: str, provider: str, variant: str) -> None:
 
 def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def record_windows(closed, alerts, late: int, forgotten: list[str], tracked: int) -> None:
+    """Metrics from one batch of the window stage, once its outputs are acknowledged."""
+    for window in closed:
+        WINDOWS_CLOSED.labels(window.spec.name).inc()
+        TOPIC_MESSAGES.labels(window.topic, window.spec.name).set(window.messages)
+        if window.messages:
+            TOPIC_SENTIMENT.labels(window.topic, window.spec.name).set(window.sentiment_mean)
+            TOPIC_NEGATIVE_RATIO.labels(window.topic, window.spec.name).set(window.shares["negative"])
+    for alert in alerts:
+        if alert.status == "firing":
+            ALERTS.labels(alert.rule, alert.severity).inc()
+        ALERT_ACTIVE.labels(alert.rule, alert.topic, alert.severity).set(1 if alert.status == "firing" else 0)
+    LATE_RECORDS.inc(late)
+    TRACKED_TOPICS.set(tracked)
+    for gauge in (TOPIC_SENTIMENT, TOPIC_NEGATIVE_RATIO, TOPIC_MESSAGES):
+        for labels in [lv for lv in _label_values(gauge) if lv[0] in forgotten]:
+            gauge.remove(*labels)
+
+
+def _label_values(gauge) -> list[tuple[str, ...]]:
+    return [tuple(sample.labels[n] for n in gauge._labelnames) for metric in gauge.collect()
+            for sample in metric.samples]

@@ -148,3 +148,44 @@ class ValidatedMessage(BaseModel):
     origin_topic: str
     origin_partition: int
     origin_offset: int
+
+
+class WindowAggregate(BaseModel):
+    """One closed window of one topic/ticker (aggregates topic and index; ``id`` makes it idempotent)."""
+
+    id: str  # topic|window|start epoch seconds
+    topic: str
+    window: str  # "1m", "15m"
+    window_kind: Literal["tumbling", "hopping"]
+    window_s: int
+    start: datetime
+    end: datetime
+    messages: int
+    sentiment_mean: float | None
+    share_negative: float
+    share_neutral: float
+    share_positive: float
+    baseline_sentiment: float | None  # before this window
+    baseline_messages: float | None
+    sentiment_z: float | None
+    volume_z: float | None
+    late_records: int = 0  # records too late for their window, seen since the previous aggregate
+
+
+class Alert(BaseModel):
+    """An alert episode; the same ``id`` is written again when it resolves."""
+
+    id: str  # rule|topic|start of the window that fired it
+    rule: str
+    kind: str
+    severity: Literal["info", "warning", "page"]
+    topic: str
+    status: Literal["firing", "resolved"]
+    window: str
+    window_start: datetime
+    fired_at: datetime
+    resolved_at: datetime | None = None
+    value: float
+    threshold: float
+    messages: int
+    summary: str

@@ -56,8 +56,40 @@ SCORED_MAPPINGS = {
 }
 
 
+AGGREGATE_MAPPINGS = {
+    "dynamic": False,
+    "properties": {
+        "id": {"type": "keyword"}, "topic": {"type": "keyword"}, "window": {"type": "keyword"},
+        "window_kind": {"type": "keyword"}, "window_s": {"type": "integer"},
+        "start": {"type": "date"}, "end": {"type": "date"}, "messages": {"type": "integer"},
+        "sentiment_mean": {"type": "float"}, "share_negative": {"type": "float"}, "share_neutral": {"type": "float"},
+        "share_positive": {"type": "float"}, "baseline_sentiment": {"type": "float"},
+        "baseline_messages": {"type": "float"}, "sentiment_z": {"type": "float"}, "volume_z": {"type": "float"},
+        "late_records": {"type": "integer"},
+    },
+}
+
+ALERT_MAPPINGS = {
+    "dynamic": False,
+    "properties": {
+        "id": {"type": "keyword"}, "rule": {"type": "keyword"}, "kind": {"type": "keyword"},
+        "severity": {"type": "keyword"}, "topic": {"type": "keyword"}, "status": {"type": "keyword"},
+        "window": {"type": "keyword"}, "window_start": {"type": "date"}, "fired_at": {"type": "date"},
+        "resolved_at": {"type": "date"}, "value": {"type": "float"}, "threshold": {"type": "float"},
+        "messages": {"type": "integer"}, "summary": {"type": "text"},
+    },
+}
+
+# index suffix -> mappings; each gets an index template `<prefix>-<suffix>`.
+INDICES = {"scored": SCORED_MAPPINGS, "aggregates": AGGREGATE_MAPPINGS, "alerts": ALERT_MAPPINGS}
+
+
+def index_name(settings: Settings, suffix: str) -> str:
+    return f"{settings.es_index_prefix}-{suffix}"
+
+
 def scored_index(settings: Settings) -> str:
-    return f"{settings.es_index_prefix}-scored"
+    return index_name(settings, "scored")
 
 
 class _Backoff:
@@ -91,12 +123,14 @@ class ElasticsearchSink:
                                          retry_on_timeout=False, max_retries=0)
 
     async def install_template(self) -> None:
-        body = {"index_patterns": [f"{self.index}*"], "priority": 200,
-                # A 5 s refresh costs Elasticsearch far less CPU than the default 1 s and is still
-                # near-real-time for dashboards; tests and reports refresh explicitly.
-                "template": {"settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "5s"},
-                             "mappings": SCORED_MAPPINGS}}
-        await self._retry(lambda: self.client.indices.put_index_template(name=self.index, **body), "template")
+        for suffix, mappings in INDICES.items():
+            name = index_name(self.settings, suffix)
+            body = {"index_patterns": [f"{name}*"], "priority": 200,
+                    # A 5 s refresh costs Elasticsearch far less CPU than the default 1 s and is still
+                    # near-real-time for dashboards; tests and reports refresh explicitly.
+                    "template": {"settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "5s"},
+                                 "mappings": mappings}}
+            await self._retry(lambda: self.client.indices.put_index_template(name=name, **body), "template")
 
     async def _retry(self, call, what: str):
         backoff = _Backoff(self.settings.es_retry_max_backoff_s)
@@ -110,14 +144,16 @@ class ElasticsearchSink:
                     raise
                 await backoff.wait(what, exc)
 
-    async def write(self, documents: list[dict]) -> list[Rejected]:
-        """Indexes every document or returns it as rejected; retries everything else until it lands."""
+    async def write(self, documents: list[dict], index: str | None = None) -> list[Rejected]:
+        """Indexes every document (``_id`` = its ``id``) into the scored index or ``index``, or
+        returns it as rejected; retries everything else until it lands."""
+        index = index or self.index
         started = time.perf_counter()
         pending = {doc["id"]: doc for doc in documents}
         rejected: list[Rejected] = []
         backoff = _Backoff(self.settings.es_retry_max_backoff_s)
         while pending:
-            actions = [{"_op_type": "index", "_index": self.index, "_id": doc_id, "_source": doc}
+            actions = [{"_op_type": "index", "_index": index, "_id": doc_id, "_source": doc}
                        for doc_id, doc in pending.items()]
             retry_later: dict[str, dict] = {}
             failure: Exception | None = None

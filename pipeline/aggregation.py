@@ -1,0 +1,214 @@
+"""The window stage's logic, per partition of the window topic (no Kafka: app.py feeds it events
+and hands it the table's ``get``).
+
+Each scored record reaches this stage once per topic/ticker it mentions, keyed by that name, so
+a name's records, its window state and its alert state all live in one partition. Per partition
+the stage keeps a stream time (see windows.py) and the list of names it tracks; past
+``max_topics`` names (spread over the partitions) further names are counted under ``other``,
+which keeps memory and metric labels bounded.
+
+Delivery is at-least-once, so an item can arrive twice (a redelivered batch upstream). Items
+carry the upstream partition and offset they came from, which only grow; an item at or below the
+highest offset already counted from that partition for that name is a repeat and is skipped.
+
+Nothing is written while a batch is processed: ``writes()`` returns the new table values, which
+app.py stores only after the batch's aggregates and alerts are acknowledged. A batch cut short
+therefore redoes its work on redelivery instead of losing an aggregate or an alert.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from . import windows
+from .alerts import Rule, evaluate
+from .schemas import Alert, WindowAggregate
+
+OTHER = "other"
+
+
+def _iso(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+@dataclass
+class WindowOutputs:
+    aggregates: list[WindowAggregate] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    reroute: list[dict] = field(default_factory=list)  # items to count under OTHER
+    late: int = 0
+    duplicates: int = 0
+    closed: list[windows.ClosedWindow] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)  # names no longer tracked (metrics to drop)
+
+
+class WindowProcessor:
+    def __init__(self, config: windows.WindowConfig, rules: list[Rule], max_topics: int, partitions: int,
+                 lookup, idle_s: float = 10.0, upstream_partitions: int | None = None):
+        self.config = config
+        self.upstream = [str(p) for p in range(upstream_partitions or partitions)]
+        self.rules = rules
+        self.per_partition = max(1, math.ceil(max_topics / partitions))
+        self.lookup = lookup  # key -> stored value or None (the Faust table's get)
+        self.idle_s = idle_s
+        self._pending: dict[str, tuple[int, dict | None]] = {}
+        self._last_record_wall: dict[int, float] = {}
+        self._last_advance_wall: dict[int, float] = {}
+        self._stream_times: dict[int, float] = {}
+        self._heard_wall: dict[int, dict[str, float]] = {}  # partition -> upstream partition -> last heard
+        self.tracked: dict[int, int] = {}  # partition -> names with their own windows
+
+    # --- the write-back cache --------------------------------------------------------------------
+    def _get(self, key: str):
+        if key in self._pending:
+            return self._pending[key][1]
+        return self.lookup(key)
+
+    def _put(self, key: str, partition: int, value: dict | None) -> None:
+        self._pending[key] = (partition, value)
+
+    def writes(self) -> dict[str, tuple[int, dict | None]]:
+        """key -> (partition, value or None to delete); clears the cache."""
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def _meta(self, partition: int) -> dict:
+        meta = self._get(f"p/{partition}")
+        # sources: upstream partition -> latest event time received from it
+        return dict(meta) if meta else {"stream_time": None, "topics": [], "sources": {}}
+
+    # --- events ----------------------------------------------------------------------------------
+    def record(self, partition: int, item: dict, wall_now: float, out: WindowOutputs) -> None:
+        """One scored record for one name: {topic, id, t, score, label, src, off}."""
+        self._last_record_wall[partition] = self._last_advance_wall[partition] = wall_now
+        meta = self._meta(partition)
+        name = item["topic"]
+        if name not in meta["topics"]:
+            tracked = sum(1 for t in meta["topics"] if t != OTHER)
+            if name != OTHER and tracked >= self.per_partition:
+                out.reroute.append({**item, "topic": OTHER, "src": f"w{partition}", "off": item["woff"]})
+                return
+            meta["topics"] = meta["topics"] + [name]
+        state = self._get(f"t/{name}") or windows.new_state()
+        state = {**state, "offsets": dict(state.get("offsets", {}))}
+        if item["off"] <= state["offsets"].get(item["src"], -1):
+            out.duplicates += 1
+            return
+        state["offsets"][item["src"]] = item["off"]
+        t = float(item["t"])
+        if self.config.is_late(t, meta["stream_time"]):
+            state["late"] = state.get("late", 0) + 1
+            out.late += 1
+        else:
+            state = _deep_copy(state)
+            windows.add(self.config, state, t, float(item["score"]), item["label"])
+        sources = meta["sources"] = dict(meta.get("sources", {}))
+        sources[item["src"]] = max(sources.get(item["src"], t), t)
+        self._heard(partition)[item["src"]] = wall_now
+        self._advance(partition, meta, wall_now)
+        self._put(f"t/{name}", partition, state)
+        self._put(f"p/{partition}", partition, meta)
+
+    def _heard(self, partition: int) -> dict[str, float]:
+        return self._heard_wall.setdefault(partition, {})
+
+    def _advance(self, partition: int, meta: dict, wall_now: float) -> None:
+        """Stream time = the least progress among the upstream partitions heard from within
+        ``idle_s``: items from several upstream partitions interleave, and one running behind must
+        not make the others' records late. It never goes back."""
+        heard = self._heard(partition)
+        sources = meta.get("sources", {})
+        for src in self.upstream:  # not heard from yet, but not idle yet either: wait for it
+            if src not in sources and wall_now - heard.setdefault(src, wall_now) < self.idle_s:
+                self._put(f"p/{partition}", partition, meta)
+                return
+        active = [t for src, t in sources.items() if wall_now - heard.setdefault(src, wall_now) < self.idle_s]
+        if active:
+            current = meta["stream_time"]
+            meta["stream_time"] = min(active) if current is None else max(current, min(active))
+            self._stream_times[partition] = meta["stream_time"]
+        self._put(f"p/{partition}", partition, meta)
+
+    def tick(self, partition: int, wall_now: float) -> None:
+        """Wall-clock heartbeat. Upstream partitions silent for ``idle_s`` stop holding stream time
+        back; once the whole partition is silent that long, its stream time follows the wall clock
+        (after catching up with this worker's other partitions), so the last windows of a stream
+        close even when no later record arrives."""
+        self._last_record_wall.setdefault(partition, wall_now)
+        last_advance = self._last_advance_wall.setdefault(partition, wall_now)
+        meta = self._meta(partition)
+        if not meta.get("sources"):
+            return
+        if wall_now - self._last_record_wall[partition] < self.idle_s:
+            self._advance(partition, meta, wall_now)
+            return
+        newest = max(self._stream_times.values(), default=meta["stream_time"])
+        meta["stream_time"] = max(meta["stream_time"] or newest or 0, newest or 0) + (wall_now - last_advance)
+        self._last_advance_wall[partition] = wall_now
+        self._stream_times[partition] = meta["stream_time"]
+        self._put(f"p/{partition}", partition, meta)
+
+    def close_partition(self, partition: int, out: WindowOutputs) -> None:
+        """Closes what stream time allows for every name of the partition; evaluates the rules."""
+        meta = self._meta(partition)
+        if meta["stream_time"] is None:
+            return
+        keep = []
+        for name in meta["topics"]:
+            stored = self._get(f"t/{name}")
+            if stored is None:
+                continue
+            state = _deep_copy(stored)
+            closed = windows.close(self.config, name, state, meta["stream_time"])
+            first_spec = self.config.specs[0].name
+            for window in closed:
+                out.closed.append(window)
+                if window.messages:
+                    late = 0
+                    if window.spec.name == first_spec:  # late records are reported once, with the next window
+                        late, state["late"] = state.get("late", 0), 0
+                    out.aggregates.append(_aggregate(window, late))
+                self._evaluate(window, state, out)
+            if windows.idle(state, meta["stream_time"], self.config):
+                self._put(f"t/{name}", partition, None)
+                out.forgotten.append(name)
+                continue
+            keep.append(name)
+            if closed:
+                self._put(f"t/{name}", partition, state)
+        self.tracked[partition] = len(keep)
+        if keep != meta["topics"]:
+            meta["topics"] = keep
+            self._put(f"p/{partition}", partition, meta)
+
+    def _evaluate(self, window: windows.ClosedWindow, state: dict, out: WindowOutputs) -> None:
+        for rule in self.rules:
+            if rule.window != window.spec.name or not rule.applies_to(window.topic):
+                continue
+            new, document = evaluate(rule, window, state["alerts"].get(rule.name))
+            if new is None:
+                state["alerts"].pop(rule.name, None)
+            else:
+                state["alerts"][rule.name] = new
+            if document is not None:
+                out.alerts.append(Alert(**document))
+
+
+def _deep_copy(state: dict) -> dict:
+    return {**state, "buckets": {k: list(v) for k, v in state["buckets"].items()},
+            "frontier": dict(state["frontier"]), "baseline": {k: dict(v) for k, v in state["baseline"].items()},
+            "alerts": {k: dict(v) for k, v in state["alerts"].items()},
+            "offsets": dict(state.get("offsets", {}))}
+
+
+def _aggregate(window: windows.ClosedWindow, late: int) -> WindowAggregate:
+    return WindowAggregate(
+        id=f"{window.topic}|{window.spec.name}|{int(window.start)}", topic=window.topic, window=window.spec.name,
+        window_kind=window.spec.kind, window_s=window.spec.size_s, start=_iso(window.start), end=_iso(window.end),
+        messages=window.messages, sentiment_mean=window.sentiment_mean,
+        share_negative=window.shares["negative"], share_neutral=window.shares["neutral"],
+        share_positive=window.shares["positive"], baseline_sentiment=window.baseline_sentiment,
+        baseline_messages=window.baseline_messages, sentiment_z=window.sentiment_z, volume_z=window.volume_z,
+        late_records=late)

@@ -1,0 +1,222 @@
+"""Window arithmetic, the window stage's logic and alert rules, without a broker."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pipeline import windows
+from pipeline.aggregation import OTHER, WindowOutputs, WindowProcessor
+from pipeline.alerts import Rule, RuleError, load_rules, parse_duration
+from pipeline.schemas import LABELS
+
+CONFIG = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20, baseline_min_windows=3)
+T0 = 1_700_000_040  # a minute boundary
+
+
+class Store:
+    """The Faust table's role: values by key, written only when a batch is done."""
+
+    def __init__(self):
+        self.data: dict = {}
+
+    def apply(self, processor: WindowProcessor) -> None:
+        for key, (_, value) in processor.writes().items():
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+
+
+def processor(store: Store, rules=(), max_topics=100, partitions=1, upstream=1) -> WindowProcessor:
+    return WindowProcessor(CONFIG, list(rules), max_topics, partitions, store.data.get, idle_s=5,
+                           upstream_partitions=upstream)
+
+
+def feed(proc: WindowProcessor, store: Store, items: list[dict], batch: int = 7) -> WindowOutputs:
+    """Items in batches, like the agent: records, then closing, then the write-back."""
+    out = WindowOutputs()
+    for i in range(0, len(items), batch):
+        for item in items[i:i + batch]:
+            proc.record(0, item, 0.0, out)
+        proc.close_partition(0, out)
+        store.apply(proc)
+    return out
+
+
+def item(topic: str, t: float, label: str = "neutral", score: float = 0.0, off: int = 0, src: str = "0") -> dict:
+    return {"topic": topic, "id": f"{topic}-{off}", "t": t, "score": score, "label": label, "src": src, "off": off,
+            "woff": off}
+
+
+def test_streaming_windows_equal_batch_recomputation_with_out_of_order_records():
+    rng = random.Random(7)
+    items, rows = [], []
+    for i in range(2000):
+        t = T0 + i * 0.9 + rng.uniform(-15, 0)  # out of order, but within the allowed lateness
+        label = rng.choice(LABELS)
+        score = {"negative": -0.8, "neutral": 0.0, "positive": 0.7}[label]
+        topic = rng.choice(["AAPL", "MSFT", "Earnings"])
+        items.append(item(topic, t, label, score, off=i))
+        rows.append((topic, t, score, label))
+    items.append(item("AAPL", T0 + 4000, off=99_999))  # moves stream time past every window above
+    store = Store()
+    out = feed(processor(store), store, items)
+
+    assert out.late == 0
+    expected = windows.recompute(CONFIG, rows)
+    got = {(a.topic, a.window, a.start.timestamp()): a for a in out.aggregates}
+    closed_expected = {k: v for k, v in expected.items() if k[2] + CONFIG.spec(k[1]).size_s <= T0 + 4000 - 20}
+    assert set(got) == set(closed_expected)
+    for key, row in closed_expected.items():
+        aggregate = got[key]
+        assert aggregate.messages == row["messages"]
+        assert aggregate.sentiment_mean == pytest.approx(row["sum"] / row["messages"])
+        assert aggregate.share_negative == pytest.approx(row["negative"] / row["messages"])
+    assert len({a.id for a in out.aggregates}) == len(out.aggregates)  # each window emitted once
+
+
+def test_late_records_are_counted_not_added():
+    store = Store()
+    proc = processor(store)
+    out = feed(proc, store, [item("AAPL", T0 + 5, off=1), item("AAPL", T0 + 200, off=2),
+                             item("AAPL", T0 + 10, off=3),  # its window closed at T0+60+20
+                             item("AAPL", T0 + 400, off=4)], batch=1)
+    assert out.late == 1
+    first = next(a for a in out.aggregates if a.window == "1m" and a.start.timestamp() == T0)
+    assert first.messages == 1
+    later = next(a for a in out.aggregates if a.window == "1m" and a.start.timestamp() == T0 + 180)
+    assert later.late_records == 1  # reported with the next window that closes
+
+
+def test_an_upstream_partition_running_behind_does_not_make_its_records_late():
+    store = Store()
+    proc = processor(store, upstream=2)
+    ahead = [item("AAPL", T0 + 600 + i, off=i, src="0") for i in range(5)]
+    behind = [item("AAPL", T0 + i, off=i, src="1") for i in range(5)]
+    out = feed(proc, store, ahead + behind + [item("AAPL", T0 + 700, off=9, src="1")])
+    assert out.late == 0
+    assert next(a for a in out.aggregates if a.window == "1m" and a.start.timestamp() == T0).messages == 5
+
+
+def test_redelivered_items_are_not_counted_twice():
+    store = Store()
+    proc = processor(store)
+    first = [item("AAPL", T0 + i, off=i) for i in range(10)]
+    out = feed(proc, store, first + first[3:] + [item("AAPL", T0 + 500, off=50)])
+    assert out.duplicates == 7
+    assert next(a for a in out.aggregates if a.window == "1m" and a.start.timestamp() == T0).messages == 10
+
+
+def test_names_beyond_the_limit_are_counted_as_other():
+    store = Store()
+    proc = processor(store, max_topics=2)
+    out = feed(proc, store, [item(name, T0 + i, off=i) for i, name in enumerate(["A", "B", "C", "D"])])
+    assert [r["topic"] for r in out.reroute] == [OTHER, OTHER]
+    assert {r["id"] for r in out.reroute} == {"C-2", "D-3"}
+    assert store.data["p/0"]["topics"] == ["A", "B"]
+    feed(proc, store, [{**r, "off": r["woff"]} for r in out.reroute])  # the stage reads them back
+    assert store.data["p/0"]["topics"] == ["A", "B", OTHER]
+
+
+NEGATIVE_RULE = Rule(name="neg", kind="negative_share", threshold=0.6, min_messages=5, cooldown="10m")
+SPIKE_RULE = Rule(name="spike", kind="volume_spike", threshold=3, min_messages=5)
+
+
+def minute(topic: str, m: int, n: int, label: str, start_off: int) -> list[dict]:
+    score = {"negative": -0.9, "neutral": 0.0, "positive": 0.9}[label]
+    return [item(topic, T0 + m * 60 + i * 60 / n, label, score, off=start_off + i) for i in range(n)]
+
+
+def scripted_stream() -> list[dict]:
+    """10 calm minutes on two names, a negative burst on NEG (minutes 10-12), a volume spike on
+    VOL (minute 11), then calm again."""
+    items, off = [], 0
+    for m in range(25):
+        neg_label = "negative" if 10 <= m <= 12 else "positive"
+        items += minute("NEG", m, 8, neg_label, off)
+        off += 100
+        items += minute("VOL", m, 60 if m == 11 else 6, "neutral", off)
+        off += 100
+    items.sort(key=lambda x: x["t"])
+    return items + [item("NEG", T0 + 3000, off=10**6), item("VOL", T0 + 3000, off=10**6)]
+
+
+def test_scripted_burst_and_spike_fire_once_and_resolve_once_even_across_a_restart():
+    stream = scripted_stream()
+    store = Store()
+    out = feed(processor(store, [NEGATIVE_RULE, SPIKE_RULE]), store, stream[:700])
+    # A new processor (a restarted worker) continues from what the table holds.
+    out2 = feed(processor(store, [NEGATIVE_RULE, SPIKE_RULE]), store, stream[700:])
+    alerts = out.alerts + out2.alerts
+    assert [(a.rule, a.topic, a.status) for a in alerts] == [
+        ("neg", "NEG", "firing"), ("spike", "VOL", "firing"), ("spike", "VOL", "resolved"),
+        ("neg", "NEG", "resolved")]
+    fired = alerts[0]
+    assert fired.window_start.timestamp() == T0 + 600 and fired.value == 1.0
+    assert alerts[3].id == fired.id and alerts[3].resolved_at is not None
+    spike = alerts[1]
+    assert spike.messages == 60 and spike.value >= 3
+
+    # The whole stream in one go gives the same alerts and the same aggregates.
+    single = Store()
+    whole = feed(processor(single, [NEGATIVE_RULE, SPIKE_RULE]), single, stream, batch=50)
+    assert sorted(a.model_dump_json() for a in whole.alerts) == sorted(a.model_dump_json() for a in alerts)
+    assert sorted(a.model_dump_json() for a in whole.aggregates) == \
+        sorted(a.model_dump_json() for a in out.aggregates + out2.aggregates)
+
+
+def test_cooldown_keeps_a_second_burst_quiet():
+    store = Store()
+    items, off = [], 0
+    for m in range(12):
+        items += minute("NEG", m, 8, "negative" if m in (3, 7) else "positive", off)
+        off += 100
+    items.append(item("NEG", T0 + 3000, off=10**6))
+    out = feed(processor(store, [NEGATIVE_RULE]), store, items)
+    assert [a.status for a in out.alerts] == ["firing", "resolved"]  # minute 7 falls in the cooldown
+
+
+def test_idle_partition_closes_its_last_windows_on_ticks():
+    store = Store()
+    proc = processor(store)
+    out = WindowOutputs()
+    proc.record(0, item("AAPL", T0 + 1, off=1), wall_now=1000.0, out=out)
+    proc.close_partition(0, out)
+    assert not out.aggregates
+    for wall in (1003.0, 1010.0, 1060.0, 1090.0):  # idle after 5 s; stream time follows the clock
+        proc.tick(0, wall)
+        proc.close_partition(0, out)
+    # The 1 min window and the first 5 min hopping window that holds the record both end at T0+60.
+    assert [(a.window, a.end.timestamp()) for a in out.aggregates] == [("1m", T0 + 60), ("5m", T0 + 60)]
+
+
+def test_rule_file_errors_name_the_rule_and_field(tmp_path):
+    path = tmp_path / "rules.yml"
+    path.write_text("rules:\n  - name: ok\n    kind: volume_spike\n    threshold: 3\n"
+                    "  - name: bad-share\n    kind: negative_share\n    threshold: 1.5\n")
+    with pytest.raises(RuleError, match=r"rule 2 \('bad-share'\).*threshold.*between 0 and 1"):
+        load_rules(path, ["1m"])
+    path.write_text("rules:\n  - name: w\n    kind: volume_spike\n    threshold: 3\n    window: 5m\n")
+    with pytest.raises(RuleError, match=r"rule 1 \('w'\), field window: '5m' is not one of the configured windows"):
+        load_rules(path, ["1m", "15m"])
+    path.write_text("rules:\n  - name: c\n    kind: volume_spike\n    threshold: 3\n    cooldown: soon\n")
+    with pytest.raises(RuleError, match="cooldown"):
+        load_rules(path, ["1m"])
+    path.write_text("rules:\n  - {name: a, kind: volume_spike, threshold: 3}\n  - {name: a, kind: volume_spike, threshold: 2}\n")
+    with pytest.raises(RuleError, match="repeated: a"):
+        load_rules(path, ["1m"])
+
+
+def test_shipped_rules_are_valid():
+    from pipeline.stack.base import DEPLOY_DIR
+
+    rules = load_rules(DEPLOY_DIR / "alerts" / "rules.yml", ["1m", "15m"])
+    assert {r.kind for r in rules} == {"negative_share", "sentiment_shift", "volume_spike"}
+
+
+def test_durations_and_patterns():
+    assert parse_duration("10m") == 600 and parse_duration(90) == 90 and parse_duration("2h") == 7200
+    rule = Rule(name="r", kind="volume_spike", threshold=2, topics=["AAPL", "crypto*"])
+    assert rule.applies_to("AAPL") and rule.applies_to("crypto-BTC") and not rule.applies_to("MSFT")
