@@ -7,9 +7,10 @@ the stage keeps a stream time (see windows.py) and the list of names it tracks; 
 ``max_topics`` names (spread over the partitions) further names are counted under ``other``,
 which keeps memory and metric labels bounded.
 
-Delivery is at-least-once, so an item can arrive twice (a redelivered batch upstream). Items
-carry the upstream partition and offset they came from, which only grow; an item at or below the
-highest offset already counted from that partition for that name is a repeat and is skipped.
+Delivery is at-least-once, so an item can arrive twice (a batch redelivered anywhere upstream,
+even as a new copy with a new offset). Each open bucket of a name keeps the (hashed) ids it has
+counted, under its own table key, so a repeat is recognised exactly and the ids go away with the
+bucket.
 
 Nothing is written while a batch is processed: ``writes()`` returns the new table values, which
 app.py stores only after the batch's aggregates and alerts are acknowledged. A batch cut short
@@ -18,6 +19,7 @@ therefore redoes its work on redelivery instead of losing an aggregate or an ale
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -56,7 +58,6 @@ class WindowProcessor:
         self._pending: dict[str, tuple[int, dict | None]] = {}
         self._last_record_wall: dict[int, float] = {}
         self._last_advance_wall: dict[int, float] = {}
-        self._stream_times: dict[int, float] = {}
         self._heard_wall: dict[int, dict[str, float]] = {}  # partition -> upstream partition -> last heard
         self.tracked: dict[int, int] = {}  # partition -> names with their own windows
 
@@ -81,28 +82,29 @@ class WindowProcessor:
 
     # --- events ----------------------------------------------------------------------------------
     def record(self, partition: int, item: dict, wall_now: float, out: WindowOutputs) -> None:
-        """One scored record for one name: {topic, id, t, score, label, src, off}."""
+        """One scored record for one name: {topic, id, t, score, label, src (upstream partition)}."""
         self._last_record_wall[partition] = self._last_advance_wall[partition] = wall_now
         meta = self._meta(partition)
         name = item["topic"]
         if name not in meta["topics"]:
             tracked = sum(1 for t in meta["topics"] if t != OTHER)
             if name != OTHER and tracked >= self.per_partition:
-                out.reroute.append({**item, "topic": OTHER, "src": f"w{partition}", "off": item["woff"]})
+                out.reroute.append({**item, "topic": OTHER, "src": f"w{partition}"})
                 return
             meta["topics"] = meta["topics"] + [name]
-        state = self._get(f"t/{name}") or windows.new_state()
-        state = {**state, "offsets": dict(state.get("offsets", {}))}
-        if item["off"] <= state["offsets"].get(item["src"], -1):
+        state = _deep_copy(self._get(f"t/{name}") or windows.new_state())
+        t = float(item["t"])
+        seen_key = f"i/{name}/{self.config.bucket_of(t)}"
+        seen = self._get(seen_key) or {}
+        digest = hashlib.blake2b(item["id"].encode(), digest_size=8).hexdigest()
+        if digest in seen:  # checked first: a repeat that arrives late is still a repeat
             out.duplicates += 1
             return
-        state["offsets"][item["src"]] = item["off"]
-        t = float(item["t"])
         if self.config.is_late(t, meta["stream_time"]):
             state["late"] = state.get("late", 0) + 1
             out.late += 1
         else:
-            state = _deep_copy(state)
+            self._put(seen_key, partition, {**seen, digest: 1})
             windows.add(self.config, state, t, float(item["score"]), item["label"])
         sources = meta["sources"] = dict(meta.get("sources", {}))
         sources[item["src"]] = max(sources.get(item["src"], t), t)
@@ -128,13 +130,12 @@ class WindowProcessor:
         if active:
             current = meta["stream_time"]
             meta["stream_time"] = min(active) if current is None else max(current, min(active))
-            self._stream_times[partition] = meta["stream_time"]
         self._put(f"p/{partition}", partition, meta)
 
     def tick(self, partition: int, wall_now: float) -> None:
         """Wall-clock heartbeat. Upstream partitions silent for ``idle_s`` stop holding stream time
-        back; once the whole partition is silent that long, its stream time follows the wall clock
-        (after catching up with this worker's other partitions), so the last windows of a stream
+        back; once the whole partition is silent that long, its stream time jumps to the latest
+        event time it received and then follows the wall clock, so the last windows of a stream
         close even when no later record arrives."""
         self._last_record_wall.setdefault(partition, wall_now)
         last_advance = self._last_advance_wall.setdefault(partition, wall_now)
@@ -144,10 +145,10 @@ class WindowProcessor:
         if wall_now - self._last_record_wall[partition] < self.idle_s:
             self._advance(partition, meta, wall_now)
             return
-        newest = max(self._stream_times.values(), default=meta["stream_time"])
-        meta["stream_time"] = max(meta["stream_time"] or newest or 0, newest or 0) + (wall_now - last_advance)
+        # Silent: everything sent so far has arrived; from there event time follows the clock.
+        reached = max([meta["stream_time"] or 0, *meta["sources"].values()])
+        meta["stream_time"] = reached + (wall_now - last_advance)
         self._last_advance_wall[partition] = wall_now
-        self._stream_times[partition] = meta["stream_time"]
         self._put(f"p/{partition}", partition, meta)
 
     def close_partition(self, partition: int, out: WindowOutputs) -> None:
@@ -162,6 +163,8 @@ class WindowProcessor:
                 continue
             state = _deep_copy(stored)
             closed = windows.close(self.config, name, state, meta["stream_time"])
+            for bucket in set(stored["buckets"]) - set(state["buckets"]):  # dropped: forget its ids
+                self._put(f"i/{name}/{bucket}", partition, None)
             first_spec = self.config.specs[0].name
             for window in closed:
                 out.closed.append(window)
@@ -199,8 +202,7 @@ class WindowProcessor:
 def _deep_copy(state: dict) -> dict:
     return {**state, "buckets": {k: list(v) for k, v in state["buckets"].items()},
             "frontier": dict(state["frontier"]), "baseline": {k: dict(v) for k, v in state["baseline"].items()},
-            "alerts": {k: dict(v) for k, v in state["alerts"].items()},
-            "offsets": dict(state.get("offsets", {}))}
+            "alerts": {k: dict(v) for k, v in state["alerts"].items()}}
 
 
 def _aggregate(window: windows.ClosedWindow, late: int) -> WindowAggregate:

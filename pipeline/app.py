@@ -235,20 +235,29 @@ def create_app(settings: Settings) -> faust.App:
             valid = ValidatedMessage.model_validate_json(event.value)
             items.append((event, valid, event.key.decode() if isinstance(event.key, bytes) else str(event.key)))
 
-        # De-duplicate: first copies are scored, later copies reuse their scores.
+        # De-duplicate: first copies are scored, later copies reuse their scores. A redelivered
+        # message (same id) reuses its own first scores too: INT8 scores depend slightly on the
+        # batch, and every copy of a record (Kafka, Elasticsearch, windows) must carry the same ones.
         to_score: list[int] = []
         copy_of: dict[int, int | dict] = {}
+        redelivered: set[int] = set()
         first_in_batch: dict[str, int] = {}
         for i, (event, valid, fp) in enumerate(items):
             _set_current_event(event)
             seen = dedup_table.get(fp)
             fresh = seen and now_s - seen["at"] <= settings.dedup_horizon_s
-            if fresh and seen["id"] != valid.message.id:
+            first = first_in_batch.get(fp)
+            if seen and seen["id"] == valid.message.id:
                 copy_of[i] = seen
-            elif fp in first_in_batch and items[first_in_batch[fp]][1].message.id != valid.message.id:
-                copy_of[i] = first_in_batch[fp]
+                redelivered.add(i)
+            elif fresh:
+                copy_of[i] = seen
+            elif first is not None:
+                copy_of[i] = first
+                if items[first][1].message.id == valid.message.id:
+                    redelivered.add(i)
             else:
-                first_in_batch.setdefault(fp, i)
+                first_in_batch[fp] = i
                 to_score.append(i)
 
         probabilities = None
@@ -269,7 +278,8 @@ def create_app(settings: Settings) -> faust.App:
         for i, (event, valid, fp) in enumerate(items):
             first = copy_of.get(i)
             entry = scores[i] if i in scores else (scores[first] if isinstance(first, int) else first)
-            records[i] = _scored_record(valid, entry, None if i in scores else entry["id"], processed_at,
+            original = i in scores or i in redelivered
+            records[i] = _scored_record(valid, entry, None if original else entry["id"], processed_at,
                                         classifier.model_version, dictionary, settings)
         return items, records, scores
 
@@ -287,9 +297,9 @@ def create_app(settings: Settings) -> faust.App:
                 continue
             key = routing_key(record.tickers, record.topics, record.source).encode()
             deliveries.append(await scored_topic.send(key=key, value=record.model_dump_json().encode()))
-            # Upstream partition and offset let the window stage recognise a redelivered item.
+            # The upstream partition lets the window stage track each one's event-time progress.
             source = {"t": record.published_at.timestamp(), "score": record.sentiment_score, "label": record.label,
-                      "id": record.id, "src": str(event.message.partition), "off": event.message.offset}
+                      "id": record.id, "src": str(event.message.partition)}
             for name in dict.fromkeys(record.tickers + record.topics):
                 deliveries.append(await window_topic.send(key=name.encode(),
                                                           value=json.dumps({**source, "topic": name}).encode()))
@@ -318,7 +328,7 @@ def create_app(settings: Settings) -> faust.App:
                 if "tick" in item:
                     windows_stage.tick(partition, time.time())
                 else:
-                    windows_stage.record(partition, {**item, "woff": event.message.offset}, time.time(), out)
+                    windows_stage.record(partition, item, time.time(), out)
             for partition, event in last_event.items():
                 _set_current_event(event)
                 windows_stage.close_partition(partition, out)
@@ -365,6 +375,10 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def on_start():
+        # Output topics nobody here consumes: create them with the configured partitions rather
+        # than leave it to the broker's auto-creation defaults.
+        for output in (scored_topic, deadletter_topic, aggregates_topic, alerts_topic):
+            await output.maybe_declare()
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(model.maybe_swap(loop, executor)))

@@ -81,6 +81,9 @@ class WindowConfig:
                 return spec
         raise KeyError(name)
 
+    def bucket_of(self, t: float) -> int:
+        return int(math.floor(t / self.bucket_s) * self.bucket_s)
+
     def earliest_end(self, t: float) -> float:
         """End of the first window (of any spec) that contains event time ``t`` to close."""
         return min(math.floor(t / s.step_s) * s.step_s + s.step_s for s in self.specs)
@@ -115,7 +118,7 @@ def new_state() -> dict:
 
 def add(config: WindowConfig, state: dict, t: float, score: float, label: str) -> None:
     """Counts one (not late) record into its bucket."""
-    bucket = str(int(math.floor(t / config.bucket_s) * config.bucket_s))
+    bucket = str(config.bucket_of(t))
     counts = state["buckets"].setdefault(bucket, [0, 0.0] + [0] * len(LABELS))
     counts[0] += 1
     counts[1] += score

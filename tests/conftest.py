@@ -30,12 +30,13 @@ def phrasebank(shared_data: Path) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, phrasebank) -> Path:
-    """A tiny fine-tuning run: 64 examples, 3 epochs of 4 steps (about 20 s on 2 cores)."""
+    """A tiny fine-tuning run: 64 examples, 3 epochs of 4 steps (about 20 s on 2 cores). Class
+    weights make it predict all three labels, which the alert tests need."""
     from training.train import TrainConfig, train
 
     output = tmp_path_factory.mktemp("tiny") / "run"
     train(TrainConfig(datasets=[phrasebank], output=str(output), epochs=3, batch_size=16, max_examples=64,
-                      learning_rate=3e-4, max_length=48, patience=3))
+                      learning_rate=3e-4, max_length=48, patience=3, class_weights=True))
     return output
 
 

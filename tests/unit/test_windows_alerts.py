@@ -46,8 +46,7 @@ def feed(proc: WindowProcessor, store: Store, items: list[dict], batch: int = 7)
 
 
 def item(topic: str, t: float, label: str = "neutral", score: float = 0.0, off: int = 0, src: str = "0") -> dict:
-    return {"topic": topic, "id": f"{topic}-{off}", "t": t, "score": score, "label": label, "src": src, "off": off,
-            "woff": off}
+    return {"topic": topic, "id": f"{topic}-{src}-{off}", "t": t, "score": score, "label": label, "src": src}
 
 
 def test_streaming_windows_equal_batch_recomputation_with_out_of_order_records():
@@ -100,12 +99,13 @@ def test_an_upstream_partition_running_behind_does_not_make_its_records_late():
     assert next(a for a in out.aggregates if a.window == "1m" and a.start.timestamp() == T0).messages == 5
 
 
-def test_redelivered_items_are_not_counted_twice():
+def test_redelivered_items_are_not_counted_twice_and_their_ids_go_with_the_bucket():
     store = Store()
     proc = processor(store)
     first = [item("AAPL", T0 + i, off=i) for i in range(10)]
     out = feed(proc, store, first + first[3:] + [item("AAPL", T0 + 500, off=50)])
     assert out.duplicates == 7
+    assert not [k for k in store.data if k.startswith("i/AAPL/") and int(k.rsplit("/", 1)[1]) < T0 + 120]
     assert next(a for a in out.aggregates if a.window == "1m" and a.start.timestamp() == T0).messages == 10
 
 
@@ -114,9 +114,9 @@ def test_names_beyond_the_limit_are_counted_as_other():
     proc = processor(store, max_topics=2)
     out = feed(proc, store, [item(name, T0 + i, off=i) for i, name in enumerate(["A", "B", "C", "D"])])
     assert [r["topic"] for r in out.reroute] == [OTHER, OTHER]
-    assert {r["id"] for r in out.reroute} == {"C-2", "D-3"}
+    assert {r["id"] for r in out.reroute} == {"C-0-2", "D-0-3"}
     assert store.data["p/0"]["topics"] == ["A", "B"]
-    feed(proc, store, [{**r, "off": r["woff"]} for r in out.reroute])  # the stage reads them back
+    feed(proc, store, out.reroute)  # the stage reads them back
     assert store.data["p/0"]["topics"] == ["A", "B", OTHER]
 
 
