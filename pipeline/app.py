@@ -152,6 +152,11 @@ def create_app(settings: Settings) -> faust.App:
                                     idle_s=settings.window_idle_s)
 
     model = ModelHolder(settings)
+    gaps = OffsetGaps(app)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app, assigned, **kwargs):
+        gaps.reset()
     sink = ElasticsearchSink(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
     dictionary = (CompanyDictionary.from_csv(settings.company_dictionary) if settings.company_dictionary
@@ -169,6 +174,7 @@ def create_app(settings: Settings) -> faust.App:
     async def decode_stage(stream):
         async for events in stream.take_events(settings.max_batch * 4, within=within):
             _hold(events)
+            await gaps.check(events)
             deliveries = []
             for event in events:
                 message = event.message
@@ -196,6 +202,7 @@ def create_app(settings: Settings) -> faust.App:
             # Held until its outputs are acknowledged: if the worker stops, or Kafka/Elasticsearch
             # fail in a way retries don't cover, the batch stays uncommitted and is redelivered.
             _hold(events)
+            await gaps.check(events)
             try:
                 await _classify_batch(events, loop)
             except PoisonBatch:  # something in the batch breaks scoring: isolate it, lose nothing
@@ -319,6 +326,7 @@ def create_app(settings: Settings) -> faust.App:
     async def window_stage(stream):
         async for events in stream.take_events(settings.max_batch * 4, within=within):
             _hold(events)
+            await gaps.check(events)
             out, last_event = WindowOutputs(), {}
             for event in events:
                 partition = event.message.partition
@@ -398,6 +406,52 @@ def create_app(settings: Settings) -> faust.App:
     # The Elasticsearch client and the executor are not closed on shutdown: agents may still be
     # finishing a batch then, and a closed client would turn a clean stop into errors.
     return app
+
+
+class OffsetGaps:
+    """Re-reads runs of offsets the consumer skipped.
+
+    With faust-streaming 0.15, after a worker restart, the consumer now and then hands a stream
+    the offsets after a short run but not the run itself: those messages are neither processed nor
+    committed (until the next restart). Each stage therefore checks that offsets arrive without
+    holes per partition and seeks back to the first missing one (again after a second, up to
+    ``attempts`` times, because the consumer can drop the re-read too): the run is read again, and
+    what followed it a second time, which the idempotent writes and the window stage's repeat
+    detection absorb. A real hole (transaction markers, compaction) is accepted after that."""
+
+    def __init__(self, app: faust.App, attempts: int = 5, interval_s: float = 1.0):
+        self.app, self.max_attempts, self.interval_s = app, attempts, interval_s
+        self.expected: dict = {}  # tp -> next offset, advanced only without holes
+        self.tries: dict = {}  # tp -> (hole start, seeks so far, monotonic time of the last)
+
+    def reset(self) -> None:  # a new assignment starts from the committed offsets
+        self.expected.clear()
+        self.tries.clear()
+
+    async def check(self, events) -> None:
+        for event in events:
+            tp, offset = event.message.tp, event.message.offset
+            want = self.expected.get(tp)
+            if want is None or offset == want:
+                self.expected[tp] = offset + 1
+                continue
+            if offset < want:  # read again after a seek
+                continue
+            start, tries, last = self.tries.get(tp, (None, 0, 0.0))
+            if start != want:
+                tries, last = 0, 0.0
+            if tries >= self.max_attempts:
+                log.error("%s[%d]: offsets %d-%d never arrived; continuing without them", tp.topic,
+                          tp.partition, want, offset - 1)
+                self.expected[tp] = offset + 1
+                self.tries.pop(tp, None)
+            elif time.monotonic() - last >= self.interval_s:
+                if tries == 0:
+                    metrics.OFFSET_GAPS.labels(tp.topic).inc()
+                log.warning("%s[%d]: offsets %d-%d were skipped by the consumer; reading them again",
+                            tp.topic, tp.partition, want, offset - 1)
+                self.tries[tp] = (want, tries + 1, time.monotonic())
+                await self.app.consumer.seek(tp, want)
 
 
 class PoisonBatch(Exception):

@@ -194,6 +194,41 @@ def worker(
         _fail(exc)
 
 
+@app.command("kibana-import")
+def kibana_import(
+    url: str = typer.Option("http://127.0.0.1:5601", help="Kibana's address."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Import the Kibana data views, visualisations, alerts table and dashboard (deploy/kibana/)."""
+    from .kibana import import_saved_objects
+
+    settings = settings_or_exit(config)
+    auth = (settings.es_username, settings.es_password.get_secret_value()) if settings.es_username else None
+    try:
+        answer = import_saved_objects(url, settings.es_index_prefix, auth=auth)
+    except (RuntimeError, OSError) as exc:
+        _fail(exc)
+    console.print(f"imported {answer['successCount']} saved objects; open {url}/app/dashboards#/view/"
+                  f"{settings.es_index_prefix}-overview")
+
+
+@app.command("check-rules")
+def check_rules(path: Path = typer.Argument(..., help="Alert rules YAML file."),
+                config: Optional[Path] = ConfigOption) -> None:
+    """Validate an alert rules file against the configured windows (what a worker does at start)."""
+    from .alerts import RuleError, load_rules
+
+    settings = settings_or_exit(config)
+    try:
+        rules = load_rules(path, [spec.name for spec in settings.window_config().specs])
+    except RuleError as exc:
+        _fail(exc)
+    table = Table("rule", "kind", "window", "threshold", "topics", "severity")
+    for rule in rules:
+        table.add_row(rule.name, rule.kind, rule.window, f"{rule.threshold:g}", ", ".join(rule.topics), rule.severity)
+    console.print(table)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

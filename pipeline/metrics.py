@@ -36,6 +36,8 @@ CONSUMER_LAG = Gauge("finsent_consumer_lag_messages", "Messages not yet processe
                      ["topic", "partition"], registry=REGISTRY)
 MODEL_INFO = Gauge("finsent_model_info", "The model in use (value 1).", ["version", "provider", "variant"],
                    registry=REGISTRY)
+OFFSET_GAPS = Counter("finsent_offset_gaps", "Runs of offsets the consumer skipped and the worker read again.",
+                      ["topic"], registry=REGISTRY)
 MODEL_SWAPS = Counter("finsent_model_swaps", "Model bundles hot-swapped in.", registry=REGISTRY)
 
 # Per topic/ticker, from the last closed window (label values bounded by FINSENT_WINDOW_MAX_TOPICS).

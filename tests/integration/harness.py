@@ -16,7 +16,10 @@ from pathlib import Path
 from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from pipeline.bundle import open_bundle
+from pipeline.classify import Classifier
 from pipeline.config import Settings
+from pipeline.schemas import LABELS
 
 
 def free_port() -> int:
@@ -34,6 +37,17 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
             return last
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+
+
+def texts_by_prediction(bundle: Path, phrasebank: str) -> tuple[list[str], list[str]]:
+    """(texts the model calls negative, texts it calls positive): tests script sentiment through
+    the model's own predictions, so a stream means what the test says it means."""
+    lines = [line.rsplit("@", 1)[0] for line in Path(phrasebank).read_text(encoding="latin-1").splitlines()][:800]
+    predicted = Classifier(open_bundle(bundle)).predict_proba(lines).argmax(axis=1)
+    negative = [t for t, p in zip(lines, predicted) if LABELS[p] == "negative"]
+    positive = [t for t, p in zip(lines, predicted) if LABELS[p] == "positive"]
+    assert len(negative) >= 30 and len(positive) >= 30, "the tiny model should predict every label"
+    return negative, positive
 
 
 @dataclass

@@ -7,16 +7,11 @@ import json
 import math
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-
 import pytest
 
 from pipeline import windows
-from pipeline.bundle import open_bundle
-from pipeline.classify import Classifier
-from pipeline.schemas import LABELS
 
-from .harness import Pipeline, wait_for
+from .harness import Pipeline, texts_by_prediction, wait_for
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 RULES = """
@@ -27,17 +22,6 @@ rules:
 """
 WINDOW_ENV = {"FINSENT_WINDOW_TUMBLING_S": "60", "FINSENT_WINDOW_HOPPING_S": "300", "FINSENT_WINDOW_HOP_S": "60",
               "FINSENT_WINDOW_LATENESS_S": "20", "FINSENT_WINDOW_IDLE_S": "3"}
-
-
-def texts_by_prediction(bundle: Path, phrasebank: str) -> tuple[list[str], list[str]]:
-    """(texts the model calls negative, texts it calls positive): the test scripts sentiment
-    through the model's own predictions, so the stream means what the test says it means."""
-    lines = [line.rsplit("@", 1)[0] for line in Path(phrasebank).read_text(encoding="latin-1").splitlines()][:800]
-    predicted = Classifier(open_bundle(bundle)).predict_proba(lines).argmax(axis=1)
-    negative = [t for t, p in zip(lines, predicted) if LABELS[p] == "negative"]
-    positive = [t for t, p in zip(lines, predicted) if LABELS[p] == "positive"]
-    assert len(negative) >= 30 and len(positive) >= 30, "the tiny model should predict every label"
-    return negative, positive
 
 
 def scripted_stream(negative: list[str], positive: list[str]) -> list[dict]:
