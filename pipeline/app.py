@@ -42,6 +42,7 @@ from .dedup import fingerprint
 from .enrich import CompanyDictionary, enrich, routing_key
 from .schemas import LABELS, DeadLetter, ScoredRecord, ValidatedMessage
 from .sinks.elasticsearch import ElasticsearchSink, index_name
+from .web import PAGE, LiveView
 
 log = logging.getLogger("finsent.worker")
 
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> faust.App:
     window_table = app.Table("finsent-windows", default=None, partitions=partitions)
     window_config = settings.window_config()
     rules = load_rules(settings.alert_rules, [s.name for s in window_config.specs]) if settings.alert_rules else []
+    live = LiveView(window_config.specs[0].name)
     windows_stage = WindowProcessor(window_config, rules, settings.window_max_topics, partitions, window_table.get,
                                     idle_s=settings.window_idle_s)
 
@@ -174,9 +176,8 @@ def create_app(settings: Settings) -> faust.App:
     async def decode_stage(stream):
         async for events in stream.take_events(settings.max_batch * 4, within=within):
             _hold(events)
-            await gaps.check(events)
             deliveries = []
-            for event in events:
+            for event in await gaps.in_order(events):
                 message = event.message
                 timestamp_ms = int(message.timestamp * 1000) if message.timestamp else None
                 origin = Origin(message.topic, message.partition, message.offset, timestamp_ms)
@@ -202,12 +203,13 @@ def create_app(settings: Settings) -> faust.App:
             # Held until its outputs are acknowledged: if the worker stops, or Kafka/Elasticsearch
             # fail in a way retries don't cover, the batch stays uncommitted and is redelivered.
             _hold(events)
-            await gaps.check(events)
+            batch = await gaps.in_order(events)
             try:
-                await _classify_batch(events, loop)
+                if batch:
+                    await _classify_batch(batch, loop)
             except PoisonBatch:  # something in the batch breaks scoring: isolate it, lose nothing
-                log.exception("scoring a batch of %d failed; retrying message by message", len(events))
-                await _classify_one_by_one(events, loop)
+                log.exception("scoring a batch of %d failed; retrying message by message", len(batch))
+                await _classify_one_by_one(batch, loop)
             _release(events)
             _record_lag(app, events)
 
@@ -315,6 +317,7 @@ def create_app(settings: Settings) -> faust.App:
                 dedup_table[fp] = scores[i]
             outcome = "duplicate" if record.duplicate_of else "scored"
             metrics.MESSAGES.labels(outcome).inc()
+            live.on_scored(1)
             if record.truncated:
                 metrics.TRUNCATED.inc()
             metrics.END_TO_END.labels("published").observe(record.latency_ms / 1000)
@@ -326,9 +329,8 @@ def create_app(settings: Settings) -> faust.App:
     async def window_stage(stream):
         async for events in stream.take_events(settings.max_batch * 4, within=within):
             _hold(events)
-            await gaps.check(events)
             out, last_event = WindowOutputs(), {}
-            for event in events:
+            for event in await gaps.in_order(events):
                 partition = event.message.partition
                 last_event[partition] = event
                 _set_current_event(event)  # table reads go to this partition's store
@@ -367,6 +369,7 @@ def create_app(settings: Settings) -> faust.App:
             else:
                 window_table[key] = value
         metrics.record_windows(out.closed, out.alerts, out.late, out.forgotten, sum(windows_stage.tracked.values()))
+        live.on_windows(out.aggregates, out.alerts, out.forgotten)
         _release(events)
 
     @app.timer(interval=1.0)
@@ -398,6 +401,15 @@ def create_app(settings: Settings) -> faust.App:
         body, content_type = metrics.exposition()
         return web.bytes(body, content_type=content_type.split(";")[0])
 
+    @app.page("/")
+    async def live_page(web, request):
+        return web.html(PAGE)
+
+    @app.page("/api/live")
+    async def live_api(web, request):
+        classifier = model.classifier
+        return web.json(live.snapshot(classifier.model_version, classifier.provider, classifier.variant))
+
     @app.page("/healthz")
     async def health_page(web, request):
         return web.json({"status": "ok", "model_version": model.classifier.model_version,
@@ -409,15 +421,15 @@ def create_app(settings: Settings) -> faust.App:
 
 
 class OffsetGaps:
-    """Re-reads runs of offsets the consumer skipped.
+    """Keeps each stage reading every partition in offset order, without holes.
 
-    With faust-streaming 0.15, after a worker restart, the consumer now and then hands a stream
-    the offsets after a short run but not the run itself: those messages are neither processed nor
-    committed (until the next restart). Each stage therefore checks that offsets arrive without
-    holes per partition and seeks back to the first missing one (again after a second, up to
-    ``attempts`` times, because the consumer can drop the re-read too): the run is read again, and
-    what followed it a second time, which the idempotent writes and the window stage's repeat
-    detection absorb. A real hole (transaction markers, compaction) is accepted after that."""
+    With faust-streaming 0.15, in the first seconds after a worker (re)starts, the consumer now
+    and then hands a stream the offsets after a run but not the run itself: those messages would be
+    neither processed nor committed until the next restart, and processing what follows first
+    would make their records late for their windows. At the first message past a hole, the stage
+    seeks back to the hole (again after a second, up to ``attempts`` times, as the consumer can
+    drop the re-read too) and sets aside the messages past it: they are not acknowledged, and come
+    again after the seek. A real hole (transaction markers, compaction) is accepted after that."""
 
     def __init__(self, app: faust.App, attempts: int = 5, interval_s: float = 1.0):
         self.app, self.max_attempts, self.interval_s = app, attempts, interval_s
@@ -428,30 +440,47 @@ class OffsetGaps:
         self.expected.clear()
         self.tries.clear()
 
-    async def check(self, events) -> None:
+    async def in_order(self, events) -> list:
+        """The events to process now; the others (past a hole) are set aside, unacknowledged."""
+        keep, blocked = [], set()
         for event in events:
             tp, offset = event.message.tp, event.message.offset
             want = self.expected.get(tp)
-            if want is None or offset == want:
+            if tp not in blocked and (want is None or offset == want):
                 self.expected[tp] = offset + 1
+                keep.append(event)
                 continue
-            if offset < want:  # read again after a seek
+            if tp not in blocked and offset < want:  # a copy of one already processed
+                keep.append(event)
                 continue
-            start, tries, last = self.tries.get(tp, (None, 0, 0.0))
-            if start != want:
-                tries, last = 0, 0.0
-            if tries >= self.max_attempts:
-                log.error("%s[%d]: offsets %d-%d never arrived; continuing without them", tp.topic,
-                          tp.partition, want, offset - 1)
-                self.expected[tp] = offset + 1
-                self.tries.pop(tp, None)
-            elif time.monotonic() - last >= self.interval_s:
-                if tries == 0:
-                    metrics.OFFSET_GAPS.labels(tp.topic).inc()
-                log.warning("%s[%d]: offsets %d-%d were skipped by the consumer; reading them again",
-                            tp.topic, tp.partition, want, offset - 1)
-                self.tries[tp] = (want, tries + 1, time.monotonic())
-                await self.app.consumer.seek(tp, want)
+            if tp not in blocked and not await self._hole(tp, want, offset):
+                self.expected[tp] = offset + 1  # a real hole: accept it
+                keep.append(event)
+                continue
+            blocked.add(tp)
+            # Never acknowledged: its offset is committed only once its re-read copy is processed.
+            event.message.incref()
+            self.app.consumer._unacked_messages.discard(event.message)
+        return keep
+
+    async def _hole(self, tp, want: int, offset: int) -> bool:
+        """Seeks back to a hole when due; False once the hole is accepted as real."""
+        start, tries, last = self.tries.get(tp, (None, 0, 0.0))
+        if start != want:
+            tries, last = 0, 0.0
+        if tries >= self.max_attempts:
+            log.error("%s[%d]: offsets %d-%d never arrived; continuing without them", tp.topic, tp.partition,
+                      want, offset - 1)
+            self.tries.pop(tp, None)
+            return False
+        if time.monotonic() - last >= self.interval_s:
+            if tries == 0:
+                metrics.OFFSET_GAPS.labels(tp.topic).inc()
+            log.warning("%s[%d]: offsets %d-%d were skipped by the consumer; reading them again", tp.topic,
+                        tp.partition, want, offset - 1)
+            self.tries[tp] = (want, tries + 1, time.monotonic())
+            await self.app.consumer.seek(tp, want)
+        return True
 
 
 class PoisonBatch(Exception):

@@ -5,6 +5,7 @@ Training code (and torch) is imported only inside the subcommands that need it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -192,6 +193,57 @@ def worker(
         run_worker(settings, loglevel)
     except (BundleError, ValueError) as exc:
         _fail(exc)
+
+
+@app.command()
+def replay(
+    path: Path = typer.Argument(..., help="Financial PhraseBank .txt, Twitter Financial News .csv, or CSV/JSONL."),
+    speedup: Optional[float] = typer.Option(None, help="Files with timestamps: replay this many times faster."),
+    rate: Optional[float] = typer.Option(None, help="Files without timestamps: messages per second (default 100)."),
+    run_id: Optional[str] = typer.Option(None, help="Run id on every message (default: file name + content hash)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N rows."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="phrasebank | twitter | csv | jsonl (default: detected)."),
+    text_column: str = typer.Option("text"),
+    label_column: str = typer.Option("label"),
+    time_column: Optional[str] = typer.Option(None, help="Default: published_at, timestamp, created_at, date, time."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Stream a dataset file into the raw topic, labelled and tagged with a run id, for evaluation."""
+    from .replay import ReplayError, replay as run_replay
+
+    settings = settings_or_exit(config)
+    try:
+        result = run_replay(settings, path, speedup=speedup, rate=rate, run_id=run_id, limit=limit, fmt=fmt,
+                            text_column=text_column, label_column=label_column, time_column=time_column)
+    except ReplayError as exc:
+        _fail(exc)
+    bad = ", ".join(f"{n} {reason}" for reason, n in result.bad_rows.items()) or "none"
+    console.print(f"run [bold]{result.run_id}[/bold]: {result.sent} messages in {result.seconds:.1f} s "
+                  f"({result.first_published:%Y-%m-%d %H:%M:%S} to {result.last_published:%H:%M:%S} UTC); "
+                  f"bad rows: {bad}")
+    console.print(f"then: finsent report --run-id {result.run_id}")
+
+
+@app.command()
+def report(
+    run_id: str = typer.Option(..., help="The replay's run id."),
+    output: Path = typer.Option(Path("reports"), help="Folder for report.html, summary.json and the plots."),
+    source: str = typer.Option("elasticsearch", help="Where to read scored records: elasticsearch | kafka."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Accuracy, confusion matrix, sentiment timelines with alerts, throughput and latency of a run."""
+    from .report import ReportError, report as write
+
+    settings = settings_or_exit(config)
+    try:
+        path = write(settings, run_id, output / run_id, source=source)
+    except ReportError as exc:
+        _fail(exc)
+    summary = json.loads((path.parent / "summary.json").read_text())
+    if "accuracy" in summary:
+        console.print(f"{summary['labelled']} labelled messages: accuracy {summary['accuracy']:.3f}, "
+                      f"macro-F1 {summary['macro_f1']:.3f}")
+    console.print(f"report: {path}")
 
 
 @app.command("kibana-import")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what finsent and its tests need on a fresh Debian machine; fast when already done.
-#   apt: Prometheus, Alertmanager (with promtool/amtool), Maven, a Java 17+ for Kafka
+#   apt: Prometheus, Alertmanager (with promtool/amtool), Maven, a Java 17+ for Kafka, Chromium
+#        (the live web view's browser test)
 #   pip: finsent itself (editable) with the training and test extras
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,6 +11,7 @@ command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v mvn >/dev/null || need_apt+=(maven)
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
