@@ -206,6 +206,8 @@ def replay(
     text_column: str = typer.Option("text"),
     label_column: str = typer.Option("label"),
     time_column: Optional[str] = typer.Option(None, help="Default: published_at, timestamp, created_at, date, time."),
+    spacing: Optional[float] = typer.Option(None, help="Files without timestamps: seconds of event time between "
+                                                       "messages (default 1/rate)."),
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Stream a dataset file into the raw topic, labelled and tagged with a run id, for evaluation."""
@@ -214,7 +216,8 @@ def replay(
     settings = settings_or_exit(config)
     try:
         result = run_replay(settings, path, speedup=speedup, rate=rate, run_id=run_id, limit=limit, fmt=fmt,
-                            text_column=text_column, label_column=label_column, time_column=time_column)
+                            text_column=text_column, label_column=label_column, time_column=time_column,
+                            spacing_s=spacing)
     except ReplayError as exc:
         _fail(exc)
     bad = ", ".join(f"{n} {reason}" for reason, n in result.bad_rows.items()) or "none"
@@ -244,6 +247,27 @@ def report(
         console.print(f"{summary['labelled']} labelled messages: accuracy {summary['accuracy']:.3f}, "
                       f"macro-F1 {summary['macro_f1']:.3f}")
     console.print(f"report: {path}")
+
+
+@app.command()
+def demo(
+    data: Path = typer.Option(Path(__file__).resolve().parents[2] / "shared" / "data",
+                              help="Labelled data folder (financial_phrasebank/, twitter_financial_news_sentiment/)."),
+    messages: int = typer.Option(3000, help="Messages to replay."),
+    rate: float = typer.Option(150.0, help="Messages per second."),
+    spacing: float = typer.Option(2.0, help="Seconds of event time between replayed messages."),
+    epochs: int = typer.Option(1, help="Fine-tuning epochs for the demo model (first run only)."),
+    output: Path = typer.Option(Path("reports")),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Everything in one command: stack, model, worker, a replay with a live view, and a report."""
+    from .demo import run_demo
+
+    settings = settings_or_exit(config)
+    try:
+        run_demo(settings, data, messages=messages, rate=rate, spacing_s=spacing, epochs=epochs, output=output)
+    except (FileNotFoundError, RuntimeError) as exc:
+        _fail(exc)
 
 
 @app.command("kibana-import")

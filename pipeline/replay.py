@@ -80,7 +80,7 @@ def detect_format(path: Path) -> str:
 
 def _label(raw, twitter: bool) -> str:
     value = str(raw).strip().lower()
-    label = TWITTER_LABELS.get(value) if twitter else LABEL_ALIASES.get(value)
+    label = TWITTER_LABELS.get(value) if twitter and value.isdigit() else LABEL_ALIASES.get(value)
     if label is None:
         raise ValueError(f"unknown label {raw!r}")
     return label
@@ -181,9 +181,11 @@ def read_rows(path: Path | str, fmt: str | None = None, text_column: str = "text
     return rows, bad
 
 
-def messages(rows: list[ReplayRow], run_id: str, rate: float, start: datetime) -> list[tuple[float, dict]]:
+def messages(rows: list[ReplayRow], run_id: str, rate: float, start: datetime,
+             spacing_s: float | None = None) -> list[tuple[float, dict]]:
     """(seconds after the start to send it, raw message) for each row; ``rate`` applies when the
-    rows have no times, and is the speed-up factor when they do."""
+    rows have no times, and is the speed-up factor when they do. Synthetic times are ``spacing_s``
+    apart (default 1 / rate: event time then runs like the wall clock)."""
     out = []
     timed = bool(rows) and rows[0].published_at is not None
     first = rows[0].published_at if timed else None
@@ -193,7 +195,7 @@ def messages(rows: list[ReplayRow], run_id: str, rate: float, start: datetime) -
             published = row.published_at
         else:
             offset = i / rate
-            published = start + timedelta(seconds=offset)
+            published = start + timedelta(seconds=i * spacing_s if spacing_s else offset)
         message = RawMessage(id=f"{run_id}:{row.row}", text=row.text, source=row.source or "replay",
                              published_at=published, tickers=row.tickers, topics=row.topics, label=row.label,
                              run_id=run_id)
@@ -204,7 +206,7 @@ def messages(rows: list[ReplayRow], run_id: str, rate: float, start: datetime) -
 def replay(settings, path: Path | str, *, speedup: float | None = None, rate: float | None = None,
            run_id: str | None = None, limit: int | None = None, fmt: str | None = None,
            text_column: str = "text", label_column: str = "label", time_column: str | None = None,
-           start: datetime | None = None, progress: bool = True) -> ReplayResult:
+           start: datetime | None = None, spacing_s: float | None = None, progress: bool = True) -> ReplayResult:
     """Sends the file to the raw topic at the requested pace; returns what was sent."""
     from kafka import KafkaProducer
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -219,7 +221,7 @@ def replay(settings, path: Path | str, *, speedup: float | None = None, rate: fl
         raise ReplayError(f"{path} has timestamps: use --speedup (or --format to ignore them)")
     pace = (speedup or 1.0) if timed else (rate or 100.0)
     run_id = run_id or default_run_id(path)
-    schedule = messages(rows, run_id, pace, start or datetime.now(timezone.utc))
+    schedule = messages(rows, run_id, pace, start or datetime.now(timezone.utc), spacing_s)
     producer = KafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=20,
                              value_serializer=lambda v: json.dumps(v).encode())
     began = time.monotonic()

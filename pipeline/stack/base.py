@@ -155,9 +155,13 @@ class Service:
             return None
         return pid
 
+    def refresh(self) -> None:
+        """Called when the service is already running: pick up changed configuration (if it can)."""
+
     def start(self) -> None:
         if self.pid() is not None:
             self.wait_healthy()
+            self.refresh()
             return
         if port_open("127.0.0.1", self.port):
             raise StackError(

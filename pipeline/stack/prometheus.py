@@ -40,6 +40,14 @@ def _http_text(url: str) -> str | None:
         return None
 
 
+def _reload(port: int) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/-/reload", method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except OSError as exc:
+        raise StackError(f"reloading the configuration on port {port} failed: {exc}") from None
+
+
 def _binary_version(binary: str) -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
     match = re.search(r"version (\S+)", out)
@@ -68,6 +76,11 @@ class Prometheus(Service):
             write_worker_targets(self.home, [DEFAULT_WORKER_TARGET])
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(render_local_config(), sort_keys=False))
 
+    def refresh(self) -> None:
+        """deploy/'s rules and configuration may have changed since it started: copy and reload."""
+        self.install()
+        _reload(self.port)
+
     def command(self) -> list[str]:
         return [
             self.binary,
@@ -94,6 +107,10 @@ class Alertmanager(Service):
         self.binary = debian_binary("prometheus-alertmanager", "prometheus-alertmanager")
         self.dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(DEPLOY_DIR / "alertmanager" / "alertmanager.yml", self.dir / "alertmanager.yml")
+
+    def refresh(self) -> None:
+        self.install()
+        _reload(self.port)
 
     def command(self) -> list[str]:
         return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -162,11 +163,13 @@ class Worker:
             return None
 
     def metric(self, name: str, **labels) -> float:
+        """A sample's value (0 when absent); labels match in any order."""
         text = self.metrics_text() or ""
-        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
         for line in text.splitlines():
             series, _, value = line.rpartition(" ")
-            if series == (f"{name}{{{want}}}" if want else name):
+            metric, _, label_text = series.partition("{")
+            found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', label_text))
+            if metric == name and found == {k: str(v) for k, v in labels.items()}:
                 return float(value)
         return 0.0
 
