@@ -255,7 +255,7 @@ def demo(
                               help="Labelled data folder (financial_phrasebank/, twitter_financial_news_sentiment/)."),
     messages: int = typer.Option(3000, help="Messages to replay."),
     rate: float = typer.Option(150.0, help="Messages per second."),
-    spacing: float = typer.Option(2.0, help="Seconds of event time between replayed messages."),
+    spacing: float = typer.Option(0.5, help="Seconds of event time between replayed messages."),
     epochs: int = typer.Option(1, help="Fine-tuning epochs for the demo model (first run only)."),
     output: Path = typer.Option(Path("reports")),
     config: Optional[Path] = ConfigOption,

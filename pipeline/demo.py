@@ -43,7 +43,8 @@ def demo_bundle(settings: Settings, data_dir: Path, epochs: int) -> Path:
     dataset = data_dir / "financial_phrasebank" / "Sentences_AllAgree.txt"
     console.print(f"model: fine-tuning the default encoder on {dataset.name} ({epochs} epoch(s); cached afterwards)")
     train(TrainConfig(datasets=[str(dataset)], output=str(home / "run"), epochs=epochs, max_length=64))
-    export(home / "run" / "best", bundle, log=console.print)
+    # A one-epoch model has near-tied logits on more texts, so allow INT8 a little more disagreement.
+    export(home / "run" / "best", bundle, min_int8_agreement=0.97, log=console.print)
     return bundle
 
 
@@ -59,10 +60,10 @@ def _view(state: dict | None, url: str, replay: dict) -> Group:
     header = Table.grid(padding=(0, 3))
     if state:
         model = state["model"]
-        header.add_row(f"model [bold]{model['version']}[/bold] ({model['provider']}, {model['variant']})",
-                       f"throughput [bold]{state['throughput_msgs_per_s']}[/bold] msg/s",
-                       f"scored [bold]{state['scored_total']}[/bold] / sent {replay.get('sent', 0)}",
-                       f"web view {url}")
+        header.add_row(f"model [bold]{model['version']}[/bold] ({model['provider']}, {model['variant']})")
+        header.add_row(f"throughput [bold]{state['throughput_msgs_per_s']}[/bold] msg/s   "
+                       f"scored [bold]{state['scored_total']}[/bold] / sent {replay.get('sent', 0)}   "
+                       f"web view [link={url}]{url}[/link]")
     else:
         header.add_row(f"waiting for the worker at {url} …")
     tickers = Table("ticker/topic", "window start", "messages", "sentiment", "negative", title="busiest tickers (1 min windows)")
@@ -79,7 +80,7 @@ def _view(state: dict | None, url: str, replay: dict) -> Group:
     return Group(header, tickers, alerts)
 
 
-def run_demo(settings: Settings, data_dir: Path, messages: int = 3000, rate: float = 150.0, spacing_s: float = 2.0,
+def run_demo(settings: Settings, data_dir: Path, messages: int = 3000, rate: float = 150.0, spacing_s: float = 0.5,
              epochs: int = 1, output: Path = Path("reports")) -> Path | None:
     from .replay import replay
     from .report import report

@@ -214,6 +214,7 @@ def test_shipped_rules_are_valid():
 
     rules = load_rules(DEPLOY_DIR / "alerts" / "rules.yml", ["1m", "15m"])
     assert {r.kind for r in rules} == {"negative_share", "sentiment_shift", "volume_spike"}
+    assert load_rules(DEPLOY_DIR / "alerts" / "demo-rules.yml", ["1m", "15m"])
 
 
 def test_durations_and_patterns():
