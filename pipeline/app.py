@@ -191,6 +191,7 @@ def create_app(settings: Settings) -> faust.App:
                                                          value=valid.model_dump_json().encode()))
             await asyncio.gather(*deliveries)  # delivered before take_events acks the batch
             _release(events)
+            gaps.done(events)
             _record_lag(app, events)
 
     @app.agent(valid_topic)
@@ -211,6 +212,7 @@ def create_app(settings: Settings) -> faust.App:
                 log.exception("scoring a batch of %d failed; retrying message by message", len(batch))
                 await _classify_one_by_one(batch, loop)
             _release(events)
+            gaps.done(events)
             _record_lag(app, events)
 
     async def _classify_one_by_one(events, loop) -> None:
@@ -371,6 +373,7 @@ def create_app(settings: Settings) -> faust.App:
         metrics.record_windows(out.closed, out.alerts, out.late, out.forgotten, sum(windows_stage.tracked.values()))
         live.on_windows(out.aggregates, out.alerts, out.forgotten)
         _release(events)
+        gaps.done(events)
 
     @app.timer(interval=1.0)
     async def window_ticks():
@@ -379,6 +382,10 @@ def create_app(settings: Settings) -> faust.App:
         for tp in app.assignor.assigned_actives():
             if tp.topic == window_topic.get_topic_name():
                 await window_topic.send(key=None, value=tick, partition=tp.partition)
+
+    @app.timer(interval=1.0)
+    async def watch_offsets():
+        await gaps.watch()
 
     @app.timer(interval=2.0)
     async def watch_bundle():
@@ -426,25 +433,46 @@ class OffsetGaps:
     With faust-streaming 0.15, in the first seconds after a worker (re)starts, the consumer now
     and then hands a stream the offsets after a run but not the run itself: those messages would be
     neither processed nor committed until the next restart, and processing what follows first
-    would make their records late for their windows. At the first message past a hole, the stage
-    seeks back to the hole (again after a second, up to ``attempts`` times, as the consumer can
-    drop the re-read too) and sets aside the messages past it: they are not acknowledged, and come
-    again after the seek. A real hole (transaction markers, compaction) is accepted after that."""
+    would make their records late for their windows. At the first message past a hole (or, for a
+    hole at the end, when the stage has waited ``quiet_s`` while its partition holds more), the
+    stage seeks back to the hole (again after a second, up to ``attempts`` times, as the consumer
+    can drop the re-read too) and sets aside the messages past it: they are not acknowledged, and
+    come again after the seek. A real hole (transaction markers, compaction) is accepted after that."""
 
-    def __init__(self, app: faust.App, attempts: int = 5, interval_s: float = 1.0):
-        self.app, self.max_attempts, self.interval_s = app, attempts, interval_s
+    def __init__(self, app: faust.App, attempts: int = 5, interval_s: float = 1.0, quiet_s: float = 3.0):
+        self.app, self.max_attempts, self.interval_s, self.quiet_s = app, attempts, interval_s, quiet_s
         self.expected: dict = {}  # tp -> next offset, advanced only without holes
         self.tries: dict = {}  # tp -> (hole start, seeks so far, monotonic time of the last)
+        self.last_seen: dict = {}  # tp -> monotonic time of its last message
+        self.busy: set[str] = set()  # topics whose stage is inside a batch
 
     def reset(self) -> None:  # a new assignment starts from the committed offsets
         self.expected.clear()
         self.tries.clear()
 
+    def done(self, events) -> None:
+        self.busy.difference_update(event.message.tp.topic for event in events)
+
+    async def watch(self) -> None:
+        """A hole at the end of what was sent shows no later message: when a stage waits for
+        input while its partition's high watermark is past the next offset, seek back too."""
+        now = time.monotonic()
+        assigned = self.app.consumer.assignment()
+        for tp, want in list(self.expected.items()):
+            if tp.topic in self.busy or tp not in assigned or now - self.last_seen.get(tp, now) < self.quiet_s:
+                continue
+            highwater = self.app.consumer.highwater(tp)
+            if highwater is not None and highwater > want and not await self._hole(tp, want, highwater):
+                self.expected[tp] = highwater
+
     async def in_order(self, events) -> list:
         """The events to process now; the others (past a hole) are set aside, unacknowledged."""
         keep, blocked = [], set()
+        now = time.monotonic()
         for event in events:
             tp, offset = event.message.tp, event.message.offset
+            self.last_seen[tp] = now
+            self.busy.add(tp.topic)
             want = self.expected.get(tp)
             if tp not in blocked and (want is None or offset == want):
                 self.expected[tp] = offset + 1

@@ -54,7 +54,14 @@ def _binary_version(binary: str) -> str:
     return match.group(1) if match else "?"
 
 
-class Prometheus(Service):
+class _Reloadable(Service):
+    def refresh(self) -> None:
+        """deploy/'s files may have changed since it started: copy them again and reload."""
+        self.install()
+        _reload(self.port)
+
+
+class Prometheus(_Reloadable):
     name = "prometheus"
     port = 9090
     start_timeout_s = 60.0
@@ -76,11 +83,6 @@ class Prometheus(Service):
             write_worker_targets(self.home, [DEFAULT_WORKER_TARGET])
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(render_local_config(), sort_keys=False))
 
-    def refresh(self) -> None:
-        """deploy/'s rules and configuration may have changed since it started: copy and reload."""
-        self.install()
-        _reload(self.port)
-
     def command(self) -> list[str]:
         return [
             self.binary,
@@ -98,7 +100,7 @@ class Prometheus(Service):
         return _binary_version(shutil.which("prometheus") or "prometheus")
 
 
-class Alertmanager(Service):
+class Alertmanager(_Reloadable):
     name = "alertmanager"
     port = 9093
     start_timeout_s = 60.0
@@ -107,10 +109,6 @@ class Alertmanager(Service):
         self.binary = debian_binary("prometheus-alertmanager", "prometheus-alertmanager")
         self.dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(DEPLOY_DIR / "alertmanager" / "alertmanager.yml", self.dir / "alertmanager.yml")
-
-    def refresh(self) -> None:
-        self.install()
-        _reload(self.port)
 
     def command(self) -> list[str]:
         return [
