@@ -60,6 +60,8 @@ class WindowProcessor:
         self._last_advance_wall: dict[int, float] = {}
         self._heard_wall: dict[int, dict[str, float]] = {}  # partition -> upstream partition -> last heard
         self.tracked: dict[int, int] = {}  # partition -> names with their own windows
+        # True while stages upstream in this worker have messages they have not processed yet.
+        self.upstream_pending = lambda: False
 
     # --- the write-back cache --------------------------------------------------------------------
     def _get(self, key: str):
@@ -122,11 +124,17 @@ class WindowProcessor:
         not make the others' records late. It never goes back."""
         heard = self._heard(partition)
         sources = meta.get("sources", {})
+        # While upstream stages hold unprocessed messages, a quiet source is stalled, not idle.
+        stalled = self.upstream_pending()
+
+        def waiting_for(src: str) -> bool:
+            return stalled or wall_now - heard.setdefault(src, wall_now) < self.idle_s
+
         for src in self.upstream:  # not heard from yet, but not idle yet either: wait for it
-            if src not in sources and wall_now - heard.setdefault(src, wall_now) < self.idle_s:
+            if src not in sources and waiting_for(src):
                 self._put(f"p/{partition}", partition, meta)
                 return
-        active = [t for src, t in sources.items() if wall_now - heard.setdefault(src, wall_now) < self.idle_s]
+        active = [t for src, t in sources.items() if waiting_for(src)]
         if active:
             current = meta["stream_time"]
             meta["stream_time"] = min(active) if current is None else max(current, min(active))
@@ -142,6 +150,8 @@ class WindowProcessor:
         meta = self._meta(partition)
         if not meta.get("sources"):
             return
+        if self.upstream_pending():  # a stall upstream is not silence: the clock starts after it
+            self._last_advance_wall[partition] = self._last_record_wall[partition] = wall_now
         if wall_now - self._last_record_wall[partition] < self.idle_s:
             self._advance(partition, meta, wall_now)
             return

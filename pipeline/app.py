@@ -155,6 +155,8 @@ def create_app(settings: Settings) -> faust.App:
 
     model = ModelHolder(settings)
     gaps = OffsetGaps(app)
+    upstream_topics = {raw_topic.get_topic_name(), valid_topic.get_topic_name()}
+    windows_stage.upstream_pending = lambda: gaps.pending(upstream_topics)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs):
@@ -450,6 +452,21 @@ class OffsetGaps:
         self.expected.clear()
         self.tries.clear()
 
+    def pending(self, topics: set[str]) -> bool:
+        """Whether any assigned partition of ``topics`` holds messages not processed yet (a batch
+        in progress counts)."""
+        if self.busy & topics:
+            return True
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
+                continue
+            highwater = consumer.highwater(tp)
+            position = self.expected.get(tp, consumer._committed_offset.get(tp))
+            if highwater is not None and position is not None and highwater > position:
+                return True
+        return False
+
     def done(self, events) -> None:
         self.busy.difference_update(event.message.tp.topic for event in events)
 
@@ -478,8 +495,9 @@ class OffsetGaps:
                 self.expected[tp] = offset + 1
                 keep.append(event)
                 continue
-            if tp not in blocked and offset < want:  # a copy of one already processed
-                keep.append(event)
+            if tp not in blocked and offset < want:
+                # Already processed by this worker (the consumer delivered it twice, as it does
+                # around a restart): processing it again would only re-send what is already out.
                 continue
             if tp not in blocked and not await self._hole(tp, want, offset):
                 self.expected[tp] = offset + 1  # a real hole: accept it
