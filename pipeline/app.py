@@ -156,7 +156,10 @@ def create_app(settings: Settings) -> faust.App:
     model = ModelHolder(settings)
     gaps = OffsetGaps(app)
     upstream_topics = {raw_topic.get_topic_name(), valid_topic.get_topic_name()}
-    windows_stage.upstream_pending = lambda: gaps.pending(upstream_topics)
+    group_lag = GroupLag(settings, sorted(upstream_topics))
+    # This worker's own view is immediate; the group's (other workers, partitions in a rebalance)
+    # comes from committed offsets, refreshed in the background.
+    windows_stage.upstream_pending = lambda: gaps.pending(upstream_topics) or group_lag.pending
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs):
@@ -390,6 +393,10 @@ def create_app(settings: Settings) -> faust.App:
         await gaps.watch()
 
     @app.timer(interval=2.0)
+    async def watch_group_lag():
+        await asyncio.get_running_loop().run_in_executor(None, group_lag.refresh)
+
+    @app.timer(interval=2.0)
     async def watch_bundle():
         await model.maybe_swap(asyncio.get_running_loop(), executor)
 
@@ -429,6 +436,32 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+class GroupLag:
+    """Whether the consumer group as a whole has unprocessed messages on the given topics
+    (end offsets past committed offsets), so the window stage does not mistake a partition in
+    the middle of a rebalance, or another worker's backlog, for an idle one."""
+
+    def __init__(self, settings: Settings, topics: list[str]):
+        self.settings, self.topics = settings, topics
+        self.pending = False
+        self._consumer = None
+
+    def refresh(self) -> None:  # blocking: runs in an executor thread
+        from kafka import KafkaConsumer, TopicPartition
+
+        try:
+            if self._consumer is None:
+                self._consumer = KafkaConsumer(**self.settings.kafka_client_kwargs(),
+                                               group_id=self.settings.consumer_group, enable_auto_commit=False)
+            tps = [TopicPartition(topic, p) for topic in self.topics
+                   for p in (self._consumer.partitions_for_topic(topic) or ())]
+            ends = self._consumer.end_offsets(tps)
+            self.pending = any(ends[tp] > (self._consumer.committed(tp) or 0) for tp in tps)
+        except Exception as exc:  # unknown is treated as busy: it only delays idle windows closing
+            log.debug("group lag unavailable: %s", exc)
+            self.pending = True
+
+
 class OffsetGaps:
     """Keeps each stage reading every partition in offset order, without holes.
 
@@ -461,7 +494,7 @@ class OffsetGaps:
         for tp in consumer.assignment():
             if tp.topic not in topics:
                 continue
-            highwater = consumer.highwater(tp)
+            highwater = _highwater(self.app, tp)
             position = self.expected.get(tp, consumer._committed_offset.get(tp))
             if highwater is not None and position is not None and highwater > position:
                 return True
@@ -478,7 +511,7 @@ class OffsetGaps:
         for tp, want in list(self.expected.items()):
             if tp.topic in self.busy or tp not in assigned or now - self.last_seen.get(tp, now) < self.quiet_s:
                 continue
-            highwater = self.app.consumer.highwater(tp)
+            highwater = _highwater(self.app, tp)
             if highwater is not None and highwater > want and not await self._hole(tp, want, highwater):
                 self.expected[tp] = highwater
 
@@ -525,7 +558,10 @@ class OffsetGaps:
             log.warning("%s[%d]: offsets %d-%d were skipped by the consumer; reading them again", tp.topic,
                         tp.partition, want, offset - 1)
             self.tries[tp] = (want, tries + 1, time.monotonic())
-            await self.app.consumer.seek(tp, want)
+            try:
+                await self.app.consumer.seek(tp, want)
+            except (AssertionError, KeyError, ValueError):  # revoked meanwhile: its new owner reads it
+                log.info("%s[%d] is no longer assigned; not seeking", tp.topic, tp.partition)
         return True
 
 
@@ -588,9 +624,17 @@ def _record_lag(app: faust.App, events) -> None:
         tp = event.message.tp
         last[tp] = max(last.get(tp, -1), event.message.offset)
     for tp, offset in last.items():
-        highwater = app.consumer.highwater(tp)
+        highwater = _highwater(app, tp)
         if highwater is not None:
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset - 1))
+
+
+def _highwater(app: faust.App, tp) -> int | None:
+    """The partition's end offset, or None when unknown or no longer assigned (mid-rebalance)."""
+    try:
+        return app.consumer.highwater(tp)
+    except (AssertionError, KeyError):
+        return None
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
