@@ -156,10 +156,7 @@ def create_app(settings: Settings) -> faust.App:
     model = ModelHolder(settings)
     gaps = OffsetGaps(app)
     upstream_topics = {raw_topic.get_topic_name(), valid_topic.get_topic_name()}
-    group_lag = GroupLag(settings, sorted(upstream_topics))
-    # This worker's own view is immediate; the group's (other workers, partitions in a rebalance)
-    # comes from committed offsets, refreshed in the background.
-    windows_stage.upstream_pending = lambda: gaps.pending(upstream_topics) or group_lag.pending
+    windows_stage.upstream_pending = lambda: gaps.pending(upstream_topics)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs):
@@ -393,10 +390,6 @@ def create_app(settings: Settings) -> faust.App:
         await gaps.watch()
 
     @app.timer(interval=2.0)
-    async def watch_group_lag():
-        await asyncio.get_running_loop().run_in_executor(None, group_lag.refresh)
-
-    @app.timer(interval=2.0)
     async def watch_bundle():
         await model.maybe_swap(asyncio.get_running_loop(), executor)
 
@@ -434,32 +427,6 @@ def create_app(settings: Settings) -> faust.App:
     # The Elasticsearch client and the executor are not closed on shutdown: agents may still be
     # finishing a batch then, and a closed client would turn a clean stop into errors.
     return app
-
-
-class GroupLag:
-    """Whether the consumer group as a whole has unprocessed messages on the given topics
-    (end offsets past committed offsets), so the window stage does not mistake a partition in
-    the middle of a rebalance, or another worker's backlog, for an idle one."""
-
-    def __init__(self, settings: Settings, topics: list[str]):
-        self.settings, self.topics = settings, topics
-        self.pending = False
-        self._consumer = None
-
-    def refresh(self) -> None:  # blocking: runs in an executor thread
-        from kafka import KafkaConsumer, TopicPartition
-
-        try:
-            if self._consumer is None:
-                self._consumer = KafkaConsumer(**self.settings.kafka_client_kwargs(),
-                                               group_id=self.settings.consumer_group, enable_auto_commit=False)
-            tps = [TopicPartition(topic, p) for topic in self.topics
-                   for p in (self._consumer.partitions_for_topic(topic) or ())]
-            ends = self._consumer.end_offsets(tps)
-            self.pending = any(ends[tp] > (self._consumer.committed(tp) or 0) for tp in tps)
-        except Exception as exc:  # unknown is treated as busy: it only delays idle windows closing
-            log.debug("group lag unavailable: %s", exc)
-            self.pending = True
 
 
 class OffsetGaps:
