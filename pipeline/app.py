@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import signal
-import ssl
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -50,13 +49,7 @@ log = logging.getLogger("finsent.worker")
 def _broker_credentials(settings: Settings):
     if settings.kafka_security_protocol == "PLAINTEXT":
         return None
-    context = None
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
-        if settings.kafka_ssl_certfile:
-            password = settings.kafka_ssl_keyfile_password
-            context.load_cert_chain(str(settings.kafka_ssl_certfile), str(settings.kafka_ssl_keyfile),
-                                    password.get_secret_value() if password else None)
+    context = settings.kafka_ssl_context()
     if settings.kafka_security_protocol.startswith("SASL"):
         return faust.SASLCredentials(username=settings.kafka_sasl_username,
                                      password=settings.kafka_sasl_password.get_secret_value(),
@@ -154,8 +147,8 @@ def create_app(settings: Settings) -> faust.App:
                                     idle_s=settings.window_idle_s)
 
     model = ModelHolder(settings)
-    gaps = OffsetGaps(app)
     upstream_topics = {raw_topic.get_topic_name(), valid_topic.get_topic_name()}
+    gaps = OffsetGaps(app, upstream_topics | {window_topic.get_topic_name()})
     windows_stage.upstream_pending = lambda: gaps.pending(upstream_topics)
 
     @app.on_partitions_assigned.connect
@@ -441,16 +434,35 @@ class OffsetGaps:
     can drop the re-read too) and sets aside the messages past it: they are not acknowledged, and
     come again after the seek. A real hole (transaction markers, compaction) is accepted after that."""
 
-    def __init__(self, app: faust.App, attempts: int = 5, interval_s: float = 1.0, quiet_s: float = 3.0):
-        self.app, self.max_attempts, self.interval_s, self.quiet_s = app, attempts, interval_s, quiet_s
+    def __init__(self, app: faust.App, topics: set[str], attempts: int = 5, interval_s: float = 1.0,
+                 quiet_s: float = 3.0):
+        self.app, self.topics = app, topics
+        self.max_attempts, self.interval_s, self.quiet_s = attempts, interval_s, quiet_s
         self.expected: dict = {}  # tp -> next offset, advanced only without holes
         self.tries: dict = {}  # tp -> (hole start, seeks so far, monotonic time of the last)
         self.last_seen: dict = {}  # tp -> monotonic time of its last message
         self.busy: set[str] = set()  # topics whose stage is inside a batch
+        self.assigned_at = time.monotonic()
 
     def reset(self) -> None:  # a new assignment starts from the committed offsets
         self.expected.clear()
         self.tries.clear()
+        self.last_seen.clear()
+        self.assigned_at = time.monotonic()
+
+    def _next(self, tp) -> int | None:
+        """The offset the stage must read next: after a new assignment, the committed offset the
+        consumer was sent back to (the first message handed over after a rebalance can lie past
+        it), or None where nothing is committed yet."""
+        if tp in self.expected:
+            return self.expected[tp]
+        return self.app.consumer._committed_offset.get(tp)
+
+    def _settled(self) -> bool:
+        """Not inside a rebalance or a table recovery: positions are where the consumer put them."""
+        app = self.app
+        return not getattr(app, "rebalancing", False) and not getattr(app, "in_recovery", False) \
+            and app.flow_control.is_active()
 
     def pending(self, topics: set[str]) -> bool:
         """Whether any assigned partition of ``topics`` holds messages not processed yet (a batch
@@ -462,7 +474,7 @@ class OffsetGaps:
             if tp.topic not in topics:
                 continue
             highwater = _highwater(self.app, tp)
-            position = self.expected.get(tp, consumer._committed_offset.get(tp))
+            position = self._next(tp)
             if highwater is not None and position is not None and highwater > position:
                 return True
         return False
@@ -471,16 +483,25 @@ class OffsetGaps:
         self.busy.difference_update(event.message.tp.topic for event in events)
 
     async def watch(self) -> None:
-        """A hole at the end of what was sent shows no later message: when a stage waits for
-        input while its partition's high watermark is past the next offset, seek back too."""
+        """A hole at the end of what was sent shows no later message: when a stage has waited
+        ``quiet_s`` for input while its partition's high watermark is past the next offset, seek
+        back too. A partition that has had no message at all since the assignment is only sought
+        back, never declared a real hole: its stage may just not have started yet."""
+        if not self._settled():
+            return
         now = time.monotonic()
-        assigned = self.app.consumer.assignment()
-        for tp, want in list(self.expected.items()):
-            if tp.topic in self.busy or tp not in assigned or now - self.last_seen.get(tp, now) < self.quiet_s:
+        for tp in self.app.consumer.assignment():
+            if tp.topic not in self.topics or tp.topic in self.busy:
+                continue
+            want = self._next(tp)
+            if want is None or now - self.last_seen.get(tp, self.assigned_at) < self.quiet_s:
                 continue
             highwater = _highwater(self.app, tp)
-            if highwater is not None and highwater > want and not await self._hole(tp, want, highwater):
+            if highwater is None or highwater <= want:
+                continue
+            if not await self._hole(tp, want, highwater) and tp in self.expected:
                 self.expected[tp] = highwater
+            self.last_seen[tp] = now  # give the re-read time to arrive
 
     async def in_order(self, events) -> list:
         """The events to process now; the others (past a hole) are set aside, unacknowledged."""
@@ -490,7 +511,7 @@ class OffsetGaps:
             tp, offset = event.message.tp, event.message.offset
             self.last_seen[tp] = now
             self.busy.add(tp.topic)
-            want = self.expected.get(tp)
+            want = self._next(tp)
             if tp not in blocked and (want is None or offset == want):
                 self.expected[tp] = offset + 1
                 keep.append(event)

@@ -176,6 +176,31 @@ def evaluate(
 
 
 @app.command()
+def topics(
+    create: bool = typer.Option(False, "--create", help="Declare the missing finsent topics first."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """finsent's topics on the configured Kafka (with its security settings): end offsets, the
+    consumer group's committed offsets and lag per partition."""
+    from .admin import ensure_topics, group_state, topic_names
+    from .clients import ConnectionFailure
+
+    settings = settings_or_exit(config)
+    try:
+        if create:
+            created = ensure_topics(settings)
+            console.print(f"created: {', '.join(created) or 'none (all present)'}")
+        states = group_state(settings, topic_names(settings))
+    except (ConnectionFailure, ConfigError) as exc:
+        _fail(exc)
+    table = Table("topic", "partition", "end offset", f"committed ({settings.consumer_group})", "lag")
+    for state in states:
+        table.add_row(state.topic, str(state.partition), str(state.end),
+                      "-" if state.committed is None else str(state.committed), str(state.lag))
+    console.print(table)
+
+
+@app.command()
 def worker(
     config: Optional[Path] = ConfigOption,
     bundle: Optional[Path] = typer.Option(None, help="Model bundle (overrides FINSENT_MODEL_BUNDLE)."),
@@ -211,6 +236,7 @@ def replay(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Stream a dataset file into the raw topic, labelled and tagged with a run id, for evaluation."""
+    from .clients import ConnectionFailure
     from .replay import ReplayError, replay as run_replay
 
     settings = settings_or_exit(config)
@@ -218,7 +244,7 @@ def replay(
         result = run_replay(settings, path, speedup=speedup, rate=rate, run_id=run_id, limit=limit, fmt=fmt,
                             text_column=text_column, label_column=label_column, time_column=time_column,
                             spacing_s=spacing)
-    except ReplayError as exc:
+    except (ReplayError, ConnectionFailure, ConfigError) as exc:
         _fail(exc)
     bad = ", ".join(f"{n} {reason}" for reason, n in result.bad_rows.items()) or "none"
     console.print(f"run [bold]{result.run_id}[/bold]: {result.sent} messages in {result.seconds:.1f} s "
@@ -235,12 +261,13 @@ def report(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Accuracy, confusion matrix, sentiment timelines with alerts, throughput and latency of a run."""
+    from .clients import ConnectionFailure
     from .report import ReportError, report as write
 
     settings = settings_or_exit(config)
     try:
         path = write(settings, run_id, output / run_id, source=source)
-    except ReportError as exc:
+    except (ReportError, ConnectionFailure, ConfigError) as exc:
         _fail(exc)
     summary = json.loads((path.parent / "summary.json").read_text())
     if "accuracy" in summary:

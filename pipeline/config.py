@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -98,6 +99,9 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_keyfile_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+    # How long command-line tools try to reach the brokers before they give up with an error.
+    kafka_bootstrap_timeout_s: float = Field(default=15.0, gt=0, le=600)
     consumer_group: str = "finsent"
 
     topic_raw: str = "finsent.raw"
@@ -236,12 +240,39 @@ class Settings(BaseSettings):
         return self
 
     # --- views used by the clients -----------------------------------------------------------
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context every Kafka client uses (faust's aiokafka, kafka-python in replay,
+        report and admin), or None for PLAINTEXT/SASL_PLAINTEXT. Raises ConfigError naming the
+        file that cannot be used (never the key's password)."""
+        if self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        cafile = str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{ENV_PREFIX}KAFKA_SSL_CAFILE={cafile!r}: not a usable CA file ({exc})") from None
+        context.check_hostname = self.kafka_ssl_check_hostname
+        if self.kafka_ssl_certfile is not None:
+            password = self.kafka_ssl_keyfile_password.get_secret_value() if self.kafka_ssl_keyfile_password else None
+            try:
+                context.load_cert_chain(str(self.kafka_ssl_certfile), str(self.kafka_ssl_keyfile), password)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"{ENV_PREFIX}KAFKA_SSL_CERTFILE={str(self.kafka_ssl_certfile)!r} / "
+                    f"{ENV_PREFIX}KAFKA_SSL_KEYFILE={str(self.kafka_ssl_keyfile)!r}: cannot load the client "
+                    f"certificate ({type(exc).__name__}: {getattr(exc, 'reason', None) or exc.strerror or 'bad key or password'})"
+                ) from None
+        return context
+
     def kafka_client_kwargs(self) -> dict[str, Any]:
         """Connection settings shared by kafka-python and aiokafka (same keyword names)."""
         kwargs: dict[str, Any] = {
             "bootstrap_servers": self.kafka_bootstrap_servers,
             "security_protocol": self.kafka_security_protocol,
         }
+        context = self.kafka_ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
         if self.kafka_sasl_mechanism:
             kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
             kwargs["sasl_plain_username"] = self.kafka_sasl_username

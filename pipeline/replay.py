@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .clients import kafka_producer
 from .schemas import RawMessage
 
 LABEL_ALIASES = {"negative": "negative", "neg": "negative", "bearish": "negative", "neutral": "neutral",
@@ -208,7 +209,6 @@ def replay(settings, path: Path | str, *, speedup: float | None = None, rate: fl
            text_column: str = "text", label_column: str = "label", time_column: str | None = None,
            start: datetime | None = None, spacing_s: float | None = None, progress: bool = True) -> ReplayResult:
     """Sends the file to the raw topic at the requested pace; returns what was sent."""
-    from kafka import KafkaProducer
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     path = Path(path)
@@ -222,8 +222,7 @@ def replay(settings, path: Path | str, *, speedup: float | None = None, rate: fl
     pace = (speedup or 1.0) if timed else (rate or 100.0)
     run_id = run_id or default_run_id(path)
     schedule = messages(rows, run_id, pace, start or datetime.now(timezone.utc), spacing_s)
-    producer = KafkaProducer(**settings.kafka_client_kwargs(), acks="all", linger_ms=20,
-                             value_serializer=lambda v: json.dumps(v).encode())
+    producer = kafka_producer(settings, acks="all", linger_ms=20, value_serializer=lambda v: json.dumps(v).encode())
     began = time.monotonic()
     columns = (TextColumn("replay {task.fields[run]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=False) as bar:

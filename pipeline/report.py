@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .clients import elasticsearch, kafka_consumer
 from .config import Settings
 from .schemas import LABELS
 from .sinks.elasticsearch import index_name
@@ -35,20 +36,18 @@ def _time(value: str) -> datetime:
 
 
 def scored_from_elasticsearch(settings: Settings, run_id: str) -> list[dict]:
-    from elasticsearch import Elasticsearch
     from elasticsearch.helpers import scan
 
-    es = Elasticsearch(**settings.es_client_kwargs(), request_timeout=60)
+    es = elasticsearch(settings)
     index = index_name(settings, "scored")
     es.indices.refresh(index=index)
     return [hit["_source"] for hit in scan(es, index=index, query={"query": {"term": {"run_id": run_id}}}, size=2000)]
 
 
 def alerts_from_elasticsearch(settings: Settings, topics: set[str], start: datetime, end: datetime) -> list[dict]:
-    from elasticsearch import Elasticsearch
     from elasticsearch.helpers import scan
 
-    es = Elasticsearch(**settings.es_client_kwargs(), request_timeout=60)
+    es = elasticsearch(settings)
     index = index_name(settings, "alerts")
     if not es.indices.exists(index=index) or not topics:
         return []
@@ -61,10 +60,10 @@ def alerts_from_elasticsearch(settings: Settings, topics: set[str], start: datet
 
 def _read_topic(settings: Settings, topic: str, keep) -> list[dict]:
     """Every record of a topic up to its current end, filtered by ``keep(record) -> dict | None``."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    consumer = kafka_consumer(settings, enable_auto_commit=False, auto_offset_reset="earliest",
+                              consumer_timeout_ms=5000)
     partitions = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in partitions]
     consumer.assign(tps)

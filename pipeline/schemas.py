@@ -39,6 +39,15 @@ class RawMessage(BaseModel):
     label: Label | None = None
     run_id: str | None = Field(default=None, max_length=128)
 
+    @field_validator("id")
+    @classmethod
+    def _id_fits_elasticsearch(cls, value: str) -> str:
+        # The id becomes the document _id, which Elasticsearch caps at 512 bytes: a longer one
+        # would make it refuse the whole bulk request, batch-mates included.
+        if len(value.encode("utf-8")) > 512:
+            raise ValueError("is longer than 512 bytes in UTF-8")
+        return value
+
     @field_validator("text")
     @classmethod
     def _text_not_blank(cls, text: str) -> str:

@@ -79,7 +79,13 @@ class Pipeline:
 
     @property
     def settings(self) -> Settings:
-        return Settings(**{k.removeprefix("FINSENT_").lower(): v for k, v in self.env.items()})
+        values = {}
+        for key, value in self.env.items():
+            name = key.removeprefix("FINSENT_").lower()
+            if name.endswith("_file") and name != "config_file":  # a secret mounted as a file
+                name, value = name.removesuffix("_file"), Path(value).read_text().strip()
+            values[name] = value
+        return Settings(**values)
 
     def start_worker(self, index: int = 0) -> "Worker":
         worker = Worker(self, index)
@@ -93,7 +99,7 @@ class Pipeline:
 
     # --- Kafka and Elasticsearch views ------------------------------------------------------------
     def produce(self, payloads: list[bytes], keys: list[bytes | None] | None = None) -> None:
-        producer = KafkaProducer(bootstrap_servers="127.0.0.1:9092", acks="all", linger_ms=5)
+        producer = KafkaProducer(**self.settings.kafka_client_kwargs(), acks="all", linger_ms=5)
         for i, payload in enumerate(payloads):
             producer.send(self.env["FINSENT_TOPIC_RAW"], value=payload, key=keys[i] if keys else None)
         producer.flush(timeout=60)
@@ -103,7 +109,7 @@ class Pipeline:
         """Every record of a topic (from the start), stopping once ``expected`` are read and
         the topic has been quiet for 2 s (so extras would be seen), or at the timeout."""
         topic = self.env[topic_env]
-        consumer = KafkaConsumer(bootstrap_servers="127.0.0.1:9092", enable_auto_commit=False,
+        consumer = KafkaConsumer(**self.settings.kafka_client_kwargs(), enable_auto_commit=False,
                                  auto_offset_reset="earliest", consumer_timeout_ms=2000)
         wait_for(lambda: consumer.partitions_for_topic(topic), 30, f"topic {topic}")
         consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
@@ -118,7 +124,7 @@ class Pipeline:
         return records
 
     def es(self) -> Elasticsearch:
-        return Elasticsearch("http://127.0.0.1:9200", request_timeout=30)
+        return Elasticsearch(**self.settings.es_client_kwargs(), request_timeout=30)
 
     def indexed_ids(self) -> list[str]:
         es, index = self.es(), f"{self.name}-scored"
@@ -129,9 +135,34 @@ class Pipeline:
         return [h["_id"] for h in hits]
 
     def wait_indexed(self, expected: int, timeout_s: float = 120) -> list[str]:
-        wait_for(lambda: len(self.indexed_ids()) >= expected, timeout_s, f"{expected} documents in Elasticsearch",
-                 interval_s=1)
+        try:
+            wait_for(lambda: len(self.indexed_ids()) >= expected, timeout_s,
+                     f"{expected} documents in Elasticsearch", interval_s=1)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.diagnosis()}") from None
         return self.indexed_ids()
+
+    def diagnosis(self) -> str:
+        """What a failed wait needs to be understood: the group's committed offsets against each
+        partition's end, and the workers' warnings."""
+        from kafka import KafkaAdminClient
+
+        kwargs = self.settings.kafka_client_kwargs()
+        admin, consumer = KafkaAdminClient(**kwargs), KafkaConsumer(**kwargs)
+        try:
+            group = self.env["FINSENT_CONSUMER_GROUP"]
+            committed = admin.list_group_offsets(group)[group]
+            ends = consumer.end_offsets(list(committed))
+        finally:
+            admin.close()
+            consumer.close()
+        lines = [f"{tp.topic}[{tp.partition}] committed {meta.offset} end {ends.get(tp)}"
+                 for tp, meta in sorted(committed.items())]
+        for worker in self.workers:
+            text = worker.log.read_text(errors="replace") if worker.log.exists() else ""
+            lines += [f"{worker.log.name}: {line}" for line in text.splitlines()
+                      if re.search(r"WARNING|ERROR|skipped", line)][-20:]
+        return "\n".join(lines)
 
 
 class Worker:

@@ -1,0 +1,115 @@
+"""OffsetGaps, the guard that keeps each stage reading its partitions in offset order, against a
+consumer stand-in (the behaviour it guards against is exercised for real by the worker restart
+tests in tests/integration)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from faust.types import TP
+
+from pipeline.app import OffsetGaps
+
+RAW = TP("raw", 0)
+
+
+class Message:
+    def __init__(self, tp: TP, offset: int):
+        self.tp, self.offset, self.refs = tp, offset, 0
+
+    def incref(self) -> None:
+        self.refs += 1
+
+
+class Consumer:
+    def __init__(self, committed: dict, highwater: dict):
+        self._committed_offset = dict(committed)
+        self._highwater = highwater
+        self._unacked_messages: set = set()
+        self.seeks: list[tuple[TP, int]] = []
+
+    def assignment(self):
+        return set(self._highwater)
+
+    def highwater(self, tp):
+        return self._highwater[tp]
+
+    async def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
+
+
+def make(committed=None, highwater=None, **kwargs):
+    consumer = Consumer(committed or {}, highwater or {RAW: 100})
+    app = SimpleNamespace(consumer=consumer, rebalancing=False, in_recovery=False,
+                          flow_control=SimpleNamespace(is_active=lambda: True))
+    return OffsetGaps(app, {"raw"}, **kwargs), consumer
+
+
+def events(*offsets, tp=RAW):
+    return [SimpleNamespace(message=Message(tp, o)) for o in offsets]
+
+
+def offsets(kept):
+    return [e.message.offset for e in kept]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_in_order_messages_pass_and_copies_already_processed_are_dropped():
+    gaps, consumer = make(committed={RAW: 10})
+    assert offsets(run(gaps.in_order(events(10, 11, 12)))) == [10, 11, 12]
+    assert offsets(run(gaps.in_order(events(11, 12, 13)))) == [13]  # 11, 12 again: redelivered copies
+    assert consumer.seeks == []
+
+
+def test_a_hole_seeks_back_and_sets_aside_what_came_past_it_unacknowledged():
+    gaps, consumer = make(committed={RAW: 0})
+    batch = events(0, 1, 5, 6)
+    kept = run(gaps.in_order(batch))
+    assert offsets(kept) == [0, 1]
+    assert consumer.seeks == [(RAW, 2)]
+    assert [e.message.refs for e in batch] == [0, 0, 1, 1]  # held: never acknowledged
+    assert offsets(run(gaps.in_order(events(2, 3, 4, 5, 6)))) == [2, 3, 4, 5, 6]
+
+
+def test_the_first_message_after_an_assignment_must_be_the_committed_offset():
+    # faust can hand a stream a message fetched past the committed offset right after a rebalance
+    gaps, consumer = make(committed={RAW: 40})
+    assert run(gaps.in_order(events(57, 58))) == []
+    assert consumer.seeks == [(RAW, 40)]
+
+
+def test_a_hole_that_never_fills_is_accepted_after_the_last_attempt():
+    gaps, consumer = make(committed={RAW: 0}, attempts=2, interval_s=0)
+    run(gaps.in_order(events(0)))
+    assert run(gaps.in_order(events(3))) == []
+    assert run(gaps.in_order(events(3))) == []
+    assert offsets(run(gaps.in_order(events(3)))) == [3]
+    assert len(consumer.seeks) == 2
+
+
+def test_a_quiet_partition_behind_its_high_watermark_is_sought_back_even_before_its_first_message():
+    gaps, consumer = make(committed={RAW: 7}, highwater={RAW: 9}, quiet_s=0)
+    run(gaps.watch())
+    assert consumer.seeks == [(RAW, 7)]
+    assert gaps.pending({"raw"})
+
+
+def test_no_seek_while_the_consumer_is_rebalancing_or_recovering_tables():
+    gaps, consumer = make(committed={RAW: 7}, highwater={RAW: 9}, quiet_s=0)
+    gaps.app.in_recovery = True
+    run(gaps.watch())
+    gaps.app.in_recovery, gaps.app.rebalancing = False, True
+    run(gaps.watch())
+    assert consumer.seeks == []
+
+
+def test_a_caught_up_partition_is_neither_pending_nor_sought():
+    gaps, consumer = make(committed={RAW: 0}, highwater={RAW: 3}, quiet_s=0)
+    run(gaps.in_order(events(0, 1, 2)))
+    gaps.done(events(0))
+    run(gaps.watch())
+    assert consumer.seeks == [] and not gaps.pending({"raw"})
