@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (see README.md).
 PYTHON ?= python3
 
-.PHONY: setup demo test test-unit test-integration stack-up stack-down
+.PHONY: setup demo test test-unit test-integration drill stack-up stack-down
 
 setup:
 	bash deploy/local/setup.sh
@@ -19,6 +19,12 @@ test-unit: setup
 
 test-integration: setup
 	$(PYTHON) -m pytest tests/integration
+
+# The full fault drill (about 10 min here): 20,000 messages, 3 worker SIGKILLs, a broker restart,
+# Elasticsearch down for 30 s. DRILL_BUNDLE: any bundle (default: the one `make demo` trains).
+DRILL_BUNDLE ?= $(HOME)/.cache/finsent/models/demo/bundle
+drill: setup
+	$(PYTHON) -m tests.integration.drill --bundle $(DRILL_BUNDLE) --messages 20000 --kills 3
 
 stack-up: setup
 	finsent stack up

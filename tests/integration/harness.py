@@ -40,6 +40,12 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
 
 
+def _epoch(timestamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
 def texts_by_prediction(bundle: Path, phrasebank: str) -> tuple[list[str], list[str]]:
     """(texts the model calls negative, texts it calls positive): tests script sentiment through
     the model's own predictions, so a stream means what the test says it means."""
@@ -126,17 +132,48 @@ class Pipeline:
     def es(self) -> Elasticsearch:
         return Elasticsearch(**self.settings.es_client_kwargs(), request_timeout=30)
 
+    def documents(self, suffix: str = "scored") -> list[dict]:
+        """Every document of one of the pipeline's indices (scored, aggregates, alerts)."""
+        from elasticsearch.helpers import scan
+
+        es, index = self.es(), f"{self.name}-{suffix}"
+        if not es.indices.exists(index=index):
+            return []
+        es.indices.refresh(index=index)
+        return [hit["_source"] for hit in scan(es, index=index, query={"query": {"match_all": {}}}, size=2000)]
+
+    def window_comparison(self, config, cutoff_s: float) -> tuple[dict, dict]:
+        """(a batch recomputation of every window starting before ``cutoff_s`` from the scored
+        records in Elasticsearch, the streamed aggregates of those windows), both keyed by
+        (topic, window, start)."""
+        from pipeline import windows
+
+        rows = [(t, _epoch(r["published_at"]), r["sentiment_score"], r["label"])
+                for r in self.documents("scored") for t in r["tickers"]]
+        expected = {k: v for k, v in windows.recompute(config, rows).items() if k[2] < cutoff_s}
+        got = {(a["topic"], a["window"], _epoch(a["start"])): a for a in self.documents("aggregates")}
+        return expected, {k: v for k, v in got.items() if k[2] < cutoff_s}
+
     def indexed_ids(self) -> list[str]:
+        from elasticsearch.helpers import scan
+
         es, index = self.es(), f"{self.name}-scored"
         if not es.indices.exists(index=index):
             return []
         es.indices.refresh(index=index)
-        hits = es.search(index=index, size=10_000, source=False, query={"match_all": {}})["hits"]["hits"]
-        return [h["_id"] for h in hits]
+        return [hit["_id"] for hit in scan(es, index=index, query={"query": {"match_all": {}}, "_source": False},
+                                           size=5000)]
+
+    def indexed_count(self) -> int:
+        es, index = self.es(), f"{self.name}-scored"
+        if not es.indices.exists(index=index):
+            return 0
+        es.indices.refresh(index=index)
+        return es.count(index=index)["count"]
 
     def wait_indexed(self, expected: int, timeout_s: float = 120) -> list[str]:
         try:
-            wait_for(lambda: len(self.indexed_ids()) >= expected, timeout_s,
+            wait_for(lambda: self.indexed_count() >= expected, timeout_s,
                      f"{expected} documents in Elasticsearch", interval_s=1)
         except AssertionError as error:
             raise AssertionError(f"{error}\n{self.diagnosis()}") from None
