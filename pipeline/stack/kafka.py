@@ -63,11 +63,7 @@ class Kafka(Service):
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-                "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                *self._listener_properties(),
                 f"log.dirs={self.dir / 'data'}",
                 "num.partitions=1",
                 "offsets.topic.replication.factor=1",
@@ -82,15 +78,28 @@ class Kafka(Service):
             ]
         )
 
+    def _listener_properties(self) -> list[str]:
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+
+    def _format_options(self) -> list[str]:
+        """Extra `kafka-storage format` options (e.g. SCRAM users written into the metadata log)."""
+        return []
+
     def _format_storage(self) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             [self._java(), "-cp", self._classpath(), *self._log_props(), "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(self.dir / "server.properties")],
+             "-t", cluster_id, "-c", str(self.dir / "server.properties"), *self._format_options()],
             capture_output=True, text=True, timeout=120,
         )
         if result.returncode != 0:
-            raise StackError(f"kafka: formatting storage failed:\n{result.stdout}\n{result.stderr}")
+            raise StackError(f"{self.name}: formatting storage failed:\n{result.stdout}\n{result.stderr}")
 
     def _log_props(self) -> list[str]:
         return [f"-Dlog4j2.configurationFile={self.dir / 'log4j2.yaml'}", f"-Dkafka.logs.dir={self.dir / 'logs'}"]

@@ -121,14 +121,12 @@ class SecuredKafka(Kafka):
         super().__init__(home)
         self.certs = certs
 
-    def _server_properties(self) -> str:
+    def _listener_properties(self) -> list[str]:
         plain_users = f'user_{KAFKA_USER}="{KAFKA_PASSWORD}"'
         listeners = {"PLAINTEXT": self.port, "SASL_SSL": self.sasl_ssl_port,
                      "SASL_PLAINTEXT": self.sasl_plaintext_port, "SSL": self.ssl_port}
-        lines = [
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+        login = "org.apache.kafka.common.security"
+        return [
             "listeners=" + ",".join(f"{n}://127.0.0.1:{p}" for n, p in listeners.items())
             + f",CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners=" + ",".join(f"{n}://127.0.0.1:{p}" for n, p in listeners.items()),
@@ -137,46 +135,20 @@ class SecuredKafka(Kafka):
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,"
             "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL",
             "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512",
-            f"listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
-            f"required {plain_users};",
-            f"listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain."
-            f"PlainLoginModule required {plain_users};",
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram."
-            "ScramLoginModule required;",
-            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram."
-            "ScramLoginModule required;",
+            *(f"listener.name.{listener}.plain.sasl.jaas.config={login}.plain.PlainLoginModule required {plain_users};"
+              for listener in ("sasl_ssl", "sasl_plaintext")),
+            *(f"listener.name.{listener}.scram-sha-512.sasl.jaas.config={login}.scram.ScramLoginModule required;"
+              for listener in ("sasl_ssl", "sasl_plaintext")),
             "ssl.keystore.type=PEM",
             f"ssl.keystore.location={self.certs.server_pem}",
             "ssl.truststore.type=PEM",
             f"ssl.truststore.location={self.certs.ca}",
             "listener.name.ssl.ssl.client.auth=required",
-            f"log.dirs={self.dir / 'data'}",
-            "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=true",
-            "",
         ]
-        return "\n".join(lines)
 
-    def _format_storage(self) -> None:
-        # SCRAM credentials can be written into the metadata log when the storage is formatted.
-        import base64
-        import uuid
-
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        result = subprocess.run(
-            [self._java(), "-cp", self._classpath(), *self._log_props(), "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(self.dir / "server.properties"),
-             "--add-scram", f"SCRAM-SHA-512=[name={KAFKA_USER},password={KAFKA_PASSWORD}]"],
-            capture_output=True, text=True, timeout=120,
-        )
-        if result.returncode != 0:
-            raise StackError(f"kafka-secured: formatting storage failed:\n{result.stdout}\n{result.stderr}")
+    def _format_options(self) -> list[str]:
+        # SCRAM credentials are written into the metadata log when the storage is formatted.
+        return ["--add-scram", f"SCRAM-SHA-512=[name={KAFKA_USER},password={KAFKA_PASSWORD}]"]
 
     def client_env(self, mode: str) -> dict[str, str]:
         """FINSENT_* settings for one way in: sasl_ssl-plain, sasl_ssl-scram, sasl_plaintext-plain,

@@ -113,3 +113,41 @@ def test_kafka_kwargs_carry_sasl(monkeypatch):
     monkeypatch.setenv("FINSENT_KAFKA_SASL_PASSWORD", "pw")
     kwargs = load_settings().kafka_client_kwargs()
     assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512" and kwargs["sasl_plain_password"] == "pw"
+
+
+def test_a_bad_ca_file_or_key_is_named_without_the_key_password(monkeypatch, tmp_path):
+    not_pem = tmp_path / "ca.crt"
+    not_pem.write_text("not a certificate")
+    monkeypatch.setenv("FINSENT_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("FINSENT_KAFKA_SSL_CAFILE", str(not_pem))
+    with pytest.raises(ConfigError, match="FINSENT_KAFKA_SSL_CAFILE=.*ca.crt"):
+        load_settings().kafka_ssl_context()
+    monkeypatch.delenv("FINSENT_KAFKA_SSL_CAFILE")
+    monkeypatch.setenv("FINSENT_KAFKA_SSL_CERTFILE", str(not_pem))
+    monkeypatch.setenv("FINSENT_KAFKA_SSL_KEYFILE", str(not_pem))
+    monkeypatch.setenv("FINSENT_KAFKA_SSL_KEYFILE_PASSWORD", "key-pw-1234")
+    with pytest.raises(ConfigError, match="FINSENT_KAFKA_SSL_CERTFILE") as exc:
+        load_settings().kafka_ssl_context()
+    assert "key-pw-1234" not in str(exc.value)
+
+
+def test_tls_context_only_for_tls_protocols_and_shared_by_kafka_clients(monkeypatch):
+    assert load_settings().kafka_ssl_context() is None
+    monkeypatch.setenv("FINSENT_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("FINSENT_KAFKA_SSL_CHECK_HOSTNAME", "false")
+    kwargs = load_settings().kafka_client_kwargs()
+    assert kwargs["security_protocol"] == "SSL" and kwargs["ssl_context"].check_hostname is False
+
+
+def test_secrets_are_redacted_from_text_and_identities_carry_none(monkeypatch):
+    from pipeline.clients import es_identity, kafka_identity, redact
+
+    monkeypatch.setenv("FINSENT_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("FINSENT_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("FINSENT_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("FINSENT_KAFKA_SASL_PASSWORD", "s3cret-kafka")
+    monkeypatch.setenv("FINSENT_ES_API_KEY", "s3cret-key")
+    settings = load_settings()
+    assert redact(settings, "auth s3cret-kafka / s3cret-key failed") == "auth *** / *** failed"
+    identities = kafka_identity(settings) + es_identity(settings)
+    assert "'svc' (PLAIN)" in identities and "API key" in identities and "s3cret" not in identities
