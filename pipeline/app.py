@@ -193,13 +193,13 @@ def create_app(settings: Settings) -> faust.App:
     async def classify_stage(stream):
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(settings.max_batch, within=within):
-            if not state["template"]:
-                await sink.install_template()
-                state["template"] = True
             # Held until its outputs are acknowledged: if the worker stops, or Kafka/Elasticsearch
             # fail in a way retries don't cover, the batch stays uncommitted and is redelivered.
             _hold(events)
-            batch = await gaps.in_order(events)
+            batch = await gaps.in_order(events)  # from here the stage counts as busy
+            if not state["template"]:
+                await sink.install_template()  # waits out an Elasticsearch outage at start
+                state["template"] = True
             try:
                 if batch:
                     await _classify_batch(batch, loop)
@@ -474,8 +474,10 @@ class OffsetGaps:
             if tp.topic not in topics:
                 continue
             highwater = _highwater(self.app, tp)
+            if highwater is None:  # not fetched yet (just assigned, or paused): assume it holds more
+                return True
             position = self._next(tp)
-            if highwater is not None and position is not None and highwater > position:
+            if position is not None and highwater > position:
                 return True
         return False
 

@@ -180,7 +180,7 @@ def run_drill(stack_home: Path, bundle: Path, phrasebank: str, workdir: Path, me
         cutoff = end.timestamp() - 30 * 60
         expected, got = pipeline.window_comparison(config, cutoff)
         wait_for(lambda: set(expected) <= set(pipeline.window_comparison(config, cutoff)[1]), 300,
-                 "every window to be aggregated")
+                 "every window to be aggregated", interval_s=5)
         expected, got = pipeline.window_comparison(config, cutoff)
         result.windows_compared = len(expected)
         for key, row in expected.items():

@@ -113,3 +113,10 @@ def test_a_caught_up_partition_is_neither_pending_nor_sought():
     gaps.done(events(0))
     run(gaps.watch())
     assert consumer.seeks == [] and not gaps.pending({"raw"})
+
+
+def test_a_partition_not_fetched_yet_counts_as_pending():
+    # The window stage must not take a stalled upstream stage (e.g. one waiting for Elasticsearch
+    # right after a restart) for an idle one: event time would jump and later records be late.
+    gaps, consumer = make(committed={RAW: 5}, highwater={RAW: None})
+    assert gaps.pending({"raw"})
