@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import faust
+from aiokafka.errors import KafkaError
 
 from . import metrics
 from .aggregation import WindowOutputs, WindowProcessor
@@ -116,6 +117,9 @@ def create_app(settings: Settings) -> faust.App:
         processing_guarantee="at_least_once",
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        # A worker that dies without leaving the group holds its partitions until this expires.
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
         stream_wait_empty=False,
         # Topics carry bytes we encode ourselves; tables use JSON.
         key_serializer="json",
@@ -532,6 +536,16 @@ class OffsetGaps:
             self.app.consumer._unacked_messages.discard(event.message)
         return keep
 
+    async def _seek(self, tp, offset: int) -> None:
+        consumer = self.app.consumer
+        thread = getattr(consumer, "_thread", None)
+        if thread is not None and hasattr(thread, "seek_wait"):
+            # In the consumer's own thread: faust's plain seek calls aiokafka from this one, which
+            # races its fetcher (seen as a KeyError that crashed the worker in the fault drill).
+            await thread.seek_wait({tp: offset})
+        else:
+            await consumer.seek(tp, offset)
+
     async def _hole(self, tp, want: int, offset: int) -> bool:
         """Seeks back to a hole when due; False once the hole is accepted as real."""
         start, tries, last = self.tries.get(tp, (None, 0, 0.0))
@@ -549,9 +563,11 @@ class OffsetGaps:
                         tp.partition, want, offset - 1)
             self.tries[tp] = (want, tries + 1, time.monotonic())
             try:
-                await self.app.consumer.seek(tp, want)
+                await self._seek(tp, want)
             except (AssertionError, KeyError, ValueError):  # revoked meanwhile: its new owner reads it
                 log.info("%s[%d] is no longer assigned; not seeking", tp.topic, tp.partition)
+            except (asyncio.TimeoutError, KafkaError) as exc:  # the next attempt tries again
+                log.warning("%s[%d]: seeking to %d failed (%r)", tp.topic, tp.partition, want, exc)
         return True
 
 

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # How long command-line tools try to reach the brokers before they give up with an error.
     kafka_bootstrap_timeout_s: float = Field(default=15.0, gt=0, le=600)
     consumer_group: str = "finsent"
+    # How soon partitions of a worker that died without leaving the group move to the others.
+    kafka_session_timeout_s: float = Field(default=10.0, ge=3, le=300)
 
     topic_raw: str = "finsent.raw"
     topic_scored: str = "finsent.scored"

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pipeline import stack, windows
+from pipeline.admin import ensure_topics
 
 from .harness import Pipeline, texts_by_prediction, wait_for
 
@@ -103,6 +104,7 @@ def run_drill(stack_home: Path, bundle: Path, phrasebank: str, workdir: Path, me
     rules.write_text(RULES)
     pipeline = Pipeline(name=f"drill{uuid.uuid4().hex[:8]}", bundle=bundle, workdir=workdir, partitions=3,
                         extra_env={**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules)})
+    ensure_topics(pipeline.settings)  # before the producer, which would auto-create one partition
     negative, positive = texts_by_prediction(bundle, phrasebank)
     payloads, n_good, n_bad = scripted(messages, negative, positive, bad_every=50, seed=seed)
     # Sentinels far ahead in event time close every window of the stream.
