@@ -48,9 +48,10 @@ class WindowOutputs:
 
 class WindowProcessor:
     def __init__(self, config: windows.WindowConfig, rules: list[Rule], max_topics: int, partitions: int,
-                 lookup, idle_s: float = 10.0, upstream_partitions: int | None = None):
+                 lookup, idle_s: float = 10.0, upstream_sources: list[str] | None = None):
         self.config = config
-        self.upstream = [str(p) for p in range(upstream_partitions or partitions)]
+        # The upstream streams whose event times each run forward (see ``record``'s ``src``).
+        self.upstream = upstream_sources if upstream_sources is not None else [str(p) for p in range(partitions)]
         self.rules = rules
         self.per_partition = max(1, math.ceil(max_topics / partitions))
         self.lookup = lookup  # key -> stored value or None (the Faust table's get)
@@ -84,7 +85,9 @@ class WindowProcessor:
 
     # --- events ----------------------------------------------------------------------------------
     def record(self, partition: int, item: dict, wall_now: float, out: WindowOutputs) -> None:
-        """One scored record for one name: {topic, id, t, score, label, src (upstream partition)}."""
+        """One scored record for one name: {topic, id, t, score, label, src}. ``src`` names the
+        upstream stream it came through, one whose event time runs forward (the worker uses the
+        pair of partitions it crossed: internal by-fingerprint topic and raw topic)."""
         self._last_record_wall[partition] = self._last_advance_wall[partition] = wall_now
         meta = self._meta(partition)
         name = item["topic"]

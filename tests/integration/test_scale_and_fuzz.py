@@ -9,21 +9,13 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from kafka.admin import KafkaAdminClient, NewTopic
-
 from pipeline import windows
+from pipeline.admin import ensure_topics
 
 from .harness import Pipeline, wait_for
 
 BASE = datetime(2024, 6, 3, 9, 0, tzinfo=timezone.utc)
 TICKERS = ["AAPL", "MSFT", "NOK", "TSLA", "AMZN", "NVDA"]
-
-
-def create_raw_topic(pipeline: Pipeline) -> None:
-    admin = KafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
-    admin.create_topics([NewTopic(pipeline.env["FINSENT_TOPIC_RAW"], num_partitions=pipeline.partitions,
-                                  replication_factor=1)])
-    admin.close()
 
 
 @pytest.fixture
@@ -34,7 +26,7 @@ def pipeline(local_stack, tiny_bundle, tmp_path, unique):
                  extra_env={"FINSENT_WINDOW_TUMBLING_S": "60", "FINSENT_WINDOW_HOPPING_S": "300",
                             "FINSENT_WINDOW_HOP_S": "60", "FINSENT_WINDOW_LATENESS_S": "20",
                             "FINSENT_WINDOW_IDLE_S": "3", "FINSENT_ALERT_RULES": str(rules)})
-    create_raw_topic(p)
+    ensure_topics(p.settings)  # with all partitions before the first produce
     yield p
     p.stop_all()
 

@@ -31,7 +31,7 @@ class Store:
 
 def processor(store: Store, rules=(), max_topics=100, partitions=1, upstream=1) -> WindowProcessor:
     return WindowProcessor(CONFIG, list(rules), max_topics, partitions, store.data.get, idle_s=5,
-                           upstream_partitions=upstream)
+                           upstream_sources=[str(p) for p in range(upstream)])
 
 
 def feed(proc: WindowProcessor, store: Store, items: list[dict], batch: int = 7) -> WindowOutputs:
