@@ -458,9 +458,10 @@ class OffsetGaps:
     neither processed nor committed until the next restart, and processing what follows first
     would make their records late for their windows. At the first message past a hole (or, for a
     hole at the end, when the stage has waited ``quiet_s`` while its partition holds more), the
-    stage seeks back to the hole (again after a second, up to ``attempts`` times, as the consumer
-    can drop the re-read too) and sets aside the messages past it: they are not acknowledged, and
-    come again after the seek. A real hole (transaction markers, compaction) is accepted after that."""
+    stage seeks back to the hole (again after a second, as the consumer can drop the re-read too)
+    and sets aside the messages past it: they are not acknowledged, and come again after the seek.
+    After ``attempts`` seeks a hole is accepted only if the broker has deleted those offsets
+    (retention); finsent's stream topics have no transaction markers or compaction."""
 
     def __init__(self, app: faust.App, topics: set[str], attempts: int = 5, interval_s: float = 1.0,
                  quiet_s: float = 3.0):
@@ -570,21 +571,34 @@ class OffsetGaps:
         else:
             await consumer.seek(tp, offset)
 
+    async def _deleted(self, tp, offset: int) -> bool:
+        try:
+            earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp)
+        except (asyncio.TimeoutError, KafkaError, AssertionError, KeyError):
+            return False
+        return earliest is not None and earliest > offset
+
     async def _hole(self, tp, want: int, offset: int) -> bool:
         """Seeks back to a hole when due; False once the hole is accepted as real."""
         start, tries, last = self.tries.get(tp, (None, 0, 0.0))
         if start != want:
             tries, last = 0, 0.0
         if tries >= self.max_attempts:
-            log.error("%s[%d]: offsets %d-%d never arrived; continuing without them", tp.topic, tp.partition,
-                      want, offset - 1)
-            self.tries.pop(tp, None)
-            return False
+            # Only data the broker no longer has (retention) is given up on; otherwise keep
+            # asking: a partition paused by backpressure (e.g. while Elasticsearch is down) is
+            # re-read only once it flows again, which can take minutes.
+            if await self._deleted(tp, want):
+                log.error("%s[%d]: offsets %d-%d were deleted by retention before they were read; continuing "
+                          "without them", tp.topic, tp.partition, want, offset - 1)
+                self.tries.pop(tp, None)
+                return False
+            tries = self.max_attempts - 1
         if time.monotonic() - last >= self.interval_s:
             if tries == 0:
                 metrics.OFFSET_GAPS.labels(tp.topic).inc()
-            log.warning("%s[%d]: offsets %d-%d were skipped by the consumer; reading them again", tp.topic,
-                        tp.partition, want, offset - 1)
+            (log.warning if tries == 0 else log.info)(
+                "%s[%d]: offsets %d-%d were skipped by the consumer; reading them again", tp.topic, tp.partition,
+                want, offset - 1)
             self.tries[tp] = (want, tries + 1, time.monotonic())
             try:
                 await self._seek(tp, want)

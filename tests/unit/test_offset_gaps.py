@@ -23,7 +23,8 @@ class Message:
 
 
 class Consumer:
-    def __init__(self, committed: dict, highwater: dict):
+    def __init__(self, committed: dict, highwater: dict, earliest: int = 0):
+        self.earliest = earliest
         self._committed_offset = dict(committed)
         self._highwater = highwater
         self._unacked_messages: set = set()
@@ -38,9 +39,12 @@ class Consumer:
     async def seek(self, tp, offset):
         self.seeks.append((tp, offset))
 
+    async def earliest_offsets(self, *tps):
+        return {tp: self.earliest for tp in tps}
 
-def make(committed=None, highwater=None, **kwargs):
-    consumer = Consumer(committed or {}, highwater or {RAW: 100})
+
+def make(committed=None, highwater=None, earliest=0, **kwargs):
+    consumer = Consumer(committed or {}, highwater or {RAW: 100}, earliest)
     app = SimpleNamespace(consumer=consumer, rebalancing=False, in_recovery=False,
                           flow_control=SimpleNamespace(is_active=lambda: True))
     return OffsetGaps(app, {"raw"}, **kwargs), consumer
@@ -82,8 +86,17 @@ def test_the_first_message_after_an_assignment_must_be_the_committed_offset():
     assert consumer.seeks == [(RAW, 40)]
 
 
-def test_a_hole_that_never_fills_is_accepted_after_the_last_attempt():
+def test_a_hole_is_sought_again_and_again_while_the_broker_still_has_it():
+    # e.g. a partition paused by backpressure re-reads only once it flows again
     gaps, consumer = make(committed={RAW: 0}, attempts=2, interval_s=0)
+    run(gaps.in_order(events(0)))
+    for _ in range(6):
+        assert run(gaps.in_order(events(3))) == []
+    assert consumer.seeks == [(RAW, 1)] * 6
+
+
+def test_a_hole_retention_deleted_is_accepted_after_the_last_attempt():
+    gaps, consumer = make(committed={RAW: 0}, attempts=2, interval_s=0, earliest=3)
     run(gaps.in_order(events(0)))
     assert run(gaps.in_order(events(3))) == []
     assert run(gaps.in_order(events(3))) == []
