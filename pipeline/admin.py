@@ -3,9 +3,10 @@ declare finsent's topics ahead of the workers, and show how far a consumer group
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from .clients import kafka_admin, kafka_consumer
+from .clients import ConnectionFailure, kafka_admin, kafka_consumer, kafka_identity
 from .config import Settings
 
 
@@ -47,6 +48,22 @@ def ensure_topics(settings: Settings) -> list[str]:
         admin.close()
 
 
+def _group_offsets(admin, settings: Settings, partitions, timeout_s: float = 20.0) -> dict:
+    """The group's committed offsets; retries while the broker is still electing the group's
+    coordinator (a fresh cluster creates its offsets topic on first use)."""
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return admin.list_group_offsets({settings.consumer_group: partitions})[settings.consumer_group]
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
+                raise ConnectionFailure(f"cannot read the offsets of consumer group {settings.consumer_group!r} "
+                                        f"from {kafka_identity(settings)}: {type(exc).__name__}") from None
+            time.sleep(0.5)
+
+
 def group_state(settings: Settings, topics: list[str] | None = None) -> list[PartitionState]:
     """End and committed offsets of the consumer group on ``topics`` (default: the raw topic)."""
     from kafka import TopicPartition
@@ -56,8 +73,7 @@ def group_state(settings: Settings, topics: list[str] | None = None) -> list[Par
     try:
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         ends = consumer.end_offsets(partitions) if partitions else {}
-        committed = admin.list_group_offsets({settings.consumer_group: partitions})[settings.consumer_group] \
-            if partitions else {}
+        committed = _group_offsets(admin, settings, partitions) if partitions else {}
     finally:
         admin.close()
         consumer.close()

@@ -193,8 +193,13 @@ class Pipeline:
         finally:
             admin.close()
             consumer.close()
-        lines = [f"{tp.topic}[{tp.partition}] committed {meta.offset} end {ends.get(tp)}"
-                 for tp, meta in sorted(committed.items())]
+        lines = [f"indexed: {self.indexed_count()}"]
+        lines += [f"{tp.topic}[{tp.partition}] committed {meta.offset} end {ends.get(tp)}"
+                  for tp, meta in sorted(committed.items())]
+        for worker in self.workers:
+            lines += [f"{worker.log.name} metric: {line}" for line in (worker.metrics_text() or "").splitlines()
+                      if line.startswith(("finsent_messages_total", "finsent_offset_gaps_total",
+                                          "finsent_consumer_lag_messages", "finsent_es_backpressure"))]
         for worker in self.workers:
             text = worker.log.read_text(errors="replace") if worker.log.exists() else ""
             lines += [f"{worker.log.name}: {line}" for line in text.splitlines()

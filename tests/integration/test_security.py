@@ -77,6 +77,8 @@ def test_worker_and_tools_over_secured_kafka_and_elasticsearch_leak_no_secret(se
     if mode in ("sasl_ssl-scram", "mtls"):
         env = as_files(env, tmp_path)
     pipeline = Pipeline(name=f"s{unique}", bundle=tiny_bundle, workdir=tmp_path, extra_env=env)
+    created = finsent(pipeline.env, "topics", "--create")  # as an operator would, before the workers
+    assert created.returncode == 0 and pipeline.env["FINSENT_TOPIC_DEADLETTER"] in created.stdout, created.stderr
     worker = pipeline.start_worker(0)
     try:
         labelled = tmp_path / "labelled.txt"
@@ -108,7 +110,7 @@ def test_worker_and_tools_over_secured_kafka_and_elasticsearch_leak_no_secret(se
         pipeline.stop_all()
 
     written = [worker.log.read_text(errors="replace"), metrics, json.dumps(letters)]
-    written += [p.stdout + p.stderr for p in (replay, report, topics)]
+    written += [p.stdout + p.stderr for p in (created, replay, report, topics)]
     written += [f.read_text(errors="replace") for f in (tmp_path / "reports").rglob("*") if f.suffix in (".html", ".json")]
     for secret in SECRETS:
         assert not any(secret in text for text in written), f"{secret!r} leaked"
