@@ -337,6 +337,7 @@ def create_app(settings: Settings) -> faust.App:
     async def window_stage(stream):
         async for events in stream.take_events(settings.max_batch * 4, within=within):
             _hold(events)
+            generation = app.consumer_generation_id
             out, last_event = WindowOutputs(), {}
             for event in await gaps.in_order(events):
                 partition = event.message.partition
@@ -352,9 +353,9 @@ def create_app(settings: Settings) -> faust.App:
                 windows_stage.close_partition(partition, out)
             # Shielded: once outputs are on their way, the state that says so is stored too, even
             # if shutdown cancels the agent meanwhile (else a restart would repeat the alerts).
-            await asyncio.shield(_emit_windows(out, last_event, events))
+            await asyncio.shield(_emit_windows(out, last_event, events, generation))
 
-    async def _emit_windows(out: WindowOutputs, last_event: dict, events) -> None:
+    async def _emit_windows(out: WindowOutputs, last_event: dict, events, generation) -> None:
         if not state["template"]:
             await sink.install_template()
             state["template"] = True
@@ -370,6 +371,16 @@ def create_app(settings: Settings) -> faust.App:
                 for r in rejected:  # our own documents: a rejection is a bug or a broken template
                     log.error("Elasticsearch rejected %s document %s: %s", suffix, r.doc_id, r.reason)
         await asyncio.gather(*deliveries)
+        if app.consumer_generation_id != generation:
+            # A rebalance came during the batch: its partitions may belong to another worker now,
+            # which restored the table without this batch. Storing the state here could later
+            # overwrite that worker's newer state (its changelog is replayed on the next
+            # rebalance), so drop it and leave the batch unacknowledged: whoever owns each
+            # partition now reads it again from the committed offset.
+            windows_stage.writes()
+            gaps.done(events)
+            log.info("rebalance during a window batch: its %d items will be read again", len(events))
+            return
         for key, (partition, value) in windows_stage.writes().items():
             _set_current_event(last_event[partition])
             if value is None:
