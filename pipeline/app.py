@@ -457,9 +457,6 @@ class _NoReadOffsets(dict):
     def __getitem__(self, tp):
         return None
 
-    def __missing__(self, tp):  # pragma: no cover - __getitem__ never raises
-        return None
-
 
 class OffsetGaps:
     """Keeps each stage reading every partition in offset order, without holes.

@@ -52,38 +52,33 @@ def redact(settings: Settings, text: str) -> str:
     return text
 
 
-def _kwargs(settings: Settings) -> dict[str, Any]:
-    return {**settings.kafka_client_kwargs(), "bootstrap_timeout_ms": int(settings.kafka_bootstrap_timeout_s * 1000)}
+def _connect(client_class, settings: Settings, **kwargs: Any):
+    """A kafka-python client with finsent's connection settings; a refusal becomes ConnectionFailure."""
+    from kafka.errors import KafkaError
+
+    try:
+        return client_class(**settings.kafka_client_kwargs(),
+                            bootstrap_timeout_ms=int(settings.kafka_bootstrap_timeout_s * 1000), **kwargs)
+    except KafkaError as exc:
+        raise _kafka_failure(settings, exc) from None
 
 
 def kafka_producer(settings: Settings, **kwargs: Any):
     from kafka import KafkaProducer
-    from kafka.errors import KafkaError
 
-    try:
-        return KafkaProducer(**_kwargs(settings), **kwargs)
-    except KafkaError as exc:
-        raise _kafka_failure(settings, exc) from None
+    return _connect(KafkaProducer, settings, **kwargs)
 
 
 def kafka_consumer(settings: Settings, **kwargs: Any):
     from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
 
-    try:
-        return KafkaConsumer(**_kwargs(settings), **kwargs)
-    except KafkaError as exc:
-        raise _kafka_failure(settings, exc) from None
+    return _connect(KafkaConsumer, settings, **kwargs)
 
 
 def kafka_admin(settings: Settings):
     from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
 
-    try:
-        return KafkaAdminClient(**_kwargs(settings), client_id="finsent-admin")
-    except KafkaError as exc:
-        raise _kafka_failure(settings, exc) from None
+    return _connect(KafkaAdminClient, settings, client_id="finsent-admin")
 
 
 def elasticsearch(settings: Settings, request_timeout: float = 60):

@@ -182,20 +182,14 @@ class Pipeline:
     def diagnosis(self) -> str:
         """What a failed wait needs to be understood: the group's committed offsets against each
         partition's end, and the workers' warnings."""
-        from kafka import KafkaAdminClient
+        from pipeline.admin import group_state
 
-        kwargs = self.settings.kafka_client_kwargs()
-        admin, consumer = KafkaAdminClient(**kwargs), KafkaConsumer(**kwargs)
-        try:
-            group = self.env["FINSENT_CONSUMER_GROUP"]
-            committed = admin.list_group_offsets(group)[group]
-            ends = consumer.end_offsets(list(committed))
-        finally:
-            admin.close()
-            consumer.close()
+        group = self.env["FINSENT_CONSUMER_GROUP"]
+        topics = [self.env["FINSENT_TOPIC_RAW"], f"{group}.{self.env['FINSENT_TOPIC_RAW']}.by-fingerprint",
+                  f"{group}.windows"]
         lines = [f"indexed: {self.indexed_count()}"]
-        lines += [f"{tp.topic}[{tp.partition}] committed {meta.offset} end {ends.get(tp)}"
-                  for tp, meta in sorted(committed.items())]
+        lines += [f"{s.topic}[{s.partition}] committed {s.committed} end {s.end}"
+                  for s in group_state(self.settings, topics)]
         for worker in self.workers:
             lines += [f"{worker.log.name} metric: {line}" for line in (worker.metrics_text() or "").splitlines()
                       if line.startswith(("finsent_messages_total", "finsent_offset_gaps_total",
