@@ -9,6 +9,7 @@ CPU with the INT8 model otherwise; both can be overridden.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 import numpy as np
@@ -21,6 +22,28 @@ log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 LENGTH_SLACK = 1.5  # a bucket's longest text may be this many times its shortest (see _length_buckets)
+TENSORRT_LIBRARY = "libnvinfer.so.10"
+
+
+def _tensorrt_present() -> bool:
+    """onnxruntime-gpu lists TensorRT as available whether or not TensorRT is installed; asking
+    for it without the library costs an error banner and a second session build."""
+    try:
+        ctypes.CDLL(TENSORRT_LIBRARY)
+    except OSError:
+        return False
+    return True
+
+
+def _preload_cuda_libraries() -> None:
+    """CUDA and cuDNN from the nvidia-* pip packages (``pip install onnxruntime-gpu[cuda,cudnn]``)
+    are not on the loader's path; ONNX Runtime >= 1.21 can load them itself."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as exc:  # a missing library shows when the session is built, with a clearer error
+            log.debug("onnxruntime.preload_dlls: %s", exc)
 
 
 def choose_runtime(variant: str | None = None, providers: list[str] | None = None) -> tuple[str, list]:
@@ -32,8 +55,13 @@ def choose_runtime(variant: str | None = None, providers: list[str] | None = Non
             raise ValueError(f"ONNX Runtime providers {missing} are not available here (available: {available})")
         chosen = list(providers)
     else:
-        chosen = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+        gpu = [p for p in GPU_PROVIDERS if p in available]
+        if "TensorrtExecutionProvider" in gpu and not _tensorrt_present():
+            gpu.remove("TensorrtExecutionProvider")
+        chosen = gpu + ["CPUExecutionProvider"]
     on_gpu = chosen[0] in GPU_PROVIDERS
+    if on_gpu:
+        _preload_cuda_libraries()
     if variant is None:
         variant = "fp16" if on_gpu else "int8"
     if on_gpu and variant == "int8":
@@ -55,15 +83,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 class Classifier:
     def __init__(self, bundle: Bundle, variant: str | None = None, providers: list[str] | None = None,
-                 batch_size: int = 32, intra_op_threads: int | None = None):
+                 batch_size: int = 32, intra_op_threads: int | None = None, length_slack: float = LENGTH_SLACK):
         self.bundle = bundle
         self.variant, provider_options = choose_runtime(variant, providers)
         self.batch_size = batch_size
+        self.length_slack = length_slack
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
-        self.session = ort.InferenceSession(str(bundle.model_file(self.variant)), options, providers=provider_options)
+        self.session = self._session(options, provider_options)
+        requested = provider_options[0] if isinstance(provider_options[0], str) else provider_options[0][0]
+        if self.provider != requested:
+            # ONNX Runtime fell back (e.g. CUDA libraries missing): say so, and on the CPU run the
+            # INT8 model rather than the fp16 one chosen for the GPU.
+            log.warning("ONNX Runtime could not use %s and fell back to %s", requested, self.provider)
+            if variant is None and self.variant != "int8" and self.provider == "CPUExecutionProvider":
+                self.variant = "int8"
+                self.session = self._session(options, ["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = Tokenizer.from_file(str(bundle.tokenizer_file))
         self.tokenizer.no_padding()
@@ -71,6 +108,9 @@ class Classifier:
         padding = self.tokenizer.token_to_id("[PAD]")
         self.pad_id = padding if padding is not None else 0
         log.info("model %s (%s) on %s", bundle.model_version, self.variant, self.provider)
+
+    def _session(self, options, provider_options) -> ort.InferenceSession:
+        return ort.InferenceSession(str(self.bundle.model_file(self.variant)), options, providers=provider_options)
 
     @property
     def provider(self) -> str:
@@ -104,12 +144,12 @@ class Classifier:
         return out
 
     def _length_buckets(self, order: list[int], lengths: list[int]):
-        """Runs of length-sorted texts whose longest is at most LENGTH_SLACK x the shortest:
+        """Runs of length-sorted texts whose longest is at most ``length_slack`` x the shortest:
         padding a 12-token text to 64 costs more than a second ONNX Runtime call (on 2 cores,
         INT8, batches of 32 FPB sentences: ~150 msg/s in one call, ~300 bucketed)."""
         start = 0
         while start < len(order):
-            end, limit = start + 1, lengths[order[start]] * LENGTH_SLACK
+            end, limit = start + 1, lengths[order[start]] * self.length_slack
             while end < len(order) and end - start < self.batch_size and lengths[order[end]] <= limit:
                 end += 1
             yield order[start:end]

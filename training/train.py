@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ class TrainConfig:
     output: str
     base_model: str = ""
     epochs: int = 2
-    seed: int = 0
+    seed: int = 0  # weight initialisation and data order
+    split_seed: int = 0  # train/dev/test split: fixed, so runs with other seeds are scored on the same test set
     max_length: int = 64
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -38,6 +40,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     class_weights: bool = False
+    label_smoothing: float = 0.0
+    layer_lr_decay: float = 1.0  # each encoder layer below the top learns at this times the rate above it
     patience: int = 2
     max_examples: int | None = None  # cap the training set (smoke runs, tests)
     max_steps: int | None = None  # stop after this many optimiser steps in total
@@ -52,6 +56,23 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+
+
+def parameter_groups(model, config: TrainConfig) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm; with ``layer_lr_decay`` < 1 the
+    embeddings and lower encoder layers learn more slowly than the top ones and the head."""
+    depth_count = getattr(model.encoder.config, "num_hidden_layers", 0) + 1
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm")
+    groups: dict[tuple, dict] = {}
+    for name, param in model.named_parameters():
+        layer = re.search(r"\.layers?\.(\d+)\.", name)
+        depth = 0 if "embeddings" in name else int(layer.group(1)) + 1 if layer else depth_count
+        decay = 0.0 if any(k in name for k in no_decay) else config.weight_decay
+        scale = config.layer_lr_decay ** (depth_count - depth)
+        group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay,
+                                                   "lr": config.learning_rate * scale})
+        group["params"].append(param)
+    return list(groups.values())
 
 
 def batches(examples: list[Example], tokenizer, batch_size: int, max_length: int, shuffle: bool, generator=None):
@@ -94,7 +115,7 @@ def train(config: TrainConfig) -> Path:
     seed_everything(config.seed)
     dataset = load_datasets(config.datasets, skip_bad_rows=config.skip_bad_rows, text_column=config.text_column,
                             label_column=config.label_column)
-    parts = split(dataset, seed=config.seed)
+    parts = split(dataset, seed=config.split_seed)
     train_examples = parts.train[: config.max_examples] if config.max_examples else parts.train
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     use_amp = device.type == "cuda"
@@ -112,19 +133,14 @@ def train(config: TrainConfig) -> Path:
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weights = None
     if config.class_weights:
         counts = np.bincount([LABEL_TO_ID[e.label] for e in train_examples], minlength=len(LABELS)).astype(float)
         weights = torch.tensor(counts.sum() / (len(LABELS) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
 
     history: list[dict] = []
     start_epoch, step, best_f1, stale = 0, 0, -1.0, 0
@@ -143,7 +159,7 @@ def train(config: TrainConfig) -> Path:
         "labels": list(LABELS),
         "max_length": config.max_length,
         "config": asdict(config),
-        "data": {"files": dataset.files, "split_seed": config.seed, "test_size": 0.2, "dev_size": 0.1,
+        "data": {"files": dataset.files, "split_seed": config.split_seed, "test_size": 0.2, "dev_size": 0.1,
                  "sizes": {"train": len(train_examples), "dev": len(parts.dev), "test": len(parts.test)},
                  "duplicates_removed": dataset.duplicates_removed,
                  "conflicting_removed": dataset.conflicting_removed, "bad_rows": dict(dataset.bad_rows)},
