@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.bundle import open_bundle
-from pipeline.classify import Classifier
+from pipeline.classify import LENGTH_SLACK, Classifier
 from training.data import load_datasets, split
 from training.model import SentimentClassifier
 
@@ -79,7 +79,8 @@ def main() -> None:
     args.out.write_text(json.dumps({"messages": len(texts), "threads": args.threads, "repeats": args.repeats,
                                     "device": args.device, **environment,
                                     "model_version": bundle.model_version, "results": results}, indent=2))
-    plot(results, args.out.with_suffix(".png"))
+    where = environment.get("gpu") or f"{args.threads} CPU threads"
+    plot(results, args.out.with_suffix(".png"), f"finsent inference ({where})")
     print("\n| batch | runtime | messages/s | p99 per batch (ms) | vs torch |\n|---|---|---|---|---|")
     for row in results:
         print(f"| {row['batch_size']} | {row['runtime']} | {row['msgs_per_s']:.0f} | {row['p99_batch_ms']:.1f} "
@@ -113,13 +114,13 @@ def gpu_runtimes(args, bundle) -> tuple[dict, dict]:
     runtimes = {"torch eager fp32": torch_runtime(args, "cuda"), "torch eager fp16": torch_runtime(args, "cuda", True)}
     providers = {}
     for variant in ("fp32", "fp16"):
-        classifier = Classifier(bundle, variant=variant)
+        classifier = Classifier(bundle, variant=variant)  # one padded batch per call: the GPU default
         if classifier.provider == "CPUExecutionProvider":
             raise SystemExit(f"ONNX Runtime runs the {variant} model on the CPU here: no usable GPU provider")
         providers[variant] = classifier.provider
         runtimes[f"onnx {variant}"] = classifier.predict_proba
-    one_batch = Classifier(bundle, variant="fp16", length_slack=float("inf"))
-    runtimes["onnx fp16, one padded batch"] = one_batch.predict_proba
+    bucketed = Classifier(bundle, variant="fp16", length_slack=LENGTH_SLACK)
+    runtimes["onnx fp16, CPU-style length buckets"] = bucketed.predict_proba
     return runtimes, {"torch": torch.__version__, "onnxruntime": ort_version(), "providers": providers,
                       "gpu": torch.cuda.get_device_name(0), "auto_variant": Classifier(bundle).variant}
 
@@ -130,7 +131,7 @@ def ort_version() -> str:
     return onnxruntime.__version__
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, title: str = "finsent inference") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,7 +144,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("messages/s (median)")
-    ax.set_title("finsent inference on this machine")
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

