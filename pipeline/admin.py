@@ -64,22 +64,49 @@ def _group_offsets(admin, settings: Settings, partitions, timeout_s: float = 20.
             time.sleep(0.5)
 
 
+class GroupProgress:
+    """End and committed offsets of the consumer group on some topics, with clients kept open
+    for repeated reads (the worker asks every second)."""
+
+    def __init__(self, settings: Settings, topics: list[str], coordinator_wait_s: float = 20.0,
+                 timeout_s: float | None = None):
+        self.settings, self.topics, self.coordinator_wait_s = settings, topics, coordinator_wait_s
+        self.timeout_ms = int(timeout_s * 1000) if timeout_s else None
+        self._admin = self._consumer = None
+
+    def states(self) -> list[PartitionState]:
+        from kafka import TopicPartition
+
+        if self._consumer is None:
+            self._admin, self._consumer = kafka_admin(self.settings), kafka_consumer(self.settings)
+        partitions = [TopicPartition(t, p) for t in self.topics
+                      for p in sorted(self._consumer.partitions_for_topic(t) or ())]
+        if not partitions:
+            return []
+        ends = self._consumer.end_offsets(partitions, timeout_ms=self.timeout_ms)
+        committed = _group_offsets(self._admin, self.settings, partitions, self.coordinator_wait_s)
+        states = []
+        for tp in partitions:
+            meta = committed.get(tp)
+            offset = meta.offset if meta is not None and meta.offset >= 0 else None
+            states.append(PartitionState(tp.topic, tp.partition, ends[tp], offset))
+        return states
+
+    def lagging(self) -> bool:
+        """True while some partition holds messages the group has not processed (committed) yet."""
+        return any(s.lag > 0 for s in self.states())
+
+    def close(self) -> None:
+        for client in (self._admin, self._consumer):
+            if client is not None:
+                client.close()
+        self._admin = self._consumer = None
+
+
 def group_state(settings: Settings, topics: list[str] | None = None) -> list[PartitionState]:
     """End and committed offsets of the consumer group on ``topics`` (default: the raw topic)."""
-    from kafka import TopicPartition
-
-    topics = topics or [settings.topic_raw]
-    admin, consumer = kafka_admin(settings), kafka_consumer(settings)
+    progress = GroupProgress(settings, topics or [settings.topic_raw])
     try:
-        partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        ends = consumer.end_offsets(partitions) if partitions else {}
-        committed = _group_offsets(admin, settings, partitions) if partitions else {}
+        return progress.states()
     finally:
-        admin.close()
-        consumer.close()
-    states = []
-    for tp in partitions:
-        meta = committed.get(tp)
-        offset = meta.offset if meta is not None and meta.offset >= 0 else None
-        states.append(PartitionState(tp.topic, tp.partition, ends[tp], offset))
-    return states
+        progress.close()

@@ -61,7 +61,8 @@ class WindowProcessor:
         self._last_advance_wall: dict[int, float] = {}
         self._heard_wall: dict[int, dict[str, float]] = {}  # partition -> upstream partition -> last heard
         self.tracked: dict[int, int] = {}  # partition -> names with their own windows
-        # True while stages upstream in this worker have messages they have not processed yet.
+        # True while upstream stages (in this worker or another of the group) have messages they
+        # have not processed yet.
         self.upstream_pending = lambda: False
 
     # --- the write-back cache --------------------------------------------------------------------
@@ -85,16 +86,19 @@ class WindowProcessor:
 
     # --- events ----------------------------------------------------------------------------------
     def record(self, partition: int, item: dict, wall_now: float, out: WindowOutputs) -> None:
-        """One scored record for one name: {topic, id, t, score, label, src}. ``src`` names the
+        """One scored record for one name: {topic, id, t, score, label, src, o}. ``src`` names the
         upstream stream it came through, one whose event time runs forward (the worker uses the
-        pair of partitions it crossed: internal by-fingerprint topic and raw topic)."""
+        pair of partitions it crossed: internal by-fingerprint topic and raw topic); ``o`` (optional)
+        is its offset there, which recognises repeats (``_delivered_before``)."""
         self._last_record_wall[partition] = self._last_advance_wall[partition] = wall_now
         meta = self._meta(partition)
         name = item["topic"]
         if name not in meta["topics"]:
             tracked = sum(1 for t in meta["topics"] if t != OTHER)
             if name != OTHER and tracked >= self.per_partition:
-                out.reroute.append({**item, "topic": OTHER, "src": f"w{partition}"})
+                # Offsets of several upstream partitions mix under one source here: drop them.
+                rerouted = {k: v for k, v in item.items() if k != "o"}
+                out.reroute.append({**rerouted, "topic": OTHER, "src": f"w{partition}"})
                 return
             meta["topics"] = meta["topics"] + [name]
         state = _deep_copy(self._get(f"t/{name}") or windows.new_state())
@@ -106,6 +110,9 @@ class WindowProcessor:
             out.duplicates += 1
             return
         if self.config.is_late(t, meta["stream_time"]):
+            if _delivered_before(meta, item):  # a repeat whose bucket (and its ids) is gone
+                out.duplicates += 1
+                return
             state["late"] = state.get("late", 0) + 1
             out.late += 1
         else:
@@ -113,6 +120,7 @@ class WindowProcessor:
             windows.add(self.config, state, t, float(item["score"]), item["label"])
         sources = meta["sources"] = dict(meta.get("sources", {}))
         sources[item["src"]] = max(sources.get(item["src"], t), t)
+        _note_delivery(meta, item)
         self._heard(partition)[item["src"]] = wall_now
         self._advance(partition, meta, wall_now)
         self._put(f"t/{name}", partition, state)
@@ -210,6 +218,30 @@ class WindowProcessor:
                 state["alerts"][rule.name] = new
             if document is not None:
                 out.alerts.append(Alert(**document))
+
+
+def _delivered_before(meta: dict, item: dict) -> bool:
+    """Whether ``item`` repeats one already received. Items from one source arrive in the order of
+    their upstream offset ``o`` (the classify stage reads its partition in order and sends in that
+    order), so after a restart or rebalance re-reads a stretch of it, every item at or below the
+    highest offset received is a repeat, even once its window has closed and its bucket's ids are
+    gone. At that highest offset a message's other names may still come (one item per name)."""
+    mark = meta.get("offsets", {}).get(item["src"])
+    if mark is None or "o" not in item:
+        return False
+    offset, names = mark
+    return item["o"] < offset or (item["o"] == offset and item["topic"] in names)
+
+
+def _note_delivery(meta: dict, item: dict) -> None:
+    if "o" not in item:
+        return
+    offsets = meta["offsets"] = dict(meta.get("offsets", {}))
+    mark = offsets.get(item["src"])
+    if mark is None or item["o"] > mark[0]:
+        offsets[item["src"]] = [item["o"], [item["topic"]]]
+    elif item["o"] == mark[0] and item["topic"] not in mark[1]:
+        offsets[item["src"]] = [mark[0], mark[1] + [item["topic"]]]
 
 
 def _deep_copy(state: dict) -> dict:

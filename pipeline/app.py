@@ -32,10 +32,12 @@ import faust
 from aiokafka.errors import KafkaError
 
 from . import metrics
+from .admin import GroupProgress
 from .aggregation import WindowOutputs, WindowProcessor
 from .alerts import load_rules
 from .bundle import open_bundle
 from .classify import Classifier
+from .clients import redact
 from .config import Settings
 from .decode import Decoded, Origin, decode, dead_letter
 from .dedup import fingerprint
@@ -45,6 +47,9 @@ from .sinks.elasticsearch import ElasticsearchSink, index_name
 from .web import PAGE, LiveView
 
 log = logging.getLogger("finsent.worker")
+# How long the window stage waits for the consumer group's committed offsets when they cannot be
+# read before it judges upstream silence by this worker's own partitions alone.
+GROUP_PROGRESS_PATIENCE_S = 60.0
 
 
 def _broker_credentials(settings: Settings):
@@ -156,13 +161,18 @@ def create_app(settings: Settings) -> faust.App:
     model = ModelHolder(settings)
     upstream_topics = {raw_topic.get_topic_name(), valid_topic.get_topic_name()}
     gaps = OffsetGaps(app, upstream_topics | {window_topic.get_topic_name()})
-    windows_stage.upstream_pending = lambda: gaps.pending(upstream_topics)
+    # Upstream partitions other workers own are pending too while the group has not committed
+    # them to their end: a source silent because a rebalance moved it is stalled, not idle.
+    progress = GroupProgress(settings, sorted(upstream_topics), coordinator_wait_s=2.0, timeout_s=5.0)
+    group = {"lagging": True, "failing_since": None}  # until the first answer, assume work is pending
+    windows_stage.upstream_pending = lambda: group["lagging"] or gaps.pending(upstream_topics)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs):
         gaps.reset()
     sink = ElasticsearchSink(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    admin_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-progress")
     dictionary = (CompanyDictionary.from_csv(settings.company_dictionary) if settings.company_dictionary
                   else CompanyDictionary.empty())
     within = settings.max_wait_ms / 1000
@@ -316,7 +326,8 @@ def create_app(settings: Settings) -> faust.App:
             # per by-fingerprint partition alone, a raw partition that lags (a backlog, a re-read
             # after a hole) would look like progress going back, and its records like late ones.
             source = {"t": record.published_at.timestamp(), "score": record.sentiment_score, "label": record.label,
-                      "id": record.id, "src": f"{event.message.partition}:{valid.origin_partition}"}
+                      "id": record.id, "src": f"{event.message.partition}:{valid.origin_partition}",
+                      "o": event.message.offset}
             for name in dict.fromkeys(record.tickers + record.topics):
                 deliveries.append(await window_topic.send(key=name.encode(),
                                                           value=json.dumps({**source, "topic": name}).encode()))
@@ -403,6 +414,21 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(interval=1.0)
     async def watch_offsets():
         await gaps.watch()
+
+    @app.timer(interval=1.0)
+    async def watch_group_progress():
+        try:
+            group["lagging"] = await asyncio.get_running_loop().run_in_executor(admin_executor, progress.lagging)
+            group["failing_since"] = None
+        except Exception as exc:  # the broker restarting, a coordinator moving: keep the last answer
+            now = time.monotonic()
+            started = group["failing_since"] = group["failing_since"] or now
+            if now - started > GROUP_PROGRESS_PATIENCE_S and group["lagging"]:
+                # Waiting on an answer that does not come would hold every window open forever.
+                log.warning("cannot read the consumer group's progress (%s); windows now go by this "
+                            "worker's own partitions only", redact(settings, str(exc)))
+                group["lagging"] = False
+            progress.close()
 
     @app.timer(interval=2.0)
     async def watch_bundle():

@@ -179,14 +179,17 @@ class Pipeline:
             raise AssertionError(f"{error}\n{self.diagnosis()}") from None
         return self.indexed_ids()
 
+    def upstream_topics(self) -> list[str]:
+        """The raw topic and the group's internal by-fingerprint topic."""
+        raw = self.env["FINSENT_TOPIC_RAW"]
+        return [raw, f"{self.env['FINSENT_CONSUMER_GROUP']}.{raw}.by-fingerprint"]
+
     def diagnosis(self) -> str:
         """What a failed wait needs to be understood: the group's committed offsets against each
         partition's end, and the workers' warnings."""
         from pipeline.admin import group_state
 
-        group = self.env["FINSENT_CONSUMER_GROUP"]
-        topics = [self.env["FINSENT_TOPIC_RAW"], f"{group}.{self.env['FINSENT_TOPIC_RAW']}.by-fingerprint",
-                  f"{group}.windows"]
+        topics = [*self.upstream_topics(), f"{self.env['FINSENT_CONSUMER_GROUP']}.windows"]
         lines = [f"indexed: {self.indexed_count()}"]
         lines += [f"{s.topic}[{s.partition}] committed {s.committed} end {s.end}"
                   for s in group_state(self.settings, topics)]

@@ -46,7 +46,8 @@ def feed(proc: WindowProcessor, store: Store, items: list[dict], batch: int = 7)
 
 
 def item(topic: str, t: float, label: str = "neutral", score: float = 0.0, off: int = 0, src: str = "0") -> dict:
-    return {"topic": topic, "id": f"{topic}-{src}-{off}", "t": t, "score": score, "label": label, "src": src}
+    return {"topic": topic, "id": f"{topic}-{src}-{off}", "t": t, "score": score, "label": label, "src": src,
+            "o": off}
 
 
 def test_streaming_windows_equal_batch_recomputation_with_out_of_order_records():
@@ -107,6 +108,24 @@ def test_redelivered_items_are_not_counted_twice_and_their_ids_go_with_the_bucke
     assert out.duplicates == 7
     assert not [k for k in store.data if k.startswith("i/AAPL/") and int(k.rsplit("/", 1)[1]) < T0 + 120]
     assert next(a for a in out.aggregates if a.window == "1m" and a.start.timestamp() == T0).messages == 10
+
+
+def test_a_repeat_after_its_window_closed_is_a_duplicate_not_a_late_record():
+    """A restart re-reads a stretch upstream after the windows of its records closed (their ids
+    are gone with the buckets): the offsets recognise the repeats."""
+    store = Store()
+    proc = processor(store)
+    first = [item("AAPL", T0 + i, off=i) for i in range(10)] + [item("MSFT", T0 + 9, off=9)]  # two names at offset 9
+    out = feed(proc, store, first + [item("AAPL", T0 + 500, off=10)])
+    assert out.late == 0 and out.duplicates == 0
+    again = feed(proc, store, first[5:] + [item("AAPL", T0 + 30, off=11)])  # repeats, then a new but late record
+    assert again.duplicates == 6 and again.late == 1
+    # The other name of the last message received (same offset) is new, even when late.
+    store2 = Store()
+    proc2 = processor(store2)
+    feed(proc2, store2, [item("AAPL", T0 + 500, off=3)])
+    out2 = feed(proc2, store2, [item("MSFT", T0 + 5, off=3)])
+    assert out2.duplicates == 0 and out2.late == 1
 
 
 def test_names_beyond_the_limit_are_counted_as_other():
