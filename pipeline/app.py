@@ -505,21 +505,43 @@ class OffsetGaps:
         self.tries: dict = {}  # tp -> (hole start, seeks so far, monotonic time of the last)
         self.last_seen: dict = {}  # tp -> monotonic time of its last message
         self.busy: set[str] = set()  # topics whose stage is inside a batch
+        self.log_start: dict = {}  # tp -> earliest offset the broker has, for partitions never committed
         self.assigned_at = time.monotonic()
 
     def reset(self) -> None:  # a new assignment starts from the committed offsets
         self.expected.clear()
         self.tries.clear()
         self.last_seen.clear()
+        self.log_start.clear()
         self.assigned_at = time.monotonic()
 
     def _next(self, tp) -> int | None:
         """The offset the stage must read next: after a new assignment, the committed offset the
         consumer was sent back to (the first message handed over after a rebalance can lie past
-        it), or None where nothing is committed yet."""
+        it); where the group has committed nothing yet, the start of the log (the consumer reads
+        from the earliest offset then, and can skip a run there too: a fresh group once lost 5
+        items of one window that way); None while that is not known."""
         if tp in self.expected:
             return self.expected[tp]
-        return self.app.consumer._committed_offset.get(tp)
+        committed = self.app.consumer._committed_offset.get(tp)
+        return committed if committed is not None else self.log_start.get(tp)
+
+    async def _start(self, tp) -> int | None:
+        """``_next``, asking the broker for the log start of a partition never committed."""
+        want = self._next(tp)
+        if want is None and not await self._read_log_start(tp):
+            return None
+        return self._next(tp)
+
+    async def _read_log_start(self, tp) -> bool:
+        try:
+            earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp)
+        except (asyncio.TimeoutError, KafkaError, AssertionError, KeyError):
+            return False
+        if earliest is None:
+            return False
+        self.log_start[tp] = earliest
+        return True
 
     def _settled(self) -> bool:
         """Not inside a rebalance or a table recovery: positions are where the consumer put them."""
@@ -558,8 +580,10 @@ class OffsetGaps:
         for tp in self.app.consumer.assignment():
             if tp.topic not in self.topics or tp.topic in self.busy:
                 continue
-            want = self._next(tp)
-            if want is None or now - self.last_seen.get(tp, self.assigned_at) < self.quiet_s:
+            if now - self.last_seen.get(tp, self.assigned_at) < self.quiet_s:
+                continue
+            want = await self._start(tp)
+            if want is None:
                 continue
             highwater = _highwater(self.app, tp)
             if highwater is None or highwater <= want:
@@ -576,7 +600,7 @@ class OffsetGaps:
             tp, offset = event.message.tp, event.message.offset
             self.last_seen[tp] = now
             self.busy.add(tp.topic)
-            want = self._next(tp)
+            want = await self._start(tp)
             if tp not in blocked and (want is None or offset == want):
                 self.expected[tp] = offset + 1
                 keep.append(event)
@@ -606,11 +630,7 @@ class OffsetGaps:
             await consumer.seek(tp, offset)
 
     async def _deleted(self, tp, offset: int) -> bool:
-        try:
-            earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp)
-        except (asyncio.TimeoutError, KafkaError, AssertionError, KeyError):
-            return False
-        return earliest is not None and earliest > offset
+        return await self._read_log_start(tp) and self.log_start[tp] > offset
 
     async def _hole(self, tp, want: int, offset: int) -> bool:
         """Seeks back to a hole when due; False once the hole is accepted as real."""

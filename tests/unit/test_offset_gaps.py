@@ -86,6 +86,20 @@ def test_the_first_message_after_an_assignment_must_be_the_committed_offset():
     assert consumer.seeks == [(RAW, 40)]
 
 
+def test_a_partition_never_committed_starts_at_the_log_start():
+    """A fresh group: the consumer may hand over offset 3 first; 0-2 must not be skipped."""
+    gaps, consumer = make(committed={}, earliest=0)
+    batch = events(3, 4)
+    assert offsets(run(gaps.in_order(batch))) == []
+    assert consumer.seeks == [(RAW, 0)]
+    assert [e.message.refs for e in batch] == [1, 1]
+    assert offsets(run(gaps.in_order(events(0, 1, 2, 3, 4)))) == [0, 1, 2, 3, 4]
+    # Retention moved the log start: reading starts there.
+    gaps, consumer = make(committed={}, earliest=40)
+    assert offsets(run(gaps.in_order(events(40, 41)))) == [40, 41]
+    assert consumer.seeks == []
+
+
 def test_a_hole_is_sought_again_and_again_while_the_broker_still_has_it():
     # e.g. a partition paused by backpressure re-reads only once it flows again
     gaps, consumer = make(committed={RAW: 0}, attempts=2, interval_s=0)
