@@ -8,9 +8,12 @@ the stage keeps a stream time (see windows.py) and the list of names it tracks; 
 which keeps memory and metric labels bounded.
 
 Delivery is at-least-once, so an item can arrive twice (a batch redelivered anywhere upstream,
-even as a new copy with a new offset). Each open bucket of a name keeps the (hashed) ids it has
-counted, under its own table key, so a repeat is recognised exactly and the ids go away with the
-bucket.
+even as a new copy with a new offset). A name's state keeps the (hashed) ids counted in each
+bucket whose windows are all still open, and the highest upstream offset received from each
+source, so a repeat is recognised exactly. Counts, ids, offsets and the name's frontier (which
+windows it has emitted, hence which records are late) live in one table value, so a batch's effect
+on a name is stored all at once or not at all, even when a SIGKILL lets some of the batch's table
+writes reach the changelog and not others.
 
 Nothing is written while a batch is processed: ``writes()`` returns the new table values, which
 app.py stores only after the batch's aggregates and alerts are acknowledged. A batch cut short
@@ -103,24 +106,25 @@ class WindowProcessor:
             meta["topics"] = meta["topics"] + [name]
         state = _deep_copy(self._get(f"t/{name}") or windows.new_state())
         t = float(item["t"])
-        seen_key = f"i/{name}/{self.config.bucket_of(t)}"
-        seen = self._get(seen_key) or {}
+        bucket = str(self.config.bucket_of(t))
         digest = hashlib.blake2b(item["id"].encode(), digest_size=8).hexdigest()
-        if digest in seen:  # checked first: a repeat that arrives late is still a repeat
-            out.duplicates += 1
+        if digest in state["seen"].get(bucket, ()) or _delivered_before(state, item):
+            out.duplicates += 1  # checked first: a repeat that arrives late is still a repeat
             return
-        if self.config.is_late(t, meta["stream_time"]):
-            if _delivered_before(meta, item):  # a repeat whose bucket (and its ids) is gone
-                out.duplicates += 1
-                return
+        # Late: a window of this record was already emitted for this name (as its own state, stored
+        # with its counts, says); a name without state goes by the partition's stream time (its
+        # windows may have gone out before it was forgotten).
+        late = (windows.emitted(self.config, state, t) if state["frontier"]
+                else self.config.is_late(t, meta["stream_time"]))
+        if late:
             state["late"] = state.get("late", 0) + 1
             out.late += 1
         else:
-            self._put(seen_key, partition, {**seen, digest: 1})
+            state["seen"][bucket] = {**state["seen"].get(bucket, {}), digest: 1}
             windows.add(self.config, state, t, float(item["score"]), item["label"])
+        _note_delivery(state, item)
         sources = meta["sources"] = dict(meta.get("sources", {}))
         sources[item["src"]] = max(sources.get(item["src"], t), t)
-        _note_delivery(meta, item)
         self._heard(partition)[item["src"]] = wall_now
         self._advance(partition, meta, wall_now)
         self._put(f"t/{name}", partition, state)
@@ -184,8 +188,6 @@ class WindowProcessor:
                 continue
             state = _deep_copy(stored)
             closed = windows.close(self.config, name, state, meta["stream_time"])
-            for bucket in set(stored["buckets"]) - set(state["buckets"]):  # dropped: forget its ids
-                self._put(f"i/{name}/{bucket}", partition, None)
             first_spec = self.config.specs[0].name
             for window in closed:
                 out.closed.append(window)
@@ -220,32 +222,27 @@ class WindowProcessor:
                 out.alerts.append(Alert(**document))
 
 
-def _delivered_before(meta: dict, item: dict) -> bool:
-    """Whether ``item`` repeats one already received. Items from one source arrive in the order of
-    their upstream offset ``o`` (the classify stage reads its partition in order and sends in that
-    order), so after a restart or rebalance re-reads a stretch of it, every item at or below the
-    highest offset received is a repeat, even once its window has closed and its bucket's ids are
-    gone. At that highest offset a message's other names may still come (one item per name)."""
-    mark = meta.get("offsets", {}).get(item["src"])
-    if mark is None or "o" not in item:
-        return False
-    offset, names = mark
-    return item["o"] < offset or (item["o"] == offset and item["topic"] in names)
+def _delivered_before(state: dict, item: dict) -> bool:
+    """Whether ``item`` repeats one this name already received. A name gets at most one item per
+    upstream message, and items from one source arrive in the order of their upstream offset
+    ``o`` (the classify stage reads its partition in order and sends in that order), so after a
+    restart or rebalance re-reads a stretch of it, every item at or below the highest offset
+    received is a repeat, even once its window has closed and its bucket's ids are gone."""
+    mark = state.get("marks", {}).get(item["src"])
+    return mark is not None and "o" in item and item["o"] <= mark
 
 
-def _note_delivery(meta: dict, item: dict) -> None:
-    if "o" not in item:
-        return
-    offsets = meta["offsets"] = dict(meta.get("offsets", {}))
-    mark = offsets.get(item["src"])
-    if mark is None or item["o"] > mark[0]:
-        offsets[item["src"]] = [item["o"], [item["topic"]]]
-    elif item["o"] == mark[0] and item["topic"] not in mark[1]:
-        offsets[item["src"]] = [mark[0], mark[1] + [item["topic"]]]
+def _note_delivery(state: dict, item: dict) -> None:
+    if "o" in item:
+        state["marks"][item["src"]] = max(item["o"], state["marks"].get(item["src"], item["o"]))
 
 
 def _deep_copy(state: dict) -> dict:
+    """A copy to change (the stored one stays as it was until the batch is acknowledged); fills in
+    fields that states written by older versions lack."""
     return {**state, "buckets": {k: list(v) for k, v in state["buckets"].items()},
+            "seen": {k: dict(v) for k, v in state.get("seen", {}).items()}, "marks": dict(state.get("marks", {})),
+            "closed": dict(state.get("closed", {})),
             "frontier": dict(state["frontier"]), "baseline": {k: dict(v) for k, v in state["baseline"].items()},
             "alerts": {k: dict(v) for k, v in state["alerts"].items()}}
 

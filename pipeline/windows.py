@@ -6,8 +6,9 @@ the buckets it spans, so a record is stored once however many hopping windows co
 
 Event time is ``published_at``. Each partition keeps a *stream time* (how far event time has
 progressed there; aggregation.py derives it from its upstream partitions). A window closes once stream time passes its end plus the allowed lateness; a record
-whose earliest window has already reached that point is *late*: it is counted as such (metric
-and the next aggregate's ``late_records``), never added to a window that was already emitted.
+one of whose windows has already been emitted for its topic (``emitted``) is *late*: it is counted
+as such (metric and the next aggregate's ``late_records``), never added to a window that was
+already emitted.
 Because a window is emitted only after that point, no record is ever added to a window that has
 already gone out, and a restarted or rebalanced worker recomputes the same windows.
 
@@ -113,7 +114,23 @@ class ClosedWindow:
 
 
 def new_state() -> dict:
-    return {"buckets": {}, "frontier": {}, "baseline": {}, "alerts": {}, "late": 0, "last_t": None}
+    # closed: spec -> start of the first window not emitted yet (absent until one is); seen: bucket
+    # -> hashed ids counted there; marks: upstream source -> highest offset received
+    # (aggregation.py). Kept in the one state so a batch's effect on a name is stored all at once.
+    return {"buckets": {}, "frontier": {}, "baseline": {}, "alerts": {}, "late": 0, "last_t": None,
+            "closed": {}, "seen": {}, "marks": {}}
+
+
+def _first_start(spec: WindowSpec, t: float) -> float:
+    """Start of the first window of ``spec`` that contains ``t``."""
+    return math.floor((t - spec.size_s) / spec.step_s) * spec.step_s + spec.step_s
+
+
+def emitted(config: WindowConfig, state: dict, t: float) -> bool:
+    """Whether a window containing event time ``t`` has already been closed (emitted) for this
+    state: a record at ``t`` is then late."""
+    closed = state.get("closed", {})
+    return any(spec.name in closed and _first_start(spec, t) < closed[spec.name] for spec in config.specs)
 
 
 def add(config: WindowConfig, state: dict, t: float, score: float, label: str) -> None:
@@ -126,7 +143,7 @@ def add(config: WindowConfig, state: dict, t: float, score: float, label: str) -
     for spec in config.specs:
         # The first window of this spec that contains t. A record that is not late has all its
         # windows open, so lowering the frontier here never reopens a closed window.
-        first = math.floor((t - spec.size_s) / spec.step_s) * spec.step_s + spec.step_s
+        first = _first_start(spec, t)
         state["frontier"][spec.name] = min(state["frontier"].get(spec.name, first), first)
     state["last_t"] = t if state["last_t"] is None else max(state["last_t"], t)
 
@@ -153,11 +170,15 @@ def close(config: WindowConfig, topic: str, state: dict, stream_time: float) -> 
             closed.append(_close_one(config, topic, state, spec, baseline, start))
             start += spec.step_s
         state["frontier"][spec.name] = start
+        state.setdefault("closed", {})[spec.name] = start
     # Buckets before every spec's next window can never be read again.
     oldest_needed = min(state["frontier"].values(), default=None)
     if oldest_needed is not None:
         for bucket in [b for b in state["buckets"] if int(b) + config.bucket_s <= oldest_needed]:
             del state["buckets"][bucket]
+    # A record of a bucket with an emitted window is late from now on: its ids are not needed.
+    for bucket in [b for b in state.get("seen", {}) if emitted(config, state, int(b))]:
+        del state["seen"][bucket]
     return closed
 
 
