@@ -92,7 +92,9 @@ class Kafka(Service):
         return []
 
     def _format_storage(self) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's own Uuid.randomUuid: "-..." reads as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
             [self._java(), "-cp", self._classpath(), *self._log_props(), "kafka.tools.StorageTool", "format",
              "-t", cluster_id, "-c", str(self.dir / "server.properties"), *self._format_options()],
