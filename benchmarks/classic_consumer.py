@@ -1,7 +1,7 @@
 """finsent's worker against the classic consumer a tutorial would give, on the same stream.
 
     python benchmarks/classic_consumer.py --checkpoint RUN/best --bundle BUNDLE \
-        --data ../shared/data/twitter_financial_news_sentiment/sent_train.csv
+        --data data/twitter_financial_news_sentiment/sent_train.csv
 
 The classic consumer: a kafka-python loop that, for each message, runs the fine-tuned model in
 torch (tokenizer + forward pass, one message at a time, as a transformers text-classification
@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import stack  # noqa: E402
-from pipeline.config import load_settings  # noqa: E402
-from tests.integration.harness import Pipeline  # noqa: E402
-from training.data import load_file  # noqa: E402
+from pipeline import stack
+from pipeline.config import load_settings
+from tests.integration.harness import Pipeline
+from training.data import load_file
 
 
 def classic_consumer(topic: str, index: str, checkpoint: Path, expected: int) -> dict:
@@ -45,8 +45,13 @@ def classic_consumer(topic: str, index: str, checkpoint: Path, expected: int) ->
     model, tokenizer, _ = SentimentClassifier.load(checkpoint)
     model.eval()
     es = Elasticsearch("http://127.0.0.1:9200", request_timeout=30)
-    consumer = KafkaConsumer(topic, bootstrap_servers="127.0.0.1:9092", group_id=f"classic-{uuid.uuid4().hex[:6]}",
-                             auto_offset_reset="earliest", consumer_timeout_ms=20_000)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers="127.0.0.1:9092",
+        group_id=f"classic-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=20_000,
+    )
     latencies, seen, started = [], 0, None
     for message in consumer:
         started = started or time.perf_counter()
@@ -69,8 +74,9 @@ def count_ids(es, index: str) -> tuple[int, int]:
     """(documents, distinct ids): equal when nothing was duplicated."""
     es.indices.refresh(index=index)
     total = es.count(index=index)["count"]
-    distinct = es.search(index=index, size=0, aggs={"ids": {"cardinality": {"field": "id",
-                                                                             "precision_threshold": 40000}}})
+    distinct = es.search(
+        index=index, size=0, aggs={"ids": {"cardinality": {"field": "id", "precision_threshold": 40000}}}
+    )
     return total, int(distinct["aggregations"]["ids"]["value"])
 
 
@@ -90,8 +96,9 @@ def main() -> None:
     stack.up(load_settings().stack_home, ["kafka", "elasticsearch"])
     texts = [e.text for e in load_file(args.data)][: args.messages]
     run = uuid.uuid4().hex[:8]
-    pipeline = Pipeline(name=f"classic{run}", bundle=args.bundle, workdir=Path(tempfile.mkdtemp(prefix="finsent-")),
-                        partitions=4)
+    pipeline = Pipeline(
+        name=f"classic{run}", bundle=args.bundle, workdir=Path(tempfile.mkdtemp(prefix="finsent-")), partitions=4
+    )
     payloads = [json.dumps({"id": f"c{run}-{i}", "text": t, "source": "bench"}).encode() for i, t in enumerate(texts)]
     es = pipeline.es()
     try:
@@ -107,7 +114,10 @@ def main() -> None:
         print(f"classic consumer: {len(texts)} messages …", flush=True)
         classic = classic_consumer(classic_topic, classic_index, args.checkpoint, len(texts))
         classic_docs = count_ids(es, classic_index)
-        print(f"classic: {classic['msgs_per_s']:.1f} msg/s, {classic_docs[0]} docs, {classic_docs[1]} distinct", flush=True)
+        print(
+            f"classic: {classic['msgs_per_s']:.1f} msg/s, {classic_docs[0]} docs, {classic_docs[1]} distinct",
+            flush=True,
+        )
 
         # finsent drains the same messages from its raw topic.
         pipeline.produce(payloads)
@@ -117,18 +127,32 @@ def main() -> None:
         finsent_seconds = time.perf_counter() - started
         hits = es.search(index=f"{pipeline.name}-scored", size=10_000, source=["kafka_latency_ms", "processed_at"])
         latencies = [h["_source"]["kafka_latency_ms"] for h in hits["hits"]["hits"]]
-        processed = sorted(datetime.fromisoformat(h["_source"]["processed_at"]).timestamp() for h in hits["hits"]["hits"])
+        processed = sorted(
+            datetime.fromisoformat(h["_source"]["processed_at"]).timestamp() for h in hits["hits"]["hits"]
+        )
         finsent_rate = len(processed) / max(processed[-1] - processed[0], 1e-3)
         finsent_docs = count_ids(es, f"{pipeline.name}-scored")
         worker.stop()
         result = {
-            "messages": len(texts), "data": str(args.data), "checkpoint": str(args.checkpoint), "bundle": str(args.bundle),
-            "classic": {"msgs_per_s": classic["msgs_per_s"], "seconds": classic["seconds"],
-                        "latency_ms": percentiles(classic["latencies"]),
-                        "documents": classic_docs[0], "distinct": classic_docs[1]},
-            "finsent": {"msgs_per_s": finsent_rate, "seconds_incl_startup": finsent_seconds,
-                        "latency_ms": percentiles(latencies), "documents": finsent_docs[0],
-                        "distinct": finsent_docs[1], "indexed_ids": len(set(ids))},
+            "messages": len(texts),
+            "data": str(args.data),
+            "checkpoint": str(args.checkpoint),
+            "bundle": str(args.bundle),
+            "classic": {
+                "msgs_per_s": classic["msgs_per_s"],
+                "seconds": classic["seconds"],
+                "latency_ms": percentiles(classic["latencies"]),
+                "documents": classic_docs[0],
+                "distinct": classic_docs[1],
+            },
+            "finsent": {
+                "msgs_per_s": finsent_rate,
+                "seconds_incl_startup": finsent_seconds,
+                "latency_ms": percentiles(latencies),
+                "documents": finsent_docs[0],
+                "distinct": finsent_docs[1],
+                "indexed_ids": len(set(ids)),
+            },
         }
         result["speedup"] = result["finsent"]["msgs_per_s"] / result["classic"]["msgs_per_s"]
         print(json.dumps(result, indent=2))
@@ -153,8 +177,12 @@ def plot(result: dict, classic_latencies, finsent_latencies, path: Path) -> None
     left.set_title(f"throughput: {result['speedup']:.1f}x")
     for i, rate in enumerate(rates):
         left.text(i, rate, f"{rate:.0f}", ha="center", va="bottom")
-    right.hist([np.array(classic_latencies) / 1000, np.array(finsent_latencies) / 1000], bins=40, label=names,
-               color=["#bb5566", "#4477aa"])
+    right.hist(
+        [np.array(classic_latencies) / 1000, np.array(finsent_latencies) / 1000],
+        bins=40,
+        label=names,
+        color=["#bb5566", "#4477aa"],
+    )
     right.set_xlabel("Kafka timestamp to indexed (s), draining the backlog")
     right.legend()
     fig.tight_layout()

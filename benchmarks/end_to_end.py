@@ -1,6 +1,6 @@
 """End-to-end worker throughput and latency through the real broker and Elasticsearch.
 
-    python benchmarks/end_to_end.py --bundle BUNDLE --data ../shared/data/twitter_financial_news_sentiment/sent_train.csv
+    python benchmarks/end_to_end.py --bundle BUNDLE --data data/twitter_financial_news_sentiment/sent_train.csv
 
 In one run, on the same messages: (1) the bare ONNX Runtime rate (the worker's Classifier,
 INT8 on CPU, in this process); (2) one worker draining a pre-filled raw topic: sustained
@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import stack  # noqa: E402
-from pipeline.bundle import open_bundle  # noqa: E402
-from pipeline.classify import Classifier  # noqa: E402
-from pipeline.config import load_settings  # noqa: E402
-from tests.integration.harness import Pipeline, wait_for  # noqa: E402
-from training.data import load_file  # noqa: E402
+from pipeline import stack
+from pipeline.bundle import open_bundle
+from pipeline.classify import Classifier
+from pipeline.config import load_settings
+from tests.integration.harness import Pipeline
+from training.data import load_file
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -60,7 +60,7 @@ def main() -> None:
     classifier.predict_proba(texts[:64])
     started = time.perf_counter()
     for i in range(0, len(texts), settings.max_batch):
-        classifier.predict_proba(texts[i:i + settings.max_batch])
+        classifier.predict_proba(texts[i : i + settings.max_batch])
     bare_rate = len(texts) / (time.perf_counter() - started)
     print(f"bare ONNX Runtime ({classifier.variant}, {classifier.provider}): {bare_rate:.0f} msg/s", flush=True)
     del classifier
@@ -69,14 +69,17 @@ def main() -> None:
     pipeline = Pipeline(name=f"bench{run}", bundle=args.bundle, workdir=workdir, partitions=args.partitions)
     try:
         # (2) sustained throughput draining a backlog.
-        payloads = [json.dumps({"id": f"b{run}-{i}", "text": t, "source": "bench"}).encode() for i, t in enumerate(texts)]
+        payloads = [
+            json.dumps({"id": f"b{run}-{i}", "text": t, "source": "bench"}).encode() for i, t in enumerate(texts)
+        ]
         pipeline.produce(payloads)
         worker = pipeline.start_worker()
         samples: list[tuple[float, float]] = []
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            count = worker.metric("finsent_messages_total", outcome="scored") + \
-                worker.metric("finsent_messages_total", outcome="duplicate")
+            count = worker.metric("finsent_messages_total", outcome="scored") + worker.metric(
+                "finsent_messages_total", outcome="duplicate"
+            )
             samples.append((time.monotonic(), count))
             if count >= len(texts):
                 break
@@ -84,8 +87,11 @@ def main() -> None:
         (t10, c10), (t90, c90) = (next(s for s in samples if s[1] >= f * len(texts)) for f in (0.1, 0.9))
         sustained = (c90 - c10) / (t90 - t10)
         ids = pipeline.wait_indexed(len(texts), timeout_s=300)
-        print(f"pipeline sustained: {sustained:.0f} msg/s ({sustained / bare_rate:.0%} of bare); "
-              f"indexed {len(ids)} of {len(texts)}, distinct {len(set(ids))}", flush=True)
+        print(
+            f"pipeline sustained: {sustained:.0f} msg/s ({sustained / bare_rate:.0%} of bare); "
+            f"indexed {len(ids)} of {len(texts)}, distinct {len(set(ids))}",
+            flush=True,
+        )
 
         # (3) latency at half the sustained rate.
         rate = sustained / 2
@@ -99,24 +105,37 @@ def main() -> None:
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            producer.send(pipeline.env["FINSENT_TOPIC_RAW"],
-                          json.dumps({"id": f"l{run}-{i}", "text": texts[i % len(texts)] + f" #{i}",
-                                      "source": "bench"}).encode())
+            producer.send(
+                pipeline.env["FINSENT_TOPIC_RAW"],
+                json.dumps({"id": f"l{run}-{i}", "text": texts[i % len(texts)] + f" #{i}", "source": "bench"}).encode(),
+            )
         producer.flush()
         pipeline.wait_indexed(len(texts) + n, timeout_s=300)
         es = pipeline.es()
-        hits = es.search(index=f"{pipeline.name}-scored", size=10_000, query={"prefix": {"id": f"l{run}-"}},
-                         source=["kafka_latency_ms"])["hits"]["hits"]
+        hits = es.search(
+            index=f"{pipeline.name}-scored",
+            size=10_000,
+            query={"prefix": {"id": f"l{run}-"}},
+            source=["kafka_latency_ms"],
+        )["hits"]["hits"]
         latencies = np.array([h["_source"]["kafka_latency_ms"] for h in hits])
         peak = peak_rss_mb(worker.process.pid)
         result = {
-            "messages": len(texts), "partitions": args.partitions, "bundle": str(args.bundle),
-            "bare_onnx_msgs_per_s": bare_rate, "pipeline_msgs_per_s": sustained,
+            "messages": len(texts),
+            "partitions": args.partitions,
+            "bundle": str(args.bundle),
+            "bare_onnx_msgs_per_s": bare_rate,
+            "pipeline_msgs_per_s": sustained,
             "pipeline_over_bare": sustained / bare_rate,
-            "indexed": len(ids), "indexed_distinct": len(set(ids)),
-            "latency_rate_msgs_per_s": rate, "latency_messages": int(len(latencies)),
-            "latency_ms": {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95)),
-                           "p99": float(np.percentile(latencies, 99))},
+            "indexed": len(ids),
+            "indexed_distinct": len(set(ids)),
+            "latency_rate_msgs_per_s": rate,
+            "latency_messages": int(len(latencies)),
+            "latency_ms": {
+                "p50": float(np.percentile(latencies, 50)),
+                "p95": float(np.percentile(latencies, 95)),
+                "p99": float(np.percentile(latencies, 99)),
+            },
             "worker_peak_rss_mb": peak,
         }
         print(json.dumps(result, indent=2))

@@ -1,7 +1,7 @@
 """Inference speed: torch eager fp32 vs ONNX Runtime fp32 vs ONNX Runtime INT8, same messages.
 
     python benchmarks/inference.py --checkpoint RUN/best --bundle BUNDLE \
-        --data ../shared/data/financial_phrasebank/Sentences_50Agree.txt
+        --data data/financial_phrasebank/Sentences_50Agree.txt
 
 Messages/s (tokenisation included) and p99 latency per batch for batch sizes 1..64, each runtime
 in the same process on the same texts, repeated; medians and ratios to torch eager are reported
@@ -34,7 +34,7 @@ def time_batches(predict, texts: list[str], batch_size: int) -> tuple[float, flo
     started = time.perf_counter()
     for i in range(0, len(texts), batch_size):
         t0 = time.perf_counter()
-        predict(texts[i:i + batch_size])
+        predict(texts[i : i + batch_size])
         durations.append(time.perf_counter() - t0)
     total = time.perf_counter() - started
     return len(texts) / total, float(np.percentile(durations, 99))
@@ -66,25 +66,47 @@ def main() -> None:
         for name, predict in runtimes.items():
             predict(texts[:batch_size])  # warm-up
             runs = [time_batches(predict, texts, batch_size) for _ in range(args.repeats)]
-            results.append({"runtime": name, "batch_size": batch_size, "agreement_with_torch": agreement[name],
-                            "msgs_per_s": statistics.median(r[0] for r in runs),
-                            "p99_batch_ms": statistics.median(r[1] for r in runs) * 1000})
-            print(f"batch {batch_size:>3} {name:<17} {results[-1]['msgs_per_s']:8.1f} msg/s "
-                  f"p99 {results[-1]['p99_batch_ms']:7.1f} ms", flush=True)
+            results.append(
+                {
+                    "runtime": name,
+                    "batch_size": batch_size,
+                    "agreement_with_torch": agreement[name],
+                    "msgs_per_s": statistics.median(r[0] for r in runs),
+                    "p99_batch_ms": statistics.median(r[1] for r in runs) * 1000,
+                }
+            )
+            print(
+                f"batch {batch_size:>3} {name:<17} {results[-1]['msgs_per_s']:8.1f} msg/s "
+                f"p99 {results[-1]['p99_batch_ms']:7.1f} ms",
+                flush=True,
+            )
     for row in results:
         base = next(r for r in results if r["batch_size"] == row["batch_size"] and r["runtime"] == "torch eager fp32")
         row["ratio_vs_torch"] = row["msgs_per_s"] / base["msgs_per_s"]
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"messages": len(texts), "threads": args.threads, "repeats": args.repeats,
-                                    "device": args.device, **environment,
-                                    "model_version": bundle.model_version, "results": results}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "messages": len(texts),
+                "threads": args.threads,
+                "repeats": args.repeats,
+                "device": args.device,
+                **environment,
+                "model_version": bundle.model_version,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     where = environment.get("gpu") or f"{args.threads} CPU threads"
     plot(results, args.out.with_suffix(".png"), f"finsent inference ({where})")
     print("\n| batch | runtime | messages/s | p99 per batch (ms) | vs torch |\n|---|---|---|---|---|")
     for row in results:
-        print(f"| {row['batch_size']} | {row['runtime']} | {row['msgs_per_s']:.0f} | {row['p99_batch_ms']:.1f} "
-              f"| {row['ratio_vs_torch']:.1f}x |")
+        print(
+            f"| {row['batch_size']} | {row['runtime']} | {row['msgs_per_s']:.0f} | {row['p99_batch_ms']:.1f} "
+            f"| {row['ratio_vs_torch']:.1f}x |"
+        )
 
 
 def torch_runtime(args, device: str, half: bool = False):
@@ -97,14 +119,16 @@ def torch_runtime(args, device: str, half: bool = False):
         encoded = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
         with torch.autocast(device_type=device, dtype=torch.float16, enabled=half):
             return torch.softmax(model(**encoded).float(), dim=-1).cpu().numpy()
+
     return predict
 
 
 def cpu_runtimes(args, bundle) -> tuple[dict, dict]:
     runtimes = {"torch eager fp32": torch_runtime(args, "cpu")}
     for variant in ("fp32", "int8"):
-        classifier = Classifier(bundle, variant=variant, providers=["CPUExecutionProvider"],
-                                intra_op_threads=args.threads)
+        classifier = Classifier(
+            bundle, variant=variant, providers=["CPUExecutionProvider"], intra_op_threads=args.threads
+        )
         runtimes[f"onnx {variant}"] = classifier.predict_proba  # sorts by length within the batch
     return runtimes, {"torch": torch.__version__, "onnxruntime": ort_version()}
 
@@ -121,8 +145,13 @@ def gpu_runtimes(args, bundle) -> tuple[dict, dict]:
         runtimes[f"onnx {variant}"] = classifier.predict_proba
     bucketed = Classifier(bundle, variant="fp16", length_slack=LENGTH_SLACK)
     runtimes["onnx fp16, CPU-style length buckets"] = bucketed.predict_proba
-    return runtimes, {"torch": torch.__version__, "onnxruntime": ort_version(), "providers": providers,
-                      "gpu": torch.cuda.get_device_name(0), "auto_variant": Classifier(bundle).variant}
+    return runtimes, {
+        "torch": torch.__version__,
+        "onnxruntime": ort_version(),
+        "providers": providers,
+        "gpu": torch.cuda.get_device_name(0),
+        "auto_variant": Classifier(bundle).variant,
+    }
 
 
 def ort_version() -> str:

@@ -1,6 +1,6 @@
 """Training sweep: which recipe gives the best model, judged over several seeds on one fixed split.
 
-    python benchmarks/training_sweep.py --dataset ../shared/data/financial_phrasebank/Sentences_50Agree.txt \\
+    python benchmarks/training_sweep.py --dataset data/financial_phrasebank/Sentences_50Agree.txt \\
         --output /tmp/sweep --seeds 0 1 2 --workers 1
 
 Runs ``finsent train`` (in-process) for every recipe in RECIPES and every seed, always on the
@@ -41,8 +41,12 @@ RECIPES: dict[str, dict] = {
     "llrd0.8_epochs3": {"layer_lr_decay": 0.8, "epochs": 3},
     "llrd0.9_lr1.5e-4_epochs3": {"layer_lr_decay": 0.9, "learning_rate": 1.5e-4, "epochs": 3},
     "llrd0.7_lr3e-4_epochs3": {"layer_lr_decay": 0.7, "learning_rate": 3e-4, "epochs": 3},
-    "llrd0.8_lr2e-4_epochs4_smoothing0.1": {"layer_lr_decay": 0.8, "learning_rate": 2e-4, "epochs": 4,
-                                            "label_smoothing": 0.1},
+    "llrd0.8_lr2e-4_epochs4_smoothing0.1": {
+        "layer_lr_decay": 0.8,
+        "learning_rate": 2e-4,
+        "epochs": 4,
+        "label_smoothing": 0.1,
+    },
     "maxlen128": {"max_length": 128},
     "batch16_smoothing0.1_epochs3": {"batch_size": 16, "label_smoothing": 0.1, "epochs": 3},
     "batch16_lr5e-5_epochs5": {"batch_size": 16, "learning_rate": 5e-5, "epochs": 5},
@@ -62,8 +66,15 @@ def run_one(recipe: str, seed: int, args: dict) -> dict:
     from training.train import TrainConfig, predict_logits, train
 
     output = Path(args["output"]) / "runs" / f"{recipe}-s{seed}"
-    config = TrainConfig(datasets=args["datasets"], output=str(output), base_model=args["base_model"], seed=seed,
-                         split_seed=args["split_seed"], max_steps=args["max_steps"], **RECIPES[recipe])
+    config = TrainConfig(
+        datasets=args["datasets"],
+        output=str(output),
+        base_model=args["base_model"],
+        seed=seed,
+        split_seed=args["split_seed"],
+        max_steps=args["max_steps"],
+        **RECIPES[recipe],
+    )
     started = time.perf_counter()
     best = train(config)
     seconds = time.perf_counter() - started
@@ -73,10 +84,19 @@ def run_one(recipe: str, seed: int, args: dict) -> dict:
     test = split(load_datasets(args["datasets"]), seed=args["split_seed"]).test
     logits = predict_logits(model, tokenizer, [e.text for e in test], config.max_length, device)
     metrics = classification_metrics([LABEL_TO_ID[e.label] for e in test], logits)
-    row = {"recipe": recipe, "seed": seed, "config": RECIPES[recipe], "best_epoch": meta["epoch"],
-           "dev_macro_f1": meta["dev_metrics"]["macro_f1"], "dev_accuracy": meta["dev_metrics"]["accuracy"],
-           "test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"], "test_examples": len(test),
-           "train_seconds": round(seconds, 1), "device": device.type}
+    row = {
+        "recipe": recipe,
+        "seed": seed,
+        "config": RECIPES[recipe],
+        "best_epoch": meta["epoch"],
+        "dev_macro_f1": meta["dev_metrics"]["macro_f1"],
+        "dev_accuracy": meta["dev_metrics"]["accuracy"],
+        "test_accuracy": metrics["accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "test_examples": len(test),
+        "train_seconds": round(seconds, 1),
+        "device": device.type,
+    }
     if output.name not in args["keep"] and "all" not in args["keep"]:
         shutil.rmtree(output, ignore_errors=True)
     return row
@@ -106,15 +126,26 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (several share one GPU)")
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
-    parser.add_argument("--keep", nargs="*", default=[], metavar="RECIPE-sSEED",
-                        help="runs whose checkpoints to keep (e.g. default-s0; 'all' keeps every run's)")
+    parser.add_argument(
+        "--keep",
+        nargs="*",
+        default=[],
+        metavar="RECIPE-sSEED",
+        help="runs whose checkpoints to keep (e.g. default-s0; 'all' keeps every run's)",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help="cut every run short (smoke test)")
     args = parser.parse_args()
 
     args.output.mkdir(parents=True, exist_ok=True)
-    shared = {"datasets": [str(d) for d in args.dataset], "output": str(args.output), "base_model": args.base_model,
-              "split_seed": args.split_seed, "threads": args.threads, "keep": args.keep,
-              "max_steps": args.max_steps}
+    shared = {
+        "datasets": [str(d) for d in args.dataset],
+        "output": str(args.output),
+        "base_model": args.base_model,
+        "split_seed": args.split_seed,
+        "threads": args.threads,
+        "keep": args.keep,
+        "max_steps": args.max_steps,
+    }
     lines = args.output / "runs.jsonl"
     rows = [json.loads(line) for line in lines.read_text().splitlines()] if lines.exists() else []
     done = {(r["recipe"], r["seed"]) for r in rows}
@@ -133,8 +164,11 @@ def main() -> None:
             rows.append(row)
             with open(lines, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
-            print(f"{row['recipe']} seed {row['seed']}: dev F1 {row['dev_macro_f1']:.4f} test acc "
-                  f"{row['test_accuracy']:.4f} F1 {row['test_macro_f1']:.4f} ({row['train_seconds']} s)", flush=True)
+            print(
+                f"{row['recipe']} seed {row['seed']}: dev F1 {row['dev_macro_f1']:.4f} test acc "
+                f"{row['test_accuracy']:.4f} F1 {row['test_macro_f1']:.4f} ({row['train_seconds']} s)",
+                flush=True,
+            )
             write_summary(rows, args.output)  # after every run: a sweep cut short still leaves its table
     print(write_summary(rows, args.output))
 
@@ -142,11 +176,16 @@ def main() -> None:
 def write_summary(rows: list[dict], output: Path) -> str:
     table = summarise(rows)
     (output / "summary.json").write_text(json.dumps(table, indent=2))
-    text = ["| recipe | runs | dev macro-F1 | test accuracy | test macro-F1 | worst test accuracy |", "|---|---|---|---|---|---|"]
+    text = [
+        "| recipe | runs | dev macro-F1 | test accuracy | test macro-F1 | worst test accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
     for e in table:
-        text.append(f"| {e['recipe']} | {e['runs']} | {e['dev_macro_f1']:.3f} ± {e['dev_macro_f1_sd']:.3f} "
-                    f"| {e['test_accuracy']:.3f} ± {e['test_accuracy_sd']:.3f} "
-                    f"| {e['test_macro_f1']:.3f} ± {e['test_macro_f1_sd']:.3f} | {e['test_accuracy_min']:.3f} |")
+        text.append(
+            f"| {e['recipe']} | {e['runs']} | {e['dev_macro_f1']:.3f} ± {e['dev_macro_f1_sd']:.3f} "
+            f"| {e['test_accuracy']:.3f} ± {e['test_accuracy_sd']:.3f} "
+            f"| {e['test_macro_f1']:.3f} ± {e['test_macro_f1_sd']:.3f} | {e['test_accuracy_min']:.3f} |"
+        )
     (output / "summary.md").write_text("\n".join(text) + "\n")
     return "\n".join(text)
 

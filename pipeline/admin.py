@@ -23,8 +23,13 @@ class PartitionState:
 
 
 def topic_names(settings: Settings) -> list[str]:
-    return [settings.topic_raw, settings.topic_scored, settings.topic_deadletter, settings.topic_aggregates,
-            settings.topic_alerts]
+    return [
+        settings.topic_raw,
+        settings.topic_scored,
+        settings.topic_deadletter,
+        settings.topic_aggregates,
+        settings.topic_alerts,
+    ]
 
 
 def ensure_topics(settings: Settings) -> list[str]:
@@ -39,8 +44,9 @@ def ensure_topics(settings: Settings) -> list[str]:
         missing = [name for name in topic_names(settings) if name not in existing]
         if missing:
             try:
-                admin.create_topics([NewTopic(name, settings.topic_partitions, settings.topic_replication_factor)
-                                     for name in missing])
+                admin.create_topics(
+                    [NewTopic(name, settings.topic_partitions, settings.topic_replication_factor) for name in missing]
+                )
             except TopicAlreadyExistsError:  # another process declared them meanwhile
                 pass
         return missing
@@ -59,8 +65,10 @@ def _group_offsets(admin, settings: Settings, partitions, timeout_s: float = 20.
             return admin.list_group_offsets({settings.consumer_group: partitions})[settings.consumer_group]
         except KafkaError as exc:
             if not getattr(exc, "retriable", False) or time.monotonic() > deadline:
-                raise ConnectionFailure(f"cannot read the offsets of consumer group {settings.consumer_group!r} "
-                                        f"from {kafka_identity(settings)}: {type(exc).__name__}") from None
+                raise ConnectionFailure(
+                    f"cannot read the offsets of consumer group {settings.consumer_group!r} "
+                    f"from {kafka_identity(settings)}: {type(exc).__name__}"
+                ) from None
             time.sleep(0.5)
 
 
@@ -68,8 +76,9 @@ class GroupProgress:
     """End and committed offsets of the consumer group on some topics, with clients kept open
     for repeated reads (the worker asks every second)."""
 
-    def __init__(self, settings: Settings, topics: list[str], coordinator_wait_s: float = 20.0,
-                 timeout_s: float | None = None):
+    def __init__(
+        self, settings: Settings, topics: list[str], coordinator_wait_s: float = 20.0, timeout_s: float | None = None
+    ):
         self.settings, self.topics, self.coordinator_wait_s = settings, topics, coordinator_wait_s
         self.timeout_ms = int(timeout_s * 1000) if timeout_s else None
         self._admin = self._consumer = None
@@ -79,8 +88,9 @@ class GroupProgress:
 
         if self._consumer is None:
             self._admin, self._consumer = kafka_admin(self.settings), kafka_consumer(self.settings)
-        partitions = [TopicPartition(t, p) for t in self.topics
-                      for p in sorted(self._consumer.partitions_for_topic(t) or ())]
+        partitions = [
+            TopicPartition(t, p) for t in self.topics for p in sorted(self._consumer.partitions_for_topic(t) or ())
+        ]
         if not partitions:
             return []
         ends = self._consumer.end_offsets(partitions, timeout_ms=self.timeout_ms)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from . import windows
 from .alerts import Rule, evaluate
@@ -35,7 +35,7 @@ OTHER = "other"
 
 
 def _iso(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 @dataclass
@@ -50,8 +50,16 @@ class WindowOutputs:
 
 
 class WindowProcessor:
-    def __init__(self, config: windows.WindowConfig, rules: list[Rule], max_topics: int, partitions: int,
-                 lookup, idle_s: float = 10.0, upstream_sources: list[str] | None = None):
+    def __init__(
+        self,
+        config: windows.WindowConfig,
+        rules: list[Rule],
+        max_topics: int,
+        partitions: int,
+        lookup,
+        idle_s: float = 10.0,
+        upstream_sources: list[str] | None = None,
+    ):
         self.config = config
         # The upstream streams whose event times each run forward (see ``record``'s ``src``).
         self.upstream = upstream_sources if upstream_sources is not None else [str(p) for p in range(partitions)]
@@ -114,8 +122,9 @@ class WindowProcessor:
         # Late: a window of this record was already emitted for this name (as its own state, stored
         # with its counts, says); a name without state goes by the partition's stream time (its
         # windows may have gone out before it was forgotten).
-        late = (windows.emitted(self.config, state, t) if state["frontier"]
-                else self.config.is_late(t, meta["stream_time"]))
+        late = (
+            windows.emitted(self.config, state, t) if state["frontier"] else self.config.is_late(t, meta["stream_time"])
+        )
         if late:
             state["late"] = state.get("late", 0) + 1
             out.late += 1
@@ -240,19 +249,35 @@ def _note_delivery(state: dict, item: dict) -> None:
 def _deep_copy(state: dict) -> dict:
     """A copy to change (the stored one stays as it was until the batch is acknowledged); fills in
     fields that states written by older versions lack."""
-    return {**state, "buckets": {k: list(v) for k, v in state["buckets"].items()},
-            "seen": {k: dict(v) for k, v in state.get("seen", {}).items()}, "marks": dict(state.get("marks", {})),
-            "closed": dict(state.get("closed", {})),
-            "frontier": dict(state["frontier"]), "baseline": {k: dict(v) for k, v in state["baseline"].items()},
-            "alerts": {k: dict(v) for k, v in state["alerts"].items()}}
+    return {
+        **state,
+        "buckets": {k: list(v) for k, v in state["buckets"].items()},
+        "seen": {k: dict(v) for k, v in state.get("seen", {}).items()},
+        "marks": dict(state.get("marks", {})),
+        "closed": dict(state.get("closed", {})),
+        "frontier": dict(state["frontier"]),
+        "baseline": {k: dict(v) for k, v in state["baseline"].items()},
+        "alerts": {k: dict(v) for k, v in state["alerts"].items()},
+    }
 
 
 def _aggregate(window: windows.ClosedWindow, late: int) -> WindowAggregate:
     return WindowAggregate(
-        id=f"{window.topic}|{window.spec.name}|{int(window.start)}", topic=window.topic, window=window.spec.name,
-        window_kind=window.spec.kind, window_s=window.spec.size_s, start=_iso(window.start), end=_iso(window.end),
-        messages=window.messages, sentiment_mean=window.sentiment_mean,
-        share_negative=window.shares["negative"], share_neutral=window.shares["neutral"],
-        share_positive=window.shares["positive"], baseline_sentiment=window.baseline_sentiment,
-        baseline_messages=window.baseline_messages, sentiment_z=window.sentiment_z, volume_z=window.volume_z,
-        late_records=late)
+        id=f"{window.topic}|{window.spec.name}|{int(window.start)}",
+        topic=window.topic,
+        window=window.spec.name,
+        window_kind=window.spec.kind,
+        window_s=window.spec.size_s,
+        start=_iso(window.start),
+        end=_iso(window.end),
+        messages=window.messages,
+        sentiment_mean=window.sentiment_mean,
+        share_negative=window.shares["negative"],
+        share_neutral=window.shares["neutral"],
+        share_positive=window.shares["positive"],
+        baseline_sentiment=window.baseline_sentiment,
+        baseline_messages=window.baseline_messages,
+        sentiment_z=window.sentiment_z,
+        volume_z=window.volume_z,
+        late_records=late,
+    )

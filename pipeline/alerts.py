@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -103,7 +103,7 @@ class RuleFile(BaseModel):
     rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique_names(self) -> "RuleFile":
+    def _unique_names(self) -> RuleFile:
         names = [r.name for r in self.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -139,13 +139,15 @@ def load_rules(path: Path | str, windows: list[str]) -> list[Rule]:
         raise RuleError(f"alert rules {path}:\n  " + "\n  ".join(lines)) from None
     for i, rule in enumerate(rules, 1):
         if rule.window not in windows:
-            raise RuleError(f"alert rules {path}: rule {i} ({rule.name!r}), field window: {rule.window!r} is not one "
-                            f"of the configured windows ({', '.join(windows)})")
+            raise RuleError(
+                f"alert rules {path}: rule {i} ({rule.name!r}), field window: {rule.window!r} is not one "
+                f"of the configured windows ({', '.join(windows)})"
+            )
     return rules
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def evaluate(rule: Rule, window: ClosedWindow, state: dict | None) -> tuple[dict | None, dict | None]:
@@ -161,24 +163,48 @@ def evaluate(rule: Rule, window: ClosedWindow, state: dict | None) -> tuple[dict
         return (state if state.get("resolved_at") is not None else None), None
     if state.get("resolved_at") is not None and window.end - state["resolved_at"] < rule.cooldown_s:
         return state, None
-    state.update(status="firing", calm=0, fired_at=window.end, id=f"{rule.name}|{window.topic}|{int(window.start)}",
-                 value=rule.value(window), window_start=window.start, messages=window.messages, resolved_at=None)
+    state.update(
+        status="firing",
+        calm=0,
+        fired_at=window.end,
+        id=f"{rule.name}|{window.topic}|{int(window.start)}",
+        value=rule.value(window),
+        window_start=window.start,
+        messages=window.messages,
+        resolved_at=None,
+    )
     return state, _document(rule, window, state)
 
 
 def _document(rule: Rule, window: ClosedWindow, state: dict) -> dict:
     """The alert as written to the alerts topic and index (one document per episode, by id)."""
-    summary = rule.summary or {
-        "negative_share": "{share:.0%} of {messages} messages about {topic} were negative in {window}",
-        "sentiment_shift": "sentiment on {topic} fell {value:.1f} standard deviations below its baseline",
-        "volume_spike": "{messages} messages about {topic} in {window}, {value:.1f} sd above its baseline",
-    }[rule.kind]
+    summary = (
+        rule.summary
+        or {
+            "negative_share": "{share:.0%} of {messages} messages about {topic} were negative in {window}",
+            "sentiment_shift": "sentiment on {topic} fell {value:.1f} standard deviations below its baseline",
+            "volume_spike": "{messages} messages about {topic} in {window}, {value:.1f} sd above its baseline",
+        }[rule.kind]
+    )
     return {
-        "id": state["id"], "rule": rule.name, "kind": rule.kind, "severity": rule.severity, "topic": window.topic,
-        "status": state["status"], "window": rule.window, "window_start": _iso(state["window_start"]),
+        "id": state["id"],
+        "rule": rule.name,
+        "kind": rule.kind,
+        "severity": rule.severity,
+        "topic": window.topic,
+        "status": state["status"],
+        "window": rule.window,
+        "window_start": _iso(state["window_start"]),
         "fired_at": _iso(state["fired_at"]),
         "resolved_at": _iso(state["resolved_at"]) if state.get("resolved_at") is not None else None,
-        "value": state["value"], "threshold": rule.threshold, "messages": state["messages"],
-        "summary": summary.format(share=state["value"], value=state["value"], messages=state["messages"],
-                                  topic=window.topic, window=rule.window),
+        "value": state["value"],
+        "threshold": rule.threshold,
+        "messages": state["messages"],
+        "summary": summary.format(
+            share=state["value"],
+            value=state["value"],
+            messages=state["messages"],
+            topic=window.topic,
+            window=rule.window,
+        ),
     }

@@ -25,7 +25,7 @@ import signal
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import faust
@@ -39,7 +39,7 @@ from .bundle import open_bundle
 from .classify import Classifier
 from .clients import redact
 from .config import Settings
-from .decode import Decoded, Origin, decode, dead_letter
+from .decode import Decoded, Origin, dead_letter, decode
 from .dedup import fingerprint
 from .enrich import CompanyDictionary, enrich, routing_key
 from .schemas import LABELS, DeadLetter, ScoredRecord, ValidatedMessage
@@ -57,9 +57,12 @@ def _broker_credentials(settings: Settings):
         return None
     context = settings.kafka_ssl_context()
     if settings.kafka_security_protocol.startswith("SASL"):
-        return faust.SASLCredentials(username=settings.kafka_sasl_username,
-                                     password=settings.kafka_sasl_password.get_secret_value(),
-                                     mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
     return faust.SSLCredentials(context)
 
 
@@ -73,11 +76,20 @@ class ModelHolder:
 
     def _load(self) -> Classifier:
         bundle = open_bundle(self.path.resolve())
-        classifier = Classifier(bundle, variant=self.settings.model_variant,
-                                providers=self.settings.onnx_providers or None,
-                                batch_size=self.settings.max_batch, intra_op_threads=self.settings.inference_threads)
-        log.info("model %s loaded from %s: variant %s on %s", bundle.model_version, bundle.path,
-                 classifier.variant, classifier.provider)
+        classifier = Classifier(
+            bundle,
+            variant=self.settings.model_variant,
+            providers=self.settings.onnx_providers or None,
+            batch_size=self.settings.max_batch,
+            intra_op_threads=self.settings.inference_threads,
+        )
+        log.info(
+            "model %s loaded from %s: variant %s on %s",
+            bundle.model_version,
+            bundle.path,
+            classifier.variant,
+            classifier.provider,
+        )
         metrics.set_model_info(bundle.model_version, classifier.provider, classifier.variant)
         return classifier
 
@@ -94,8 +106,9 @@ class ModelHolder:
         try:
             classifier = await loop.run_in_executor(executor, self._load)
         except Exception:  # a broken new bundle must not stop the worker: keep the old model
-            log.exception("new model bundle at %s could not be loaded; keeping %s", self.path,
-                          self.classifier.model_version)
+            log.exception(
+                "new model bundle at %s could not be loaded; keeping %s", self.path, self.classifier.model_version
+            )
             return False
         self.classifier = classifier  # atomic between batches: a batch holds its own reference
         metrics.MODEL_SWAPS.inc()
@@ -133,8 +146,15 @@ def create_app(settings: Settings) -> faust.App:
     partitions = settings.topic_partitions
 
     def topic(name: str):
-        return app.topic(name, key_type=bytes, value_type=bytes, partitions=partitions, internal=True,
-                         key_serializer="raw", value_serializer="raw")
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            internal=True,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
 
     raw_topic = topic(settings.topic_raw)
     # Internal to this consumer group, like faust's own changelog topics.
@@ -155,8 +175,15 @@ def create_app(settings: Settings) -> faust.App:
     # Sources: (by-fingerprint partition, raw partition) pairs, see _deliver. A raw topic created
     # with other partition counts only changes how long the first windows wait (idle_s).
     sources = [f"{fp}:{raw}" for fp in range(partitions) for raw in range(partitions)]
-    windows_stage = WindowProcessor(window_config, rules, settings.window_max_topics, partitions, window_table.get,
-                                    idle_s=settings.window_idle_s, upstream_sources=sources)
+    windows_stage = WindowProcessor(
+        window_config,
+        rules,
+        settings.window_max_topics,
+        partitions,
+        window_table.get,
+        idle_s=settings.window_idle_s,
+        upstream_sources=sources,
+    )
 
     model = ModelHolder(settings)
     upstream_topics = {raw_topic.get_topic_name(), valid_topic.get_topic_name()}
@@ -170,11 +197,15 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs):
         gaps.reset()
+
     sink = ElasticsearchSink(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
     admin_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-progress")
-    dictionary = (CompanyDictionary.from_csv(settings.company_dictionary) if settings.company_dictionary
-                  else CompanyDictionary.empty())
+    dictionary = (
+        CompanyDictionary.from_csv(settings.company_dictionary)
+        if settings.company_dictionary
+        else CompanyDictionary.empty()
+    )
     within = settings.max_wait_ms / 1000
     state = {"template": False}
     app.finsent_model = model  # for the web view and tests
@@ -193,14 +224,18 @@ def create_app(settings: Settings) -> faust.App:
                 message = event.message
                 timestamp_ms = int(message.timestamp * 1000) if message.timestamp else None
                 origin = Origin(message.topic, message.partition, message.offset, timestamp_ms)
-                result = decode(event.value, origin, max_text_chars=settings.max_text_chars,
-                                unknown_fields=settings.unknown_fields)
+                result = decode(
+                    event.value, origin, max_text_chars=settings.max_text_chars, unknown_fields=settings.unknown_fields
+                )
                 if isinstance(result, DeadLetter):
                     deliveries.append(await send_dead_letter(result))
                     continue
                 valid = _validated(result, origin)
-                deliveries.append(await valid_topic.send(key=fingerprint(result.message.text).encode(),
-                                                         value=valid.model_dump_json().encode()))
+                deliveries.append(
+                    await valid_topic.send(
+                        key=fingerprint(result.message.text).encode(), value=valid.model_dump_json().encode()
+                    )
+                )
             await asyncio.gather(*deliveries)  # delivered before take_events acks the batch
             _release(events)
             gaps.done(events)
@@ -234,8 +269,9 @@ def create_app(settings: Settings) -> faust.App:
             except PoisonBatch as exc:
                 try:
                     valid = ValidatedMessage.model_validate_json(event.value)
-                    origin = Origin(valid.origin_topic, valid.origin_partition, valid.origin_offset,
-                                    valid.kafka_timestamp_ms)
+                    origin = Origin(
+                        valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms
+                    )
                 except ValueError:
                     message = event.message
                     origin = Origin(message.topic, message.partition, message.offset)
@@ -292,29 +328,42 @@ def create_app(settings: Settings) -> faust.App:
             metrics.BATCH_SIZE.observe(len(texts))
         scores: dict[int, dict] = {}
         for row, i in enumerate(to_score):
-            probs = {label: float(p) for label, p in zip(LABELS, probabilities[row])}
-            scores[i] = {"id": items[i][1].message.id, "label": max(probs, key=probs.get), "probabilities": probs,
-                         "at": now_s, "model_version": classifier.model_version}
+            probs = {label: float(p) for label, p in zip(LABELS, probabilities[row], strict=False)}
+            scores[i] = {
+                "id": items[i][1].message.id,
+                "label": max(probs, key=probs.get),
+                "probabilities": probs,
+                "at": now_s,
+                "model_version": classifier.model_version,
+            }
 
-        processed_at = datetime.now(timezone.utc)
+        processed_at = datetime.now(UTC)
         records: dict[int, ScoredRecord] = {}
-        for i, (event, valid, fp) in enumerate(items):
+        for i, (_event, valid, _fp) in enumerate(items):
             first = copy_of.get(i)
             entry = scores[i] if i in scores else (scores[first] if isinstance(first, int) else first)
             original = i in scores or i in redelivered
-            records[i] = _scored_record(valid, entry, None if original else entry["id"], processed_at,
-                                        classifier.model_version, dictionary, settings)
+            records[i] = _scored_record(
+                valid,
+                entry,
+                None if original else entry["id"],
+                processed_at,
+                classifier.model_version,
+                dictionary,
+                settings,
+            )
         return items, records, scores
 
     async def _deliver(items, records, scores) -> None:
         """Elasticsearch first (its rejections become dead letters), then Kafka; returns once both ack."""
-        rejected = {r.doc_id: r.reason for r in await sink.write([records[i].model_dump(mode="json")
-                                                                   for i in records])}
+        rejected = {r.doc_id: r.reason for r in await sink.write([records[i].model_dump(mode="json") for i in records])}
         deliveries = []
         for i, (event, valid, fp) in enumerate(items):
             record = records[i]
             if record.id in rejected:
-                origin = Origin(valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms)
+                origin = Origin(
+                    valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms
+                )
                 letter = dead_letter(record.model_dump_json().encode(), origin, "es_rejected", rejected[record.id])
                 deliveries.append(await send_dead_letter(letter))
                 continue
@@ -325,12 +374,18 @@ def create_app(settings: Settings) -> faust.App:
             # order on each by-fingerprint partition, so the window stage tracks progress per pair:
             # per by-fingerprint partition alone, a raw partition that lags (a backlog, a re-read
             # after a hole) would look like progress going back, and its records like late ones.
-            source = {"t": record.published_at.timestamp(), "score": record.sentiment_score, "label": record.label,
-                      "id": record.id, "src": f"{event.message.partition}:{valid.origin_partition}",
-                      "o": event.message.offset}
+            source = {
+                "t": record.published_at.timestamp(),
+                "score": record.sentiment_score,
+                "label": record.label,
+                "id": record.id,
+                "src": f"{event.message.partition}:{valid.origin_partition}",
+                "o": event.message.offset,
+            }
             for name in dict.fromkeys(record.tickers + record.topics):
-                deliveries.append(await window_topic.send(key=name.encode(),
-                                                          value=json.dumps({**source, "topic": name}).encode()))
+                deliveries.append(
+                    await window_topic.send(key=name.encode(), value=json.dumps({**source, "topic": name}).encode())
+                )
             if i in scores:
                 _set_current_event(event)
                 dedup_table[fp] = scores[i]
@@ -371,14 +426,18 @@ def create_app(settings: Settings) -> faust.App:
             await sink.install_template()
             state["template"] = True
         deliveries = [await window_topic.send(key=b"other", value=json.dumps(item).encode()) for item in out.reroute]
-        deliveries += [await aggregates_topic.send(key=a.topic.encode(), value=a.model_dump_json().encode())
-                       for a in out.aggregates]
-        deliveries += [await alerts_topic.send(key=a.id.encode(), value=a.model_dump_json().encode())
-                       for a in out.alerts]
+        deliveries += [
+            await aggregates_topic.send(key=a.topic.encode(), value=a.model_dump_json().encode())
+            for a in out.aggregates
+        ]
+        deliveries += [
+            await alerts_topic.send(key=a.id.encode(), value=a.model_dump_json().encode()) for a in out.alerts
+        ]
         for suffix, documents in (("aggregates", out.aggregates), ("alerts", out.alerts)):
             if documents:
-                rejected = await sink.write([d.model_dump(mode="json") for d in documents],
-                                            index=index_name(settings, suffix))
+                rejected = await sink.write(
+                    [d.model_dump(mode="json") for d in documents], index=index_name(settings, suffix)
+                )
                 for r in rejected:  # our own documents: a rejection is a bug or a broken template
                     log.error("Elasticsearch rejected %s document %s: %s", suffix, r.doc_id, r.reason)
         await asyncio.gather(*deliveries)
@@ -425,8 +484,11 @@ def create_app(settings: Settings) -> faust.App:
             started = group["failing_since"] = group["failing_since"] or now
             if now - started > GROUP_PROGRESS_PATIENCE_S and group["lagging"]:
                 # Waiting on an answer that does not come would hold every window open forever.
-                log.warning("cannot read the consumer group's progress (%s); windows now go by this "
-                            "worker's own partitions only", redact(settings, str(exc)))
+                log.warning(
+                    "cannot read the consumer group's progress (%s); windows now go by this "
+                    "worker's own partitions only",
+                    redact(settings, str(exc)),
+                )
                 group["lagging"] = False
             progress.close()
 
@@ -462,8 +524,9 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/healthz")
     async def health_page(web, request):
-        return web.json({"status": "ok", "model_version": model.classifier.model_version,
-                         "provider": model.classifier.provider})
+        return web.json(
+            {"status": "ok", "model_version": model.classifier.model_version, "provider": model.classifier.provider}
+        )
 
     # OffsetGaps orders each stage's partitions itself; faust's own filter would undo its seeks.
     app.consumer._read_offset = _NoReadOffsets()
@@ -497,8 +560,9 @@ class OffsetGaps:
     After ``attempts`` seeks a hole is accepted only if the broker has deleted those offsets
     (retention); finsent's stream topics have no transaction markers or compaction."""
 
-    def __init__(self, app: faust.App, topics: set[str], attempts: int = 5, interval_s: float = 1.0,
-                 quiet_s: float = 3.0):
+    def __init__(
+        self, app: faust.App, topics: set[str], attempts: int = 5, interval_s: float = 1.0, quiet_s: float = 3.0
+    ):
         self.app, self.topics = app, topics
         self.max_attempts, self.interval_s, self.quiet_s = attempts, interval_s, quiet_s
         self.expected: dict = {}  # tp -> next offset, advanced only without holes
@@ -536,7 +600,7 @@ class OffsetGaps:
     async def _read_log_start(self, tp) -> bool:
         try:
             earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp)
-        except (asyncio.TimeoutError, KafkaError, AssertionError, KeyError):
+        except (TimeoutError, KafkaError, AssertionError, KeyError):
             return False
         if earliest is None:
             return False
@@ -546,8 +610,11 @@ class OffsetGaps:
     def _settled(self) -> bool:
         """Not inside a rebalance or a table recovery: positions are where the consumer put them."""
         app = self.app
-        return not getattr(app, "rebalancing", False) and not getattr(app, "in_recovery", False) \
+        return (
+            not getattr(app, "rebalancing", False)
+            and not getattr(app, "in_recovery", False)
             and app.flow_control.is_active()
+        )
 
     def pending(self, topics: set[str]) -> bool:
         """Whether any assigned partition of ``topics`` holds messages not processed yet (a batch
@@ -642,8 +709,13 @@ class OffsetGaps:
             # asking: a partition paused by backpressure (e.g. while Elasticsearch is down) is
             # re-read only once it flows again, which can take minutes.
             if await self._deleted(tp, want):
-                log.error("%s[%d]: offsets %d-%d were deleted by retention before they were read; continuing "
-                          "without them", tp.topic, tp.partition, want, offset - 1)
+                log.error(
+                    "%s[%d]: offsets %d-%d were deleted by retention before they were read; continuing without them",
+                    tp.topic,
+                    tp.partition,
+                    want,
+                    offset - 1,
+                )
                 self.tries.pop(tp, None)
                 return False
             tries = self.max_attempts - 1
@@ -651,14 +723,18 @@ class OffsetGaps:
             if tries == 0:
                 metrics.OFFSET_GAPS.labels(tp.topic).inc()
             (log.warning if tries == 0 else log.info)(
-                "%s[%d]: offsets %d-%d were skipped by the consumer; reading them again", tp.topic, tp.partition,
-                want, offset - 1)
+                "%s[%d]: offsets %d-%d were skipped by the consumer; reading them again",
+                tp.topic,
+                tp.partition,
+                want,
+                offset - 1,
+            )
             self.tries[tp] = (want, tries + 1, time.monotonic())
             try:
                 await self._seek(tp, want)
             except (AssertionError, KeyError, ValueError):  # revoked meanwhile: its new owner reads it
                 log.info("%s[%d] is no longer assigned; not seeking", tp.topic, tp.partition)
-            except (asyncio.TimeoutError, KafkaError) as exc:  # the next attempt tries again
+            except (TimeoutError, KafkaError) as exc:  # the next attempt tries again
                 log.warning("%s[%d]: seeking to %d failed (%r)", tp.topic, tp.partition, want, exc)
         return True
 
@@ -668,13 +744,26 @@ class PoisonBatch(Exception):
 
 
 def _validated(result: Decoded, origin: Origin) -> ValidatedMessage:
-    return ValidatedMessage(message=result.message, truncated=result.truncated, extra=result.extra,
-                            kafka_timestamp_ms=origin.timestamp_ms, origin_topic=origin.topic,
-                            origin_partition=origin.partition, origin_offset=origin.offset)
+    return ValidatedMessage(
+        message=result.message,
+        truncated=result.truncated,
+        extra=result.extra,
+        kafka_timestamp_ms=origin.timestamp_ms,
+        origin_topic=origin.topic,
+        origin_partition=origin.partition,
+        origin_offset=origin.offset,
+    )
 
 
-def _scored_record(valid: ValidatedMessage, entry: dict, duplicate_of: str | None, processed_at: datetime,
-                   model_version: str, dictionary: CompanyDictionary, settings: Settings) -> ScoredRecord:
+def _scored_record(
+    valid: ValidatedMessage,
+    entry: dict,
+    duplicate_of: str | None,
+    processed_at: datetime,
+    model_version: str,
+    dictionary: CompanyDictionary,
+    settings: Settings,
+) -> ScoredRecord:
     message = valid.message
     tickers, topics = enrich(message.text, message.tickers, message.topics, dictionary)
     probs = entry["probabilities"]
@@ -683,13 +772,26 @@ def _scored_record(valid: ValidatedMessage, entry: dict, duplicate_of: str | Non
     if valid.kafka_timestamp_ms is not None:
         kafka_latency = max(0.0, processed_at.timestamp() * 1000 - valid.kafka_timestamp_ms)
     return ScoredRecord(
-        id=message.id, text=message.text, source=message.source, published_at=published, topics=topics,
-        tickers=tickers, lang=message.lang, url=message.url, label_true=message.label, label=entry["label"],
-        probabilities=probs, sentiment_score=probs["positive"] - probs["negative"],
+        id=message.id,
+        text=message.text,
+        source=message.source,
+        published_at=published,
+        topics=topics,
+        tickers=tickers,
+        lang=message.lang,
+        url=message.url,
+        label_true=message.label,
+        label=entry["label"],
+        probabilities=probs,
+        sentiment_score=probs["positive"] - probs["negative"],
         model_version=entry.get("model_version", model_version),
-        processed_at=processed_at, latency_ms=max(0.0, (processed_at - published).total_seconds() * 1000),
-        kafka_latency_ms=kafka_latency, truncated=valid.truncated, duplicate_of=duplicate_of,
-        extra=valid.extra, run_id=message.run_id,
+        processed_at=processed_at,
+        latency_ms=max(0.0, (processed_at - published).total_seconds() * 1000),
+        kafka_latency_ms=kafka_latency,
+        truncated=valid.truncated,
+        duplicate_of=duplicate_of,
+        extra=valid.extra,
+        run_id=message.run_id,
     )
 
 

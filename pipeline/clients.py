@@ -16,7 +16,11 @@ class ConnectionFailure(RuntimeError):
 
 def kafka_identity(settings: Settings) -> str:
     """Where and how finsent connects to Kafka, for messages (no secret in it)."""
-    who = f" as {settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism})" if settings.kafka_sasl_mechanism else ""
+    who = (
+        f" as {settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism})"
+        if settings.kafka_sasl_mechanism
+        else ""
+    )
     cert = f" with client certificate {settings.kafka_ssl_certfile}" if settings.kafka_ssl_certfile else ""
     return f"Kafka at {settings.kafka_bootstrap_servers} over {settings.kafka_security_protocol}{who}{cert}"
 
@@ -34,8 +38,10 @@ def es_identity(settings: Settings) -> str:
 def _kafka_failure(settings: Settings, exc: Exception) -> ConnectionFailure:
     reason = type(exc).__name__
     if type(exc).__name__ in ("NoBrokersAvailable", "KafkaConnectionError", "KafkaTimeoutError"):
-        reason += (" (unreachable, or the handshake failed: wrong protocol, untrusted certificate, "
-                   "missing client certificate or rejected credentials)")
+        reason += (
+            " (unreachable, or the handshake failed: wrong protocol, untrusted certificate, "
+            "missing client certificate or rejected credentials)"
+        )
     elif str(exc):
         reason += f": {redact(settings, str(exc))}"
     return ConnectionFailure(f"cannot use {kafka_identity(settings)}: {reason}")
@@ -57,8 +63,11 @@ def _connect(client_class, settings: Settings, **kwargs: Any):
     from kafka.errors import KafkaError
 
     try:
-        return client_class(**settings.kafka_client_kwargs(),
-                            bootstrap_timeout_ms=int(settings.kafka_bootstrap_timeout_s * 1000), **kwargs)
+        return client_class(
+            **settings.kafka_client_kwargs(),
+            bootstrap_timeout_ms=int(settings.kafka_bootstrap_timeout_s * 1000),
+            **kwargs,
+        )
     except KafkaError as exc:
         raise _kafka_failure(settings, exc) from None
 
@@ -95,6 +104,7 @@ def elasticsearch(settings: Settings, request_timeout: float = 60):
         reason = f"HTTP {exc.meta.status} {redact(settings, str(exc.message))}"
         raise ConnectionFailure(f"cannot use {es_identity(settings)}: {reason}") from None
     except TransportError as exc:
-        raise ConnectionFailure(f"cannot reach {es_identity(settings)}: {type(exc).__name__}: "
-                                f"{redact(settings, str(exc.message))}") from None
+        raise ConnectionFailure(
+            f"cannot reach {es_identity(settings)}: {type(exc).__name__}: {redact(settings, str(exc.message))}"
+        ) from None
     return client

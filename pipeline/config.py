@@ -30,6 +30,13 @@ def default_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "finsent"
 
 
+# The labelled data the repository ships (see data/README.md); every default points here.
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+PHRASEBANK_50 = DATA_DIR / "financial_phrasebank" / "Sentences_50Agree.txt"
+PHRASEBANK_ALL = DATA_DIR / "financial_phrasebank" / "Sentences_AllAgree.txt"
+TWEETS_SENTIMENT = DATA_DIR / "twitter_financial_news_sentiment" / "sent_train.csv"
+
+
 def _deploy_file(relative: str) -> Path | None:
     """A file shipped in deploy/ (present in a checkout and in the Docker image)."""
     path = Path(__file__).resolve().parents[1] / "deploy" / relative
@@ -55,7 +62,9 @@ class _SecretFileSource(PydanticBaseSettingsSource):
             try:
                 values[name] = Path(path).read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise ConfigError(f"{ENV_PREFIX}{name.upper()}_FILE={path!r}: cannot read file ({exc.strerror})") from exc
+                raise ConfigError(
+                    f"{ENV_PREFIX}{name.upper()}_FILE={path!r}: cannot read file ({exc.strerror})"
+                ) from exc
         return values
 
 
@@ -153,7 +162,9 @@ class Settings(BaseSettings):
     stack_home: Path = Field(default_factory=default_home)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         yaml_path = os.environ.get(f"{ENV_PREFIX}CONFIG")
         return (
             init_settings,
@@ -194,8 +205,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"{server!r} is not host:port")
         return value
 
-    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "es_ca_certs", "model_bundle",
-                     "company_dictionary", "alert_rules")
+    @field_validator(
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "es_ca_certs",
+        "model_bundle",
+        "company_dictionary",
+        "alert_rules",
+    )
     @classmethod
     def _must_exist(cls, path: Path | None) -> Path | None:
         if path is not None and not path.exists():
@@ -218,7 +236,7 @@ class Settings(BaseSettings):
         return prefix
 
     @model_validator(mode="after")
-    def _check_security(self) -> "Settings":
+    def _check_security(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL"):
             missing = [
                 f"{ENV_PREFIX}{name.upper()}"
@@ -226,13 +244,16 @@ class Settings(BaseSettings):
                 if getattr(self, name) is None
             ]
             if missing:
-                raise ValueError(f"kafka_security_protocol={self.kafka_security_protocol} also needs {', '.join(missing)}")
+                raise ValueError(
+                    f"kafka_security_protocol={self.kafka_security_protocol} also needs {', '.join(missing)}"
+                )
         if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
             raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile must be given together (mutual TLS)")
         if self.window_hopping_s:
             if self.window_hopping_s % self.window_hop_s:
-                raise ValueError(f"window_hopping_s={self.window_hopping_s} must be a multiple of "
-                                 f"window_hop_s={self.window_hop_s}")
+                raise ValueError(
+                    f"window_hopping_s={self.window_hopping_s} must be a multiple of window_hop_s={self.window_hop_s}"
+                )
             if self.window_hopping_s == self.window_tumbling_s:
                 raise ValueError("window_hopping_s must differ from window_tumbling_s")
         if self.es_api_key is not None and self.es_username is not None:
@@ -278,7 +299,9 @@ class Settings(BaseSettings):
         if self.kafka_sasl_mechanism:
             kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
             kwargs["sasl_plain_username"] = self.kafka_sasl_username
-            kwargs["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            kwargs["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
         return kwargs
 
     def es_client_kwargs(self) -> dict[str, Any]:
@@ -294,8 +317,13 @@ class Settings(BaseSettings):
     def window_config(self):
         from .windows import WindowConfig
 
-        return WindowConfig.from_seconds(self.window_tumbling_s, self.window_hopping_s, self.window_hop_s,
-                                         lateness_s=self.window_lateness_s, baseline_span=self.baseline_span_windows)
+        return WindowConfig.from_seconds(
+            self.window_tumbling_s,
+            self.window_hopping_s,
+            self.window_hop_s,
+            lateness_s=self.window_lateness_s,
+            baseline_span=self.baseline_span_windows,
+        )
 
     def all_topics(self) -> list[str]:
         return [self.topic_raw, self.topic_scored, self.topic_deadletter, self.topic_aggregates, self.topic_alerts]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import ValidationError
@@ -39,9 +39,17 @@ def dead_letter(payload: bytes, origin: Origin, reason: str, detail: str) -> Dea
         text, encoding = payload.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
-    return DeadLetter(reason=reason, detail=detail[:2000], payload=text, payload_encoding=encoding,
-                      topic=origin.topic, partition=origin.partition, offset=origin.offset,
-                      kafka_timestamp_ms=origin.timestamp_ms, failed_at=datetime.now(timezone.utc))
+    return DeadLetter(
+        reason=reason,
+        detail=detail[:2000],
+        payload=text,
+        payload_encoding=encoding,
+        topic=origin.topic,
+        partition=origin.partition,
+        offset=origin.offset,
+        kafka_timestamp_ms=origin.timestamp_ms,
+        failed_at=datetime.now(UTC),
+    )
 
 
 def _reason_for(errors: list[dict]) -> tuple[str, str]:
@@ -58,8 +66,9 @@ def _reason_for(errors: list[dict]) -> tuple[str, str]:
     return "invalid_field", detail
 
 
-def decode(payload: bytes | None, origin: Origin, *, max_text_chars: int = 10_000,
-           unknown_fields: UnknownFields = "ignore") -> Decoded | DeadLetter:
+def decode(
+    payload: bytes | None, origin: Origin, *, max_text_chars: int = 10_000, unknown_fields: UnknownFields = "ignore"
+) -> Decoded | DeadLetter:
     if payload is None:
         return dead_letter(b"", origin, "missing_text", "empty Kafka record (no value)")
     try:

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console, Group
@@ -61,27 +61,42 @@ def _view(state: dict | None, url: str, replay: dict) -> Group:
     if state:
         model = state["model"]
         header.add_row(f"model [bold]{model['version']}[/bold] ({model['provider']}, {model['variant']})")
-        header.add_row(f"throughput [bold]{state['throughput_msgs_per_s']}[/bold] msg/s   "
-                       f"scored [bold]{state['scored_total']}[/bold] / sent {replay.get('sent', 0)}   "
-                       f"web view [link={url}]{url}[/link]")
+        header.add_row(
+            f"throughput [bold]{state['throughput_msgs_per_s']}[/bold] msg/s   "
+            f"scored [bold]{state['scored_total']}[/bold] / sent {replay.get('sent', 0)}   "
+            f"web view [link={url}]{url}[/link]"
+        )
     else:
         header.add_row(f"waiting for the worker at {url} …")
-    tickers = Table("ticker/topic", "window start", "messages", "sentiment", "negative", title="busiest tickers (1 min windows)")
+    tickers = Table(
+        "ticker/topic", "window start", "messages", "sentiment", "negative", title="busiest tickers (1 min windows)"
+    )
     for topic in (state or {}).get("topics", [])[:12]:
         latest = topic["latest"]
         sentiment = latest["sentiment"]
         colour = "red" if sentiment is not None and sentiment < 0 else "green"
-        tickers.add_row(topic["topic"], latest["start"][11:16], str(latest["messages"]),
-                        f"[{colour}]{sentiment:+.2f}[/{colour}]" if sentiment is not None else "–",
-                        f"{latest['negative']:.0%}")
+        tickers.add_row(
+            topic["topic"],
+            latest["start"][11:16],
+            str(latest["messages"]),
+            f"[{colour}]{sentiment:+.2f}[/{colour}]" if sentiment is not None else "–",
+            f"{latest['negative']:.0%}",
+        )
     alerts = Table("severity", "rule", "topic", "summary", title="active alerts")
     for alert in (state or {}).get("active_alerts", [])[:8]:
         alerts.add_row(alert["severity"], alert["rule"], alert["topic"], alert["summary"])
     return Group(header, tickers, alerts)
 
 
-def run_demo(settings: Settings, data_dir: Path, messages: int = 3000, rate: float = 150.0, spacing_s: float = 0.5,
-             epochs: int = 1, output: Path = Path("reports")) -> Path | None:
+def run_demo(
+    settings: Settings,
+    data_dir: Path,
+    messages: int = 3000,
+    rate: float = 150.0,
+    spacing_s: float = 0.5,
+    epochs: int = 1,
+    output: Path = Path("reports"),
+) -> Path | None:
     from .replay import replay
     from .report import report
 
@@ -94,20 +109,38 @@ def run_demo(settings: Settings, data_dir: Path, messages: int = 3000, rate: flo
         console.print("stack: starting Kafka, Elasticsearch, Prometheus and Alertmanager on 127.0.0.1 …")
         stack.up(home)
         bundle = demo_bundle(settings, data_dir, epochs)
-        name = f"finsent-demo-{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
-        env = {**os.environ, "FINSENT_MODEL_BUNDLE": str(bundle), "FINSENT_CONSUMER_GROUP": name,
-               "FINSENT_TOPIC_RAW": f"{name}.raw", "FINSENT_TOPIC_SCORED": f"{name}.scored",
-               "FINSENT_TOPIC_DEADLETTER": f"{name}.deadletter", "FINSENT_TOPIC_AGGREGATES": f"{name}.aggregates",
-               "FINSENT_TOPIC_ALERTS": f"{name}.alerts", "FINSENT_ES_INDEX_PREFIX": name,
-               "FINSENT_STATE_DIR": str(home / "demo-state" / name), "FINSENT_ALERT_RULES": str(DEMO_RULES),
-               "FINSENT_WINDOW_IDLE_S": "3"}
-        demo_settings = Settings(**{k.removeprefix("FINSENT_").lower(): v for k, v in env.items()
-                                    if k.startswith("FINSENT_") and k != "FINSENT_CONFIG"})
+        name = f"finsent-demo-{datetime.now(UTC):%Y%m%d%H%M%S}"
+        env = {
+            **os.environ,
+            "FINSENT_MODEL_BUNDLE": str(bundle),
+            "FINSENT_CONSUMER_GROUP": name,
+            "FINSENT_TOPIC_RAW": f"{name}.raw",
+            "FINSENT_TOPIC_SCORED": f"{name}.scored",
+            "FINSENT_TOPIC_DEADLETTER": f"{name}.deadletter",
+            "FINSENT_TOPIC_AGGREGATES": f"{name}.aggregates",
+            "FINSENT_TOPIC_ALERTS": f"{name}.alerts",
+            "FINSENT_ES_INDEX_PREFIX": name,
+            "FINSENT_STATE_DIR": str(home / "demo-state" / name),
+            "FINSENT_ALERT_RULES": str(DEMO_RULES),
+            "FINSENT_WINDOW_IDLE_S": "3",
+        }
+        demo_settings = Settings(
+            **{
+                k.removeprefix("FINSENT_").lower(): v
+                for k, v in env.items()
+                if k.startswith("FINSENT_") and k != "FINSENT_CONFIG"
+            }
+        )
         log = home / "demo-worker.log"
         console.print(f"worker: starting (log {log}) …")
         with open(log, "ab") as handle:
-            worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
-                                      env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         url = f"http://{demo_settings.web_host}:{demo_settings.web_port}/"
         deadline = time.monotonic() + 180
         while _live(url) is None:
@@ -119,8 +152,9 @@ def run_demo(settings: Settings, data_dir: Path, messages: int = 3000, rate: flo
         progress: dict = {}
 
         def send():
-            result = replay(demo_settings, data, rate=rate, limit=messages, run_id=name, spacing_s=spacing_s,
-                            progress=False)
+            result = replay(
+                demo_settings, data, rate=rate, limit=messages, run_id=name, spacing_s=spacing_s, progress=False
+            )
             progress.update(sent=result.sent, done=True)
 
         sender = threading.Thread(target=send, daemon=True)
@@ -139,8 +173,10 @@ def run_demo(settings: Settings, data_dir: Path, messages: int = 3000, rate: flo
                 time.sleep(1)
         path = report(demo_settings, name, output / name)
         summary = json.loads((path.parent / "summary.json").read_text())
-        console.print(f"run {name}: {summary['messages']} scored, accuracy {summary.get('accuracy', float('nan')):.3f}, "
-                      f"macro-F1 {summary.get('macro_f1', float('nan')):.3f}, {summary['alerts']} alerts")
+        console.print(
+            f"run {name}: {summary['messages']} scored, accuracy {summary.get('accuracy', float('nan')):.3f}, "
+            f"macro-F1 {summary.get('macro_f1', float('nan')):.3f}, {summary['alerts']} alerts"
+        )
         console.print(f"report: [bold]{path}[/bold]")
         return path
     except KeyboardInterrupt:

@@ -26,11 +26,11 @@ class CompanyDictionary:
     alias_to_ticker: dict[str, str]
 
     @classmethod
-    def empty(cls) -> "CompanyDictionary":
+    def empty(cls) -> CompanyDictionary:
         return cls(None, {})
 
     @classmethod
-    def from_csv(cls, path: Path | str) -> "CompanyDictionary":
+    def from_csv(cls, path: Path | str) -> CompanyDictionary:
         path = Path(path)
         aliases: dict[str, str] = {}
         try:
@@ -66,8 +66,9 @@ def _unique(values) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def enrich(text: str, tickers: list[str], topics: list[str], dictionary: CompanyDictionary,
-           max_items: int = 16) -> tuple[list[str], list[str]]:
+def enrich(
+    text: str, tickers: list[str], topics: list[str], dictionary: CompanyDictionary, max_items: int = 16
+) -> tuple[list[str], list[str]]:
     """(tickers, topics): explicit values first, de-duplicated, at most ``max_items`` each."""
     found = _unique([t.upper() for t in tickers] + cashtags(text) + dictionary.tickers_in(text))
     return found[:max_items], _unique(topics)[:max_items]

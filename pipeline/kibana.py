@@ -25,16 +25,26 @@ def saved_objects(prefix: str = DEFAULT_PREFIX, path: Path = SAVED_OBJECTS) -> l
     return json.loads(text)
 
 
-def import_saved_objects(kibana_url: str, prefix: str = DEFAULT_PREFIX, auth: tuple[str, str] | None = None,
-                         timeout_s: float = 30) -> dict:
+def import_saved_objects(
+    kibana_url: str, prefix: str = DEFAULT_PREFIX, auth: tuple[str, str] | None = None, timeout_s: float = 30
+) -> dict:
     """Imports (overwriting) finsent's saved objects; returns Kibana's answer, raises with its errors."""
     body = "\n".join(json.dumps(o) for o in saved_objects(prefix)) + "\n"
-    response = requests.post(f"{kibana_url.rstrip('/')}/api/saved_objects/_import", params={"overwrite": "true"},
-                             headers={"kbn-xsrf": "finsent"}, auth=auth, timeout=timeout_s,
-                             files={"file": ("finsent.ndjson", body, "application/ndjson")})
+    response = requests.post(
+        f"{kibana_url.rstrip('/')}/api/saved_objects/_import",
+        params={"overwrite": "true"},
+        headers={"kbn-xsrf": "finsent"},
+        auth=auth,
+        timeout=timeout_s,
+        files={"file": ("finsent.ndjson", body, "application/ndjson")},
+    )
     if response.status_code != 200:
-        raise RuntimeError(f"Kibana at {kibana_url} refused the import: HTTP {response.status_code} {response.text[:500]}")
+        raise RuntimeError(
+            f"Kibana at {kibana_url} refused the import: HTTP {response.status_code} {response.text[:500]}"
+        )
     answer = response.json()
     if not answer.get("success", False):
-        raise RuntimeError(f"Kibana imported {answer.get('successCount', 0)} objects with errors: {answer.get('errors')}")
+        raise RuntimeError(
+            f"Kibana imported {answer.get('successCount', 0)} objects with errors: {answer.get('errors')}"
+        )
     return answer

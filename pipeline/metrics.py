@@ -15,47 +15,92 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 MESSAGES = Counter("finsent_messages", "Messages read from the raw topic, by outcome.", ["outcome"], registry=REGISTRY)
-DEAD_LETTERS = Counter("finsent_dead_letters", "Messages sent to the dead-letter topic, by reason.", ["reason"],
-                       registry=REGISTRY)
-TRUNCATED = Counter("finsent_truncated_texts", "Texts longer than the limit, truncated before scoring.",
-                    registry=REGISTRY)
-BATCH_SIZE = Histogram("finsent_batch_size_messages", "Messages per classified batch.",
-                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=REGISTRY)
-INFERENCE = Histogram("finsent_inference_duration_seconds", "Tokenisation plus ONNX Runtime time per batch.",
-                      buckets=LATENCY_BUCKETS, registry=REGISTRY)
-END_TO_END = Histogram("finsent_end_to_end_latency_seconds",
-                       "From a message's clock (published_at or Kafka timestamp) to its scored record.",
-                       ["clock"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
-ES_BULK = Histogram("finsent_es_bulk_duration_seconds", "Elasticsearch bulk request time, retries included.",
-                    buckets=LATENCY_BUCKETS, registry=REGISTRY)
-ES_ERRORS = Counter("finsent_es_errors", "Elasticsearch failures, by kind (unavailable, rejected, retried).",
-                    ["kind"], registry=REGISTRY)
-ES_BACKPRESSURE = Gauge("finsent_es_backpressure", "1 while the worker waits for Elasticsearch to come back.",
-                        registry=REGISTRY)
-CONSUMER_LAG = Gauge("finsent_consumer_lag_messages", "Messages not yet processed, per partition.",
-                     ["topic", "partition"], registry=REGISTRY)
-MODEL_INFO = Gauge("finsent_model_info", "The model in use (value 1).", ["version", "provider", "variant"],
-                   registry=REGISTRY)
-OFFSET_GAPS = Counter("finsent_offset_gaps", "Runs of offsets the consumer skipped and the worker read again.",
-                      ["topic"], registry=REGISTRY)
+DEAD_LETTERS = Counter(
+    "finsent_dead_letters", "Messages sent to the dead-letter topic, by reason.", ["reason"], registry=REGISTRY
+)
+TRUNCATED = Counter(
+    "finsent_truncated_texts", "Texts longer than the limit, truncated before scoring.", registry=REGISTRY
+)
+BATCH_SIZE = Histogram(
+    "finsent_batch_size_messages",
+    "Messages per classified batch.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+    registry=REGISTRY,
+)
+INFERENCE = Histogram(
+    "finsent_inference_duration_seconds",
+    "Tokenisation plus ONNX Runtime time per batch.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+END_TO_END = Histogram(
+    "finsent_end_to_end_latency_seconds",
+    "From a message's clock (published_at or Kafka timestamp) to its scored record.",
+    ["clock"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+ES_BULK = Histogram(
+    "finsent_es_bulk_duration_seconds",
+    "Elasticsearch bulk request time, retries included.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+ES_ERRORS = Counter(
+    "finsent_es_errors",
+    "Elasticsearch failures, by kind (unavailable, rejected, retried).",
+    ["kind"],
+    registry=REGISTRY,
+)
+ES_BACKPRESSURE = Gauge(
+    "finsent_es_backpressure", "1 while the worker waits for Elasticsearch to come back.", registry=REGISTRY
+)
+CONSUMER_LAG = Gauge(
+    "finsent_consumer_lag_messages",
+    "Messages not yet processed, per partition.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+MODEL_INFO = Gauge(
+    "finsent_model_info", "The model in use (value 1).", ["version", "provider", "variant"], registry=REGISTRY
+)
+OFFSET_GAPS = Counter(
+    "finsent_offset_gaps",
+    "Runs of offsets the consumer skipped and the worker read again.",
+    ["topic"],
+    registry=REGISTRY,
+)
 MODEL_SWAPS = Counter("finsent_model_swaps", "Model bundles hot-swapped in.", registry=REGISTRY)
 
 # Per topic/ticker, from the last closed window (label values bounded by FINSENT_WINDOW_MAX_TOPICS).
-TOPIC_SENTIMENT = Gauge("finsent_topic_sentiment", "Mean sentiment score (-1..1) of the last closed window.",
-                        ["topic", "window"], registry=REGISTRY)
-TOPIC_NEGATIVE_RATIO = Gauge("finsent_topic_negative_ratio", "Share of negative messages in the last closed window.",
-                             ["topic", "window"], registry=REGISTRY)
-TOPIC_MESSAGES = Gauge("finsent_topic_messages", "Messages in the last closed window.", ["topic", "window"],
-                       registry=REGISTRY)
-WINDOWS_CLOSED = Counter("finsent_windows_closed", "Windows closed, empty ones included.", ["window"],
-                         registry=REGISTRY)
-LATE_RECORDS = Counter("finsent_late_records", "Records later than the allowed lateness (not in any window).",
-                       registry=REGISTRY)
-TRACKED_TOPICS = Gauge("finsent_tracked_topics", "Topics and tickers with their own windows on this worker.",
-                       registry=REGISTRY)
+TOPIC_SENTIMENT = Gauge(
+    "finsent_topic_sentiment",
+    "Mean sentiment score (-1..1) of the last closed window.",
+    ["topic", "window"],
+    registry=REGISTRY,
+)
+TOPIC_NEGATIVE_RATIO = Gauge(
+    "finsent_topic_negative_ratio",
+    "Share of negative messages in the last closed window.",
+    ["topic", "window"],
+    registry=REGISTRY,
+)
+TOPIC_MESSAGES = Gauge(
+    "finsent_topic_messages", "Messages in the last closed window.", ["topic", "window"], registry=REGISTRY
+)
+WINDOWS_CLOSED = Counter(
+    "finsent_windows_closed", "Windows closed, empty ones included.", ["window"], registry=REGISTRY
+)
+LATE_RECORDS = Counter(
+    "finsent_late_records", "Records later than the allowed lateness (not in any window).", registry=REGISTRY
+)
+TRACKED_TOPICS = Gauge(
+    "finsent_tracked_topics", "Topics and tickers with their own windows on this worker.", registry=REGISTRY
+)
 ALERTS = Counter("finsent_alerts", "Alert episodes fired.", ["rule", "severity"], registry=REGISTRY)
-ALERT_ACTIVE = Gauge("finsent_alert_active", "1 while an alert episode is firing.", ["rule", "topic", "severity"],
-                     registry=REGISTRY)
+ALERT_ACTIVE = Gauge(
+    "finsent_alert_active", "1 while an alert episode is firing.", ["rule", "topic", "severity"], registry=REGISTRY
+)
 
 for _reason in DEAD_LETTER_REASONS:  # expose zeros so rates and alerts work from the start
     DEAD_LETTERS.labels(_reason)
@@ -92,5 +137,6 @@ def record_windows(closed, alerts, late: int, forgotten: list[str], tracked: int
 
 
 def _label_values(gauge) -> list[tuple[str, ...]]:
-    return [tuple(sample.labels[n] for n in gauge._labelnames) for metric in gauge.collect()
-            for sample in metric.samples]
+    return [
+        tuple(sample.labels[n] for n in gauge._labelnames) for metric in gauge.collect() for sample in metric.samples
+    ]

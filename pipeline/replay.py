@@ -20,14 +20,23 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .clients import kafka_producer
+from .progress import Progress
 from .schemas import RawMessage
 
-LABEL_ALIASES = {"negative": "negative", "neg": "negative", "bearish": "negative", "neutral": "neutral",
-                 "neu": "neutral", "positive": "positive", "pos": "positive", "bullish": "positive"}
+LABEL_ALIASES = {
+    "negative": "negative",
+    "neg": "negative",
+    "bearish": "negative",
+    "neutral": "neutral",
+    "neu": "neutral",
+    "positive": "positive",
+    "pos": "positive",
+    "bullish": "positive",
+}
 TWITTER_LABELS = {"0": "negative", "1": "positive", "2": "neutral"}
 TIME_COLUMNS = ("published_at", "timestamp", "created_at", "date", "time")
 
@@ -89,9 +98,9 @@ def _label(raw, twitter: bool) -> str:
 
 def _time(raw) -> datetime:
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return datetime.fromtimestamp(raw / 1000 if raw > 1e11 else raw, tz=timezone.utc)
+        return datetime.fromtimestamp(raw / 1000 if raw > 1e11 else raw, tz=UTC)
     value = datetime.fromisoformat(str(raw).strip().replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _names(raw) -> list[str]:
@@ -102,8 +111,13 @@ def _names(raw) -> list[str]:
     return [v.strip() for v in str(raw).replace(";", ",").split(",") if v.strip()]
 
 
-def read_rows(path: Path | str, fmt: str | None = None, text_column: str = "text", label_column: str = "label",
-              time_column: str | None = None) -> tuple[list[ReplayRow], Counter]:
+def read_rows(
+    path: Path | str,
+    fmt: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    time_column: str | None = None,
+) -> tuple[list[ReplayRow], Counter]:
     """Rows in file order (sorted by time when the file has times), and bad rows by reason."""
     path = Path(path)
     if not path.is_file():
@@ -170,8 +184,17 @@ def read_rows(path: Path | str, fmt: str | None = None, text_column: str = "text
                 except (ValueError, OverflowError, OSError):
                     bad["invalid time"] += 1
                     continue
-                rows.append(ReplayRow(number, text.strip(), label, published, _names(record.get("tickers")),
-                                      _names(record.get("topics")), record.get("source") or None))
+                rows.append(
+                    ReplayRow(
+                        number,
+                        text.strip(),
+                        label,
+                        published,
+                        _names(record.get("tickers")),
+                        _names(record.get("topics")),
+                        record.get("source") or None,
+                    )
+                )
         except UnicodeDecodeError:
             raise ReplayError(f"{path}: not UTF-8 (around row {len(rows) + sum(bad.values()) + 2})") from None
     if rows and all(r.published_at is not None for r in rows):
@@ -182,8 +205,9 @@ def read_rows(path: Path | str, fmt: str | None = None, text_column: str = "text
     return rows, bad
 
 
-def messages(rows: list[ReplayRow], run_id: str, rate: float, start: datetime,
-             spacing_s: float | None = None) -> list[tuple[float, dict]]:
+def messages(
+    rows: list[ReplayRow], run_id: str, rate: float, start: datetime, spacing_s: float | None = None
+) -> list[tuple[float, dict]]:
     """(seconds after the start to send it, raw message) for each row; ``rate`` applies when the
     rows have no times, and is the speed-up factor when they do. Synthetic times are ``spacing_s``
     apart (default 1 / rate: event time then runs like the wall clock)."""
@@ -197,20 +221,37 @@ def messages(rows: list[ReplayRow], run_id: str, rate: float, start: datetime,
         else:
             offset = i / rate
             published = start + timedelta(seconds=i * spacing_s if spacing_s else offset)
-        message = RawMessage(id=f"{run_id}:{row.row}", text=row.text, source=row.source or "replay",
-                             published_at=published, tickers=row.tickers, topics=row.topics, label=row.label,
-                             run_id=run_id)
+        message = RawMessage(
+            id=f"{run_id}:{row.row}",
+            text=row.text,
+            source=row.source or "replay",
+            published_at=published,
+            tickers=row.tickers,
+            topics=row.topics,
+            label=row.label,
+            run_id=run_id,
+        )
         out.append((offset, message.model_dump(mode="json", exclude_none=True)))
     return out
 
 
-def replay(settings, path: Path | str, *, speedup: float | None = None, rate: float | None = None,
-           run_id: str | None = None, limit: int | None = None, fmt: str | None = None,
-           text_column: str = "text", label_column: str = "label", time_column: str | None = None,
-           start: datetime | None = None, spacing_s: float | None = None, progress: bool = True) -> ReplayResult:
+def replay(
+    settings,
+    path: Path | str,
+    *,
+    speedup: float | None = None,
+    rate: float | None = None,
+    run_id: str | None = None,
+    limit: int | None = None,
+    fmt: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    time_column: str | None = None,
+    start: datetime | None = None,
+    spacing_s: float | None = None,
+    progress: bool = True,
+) -> ReplayResult:
     """Sends the file to the raw topic at the requested pace; returns what was sent."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     path = Path(path)
     rows, bad = read_rows(path, fmt, text_column, label_column, time_column)
     rows = rows[:limit] if limit else rows
@@ -221,21 +262,19 @@ def replay(settings, path: Path | str, *, speedup: float | None = None, rate: fl
         raise ReplayError(f"{path} has timestamps: use --speedup (or --format to ignore them)")
     pace = (speedup or 1.0) if timed else (rate or 100.0)
     run_id = run_id or default_run_id(path)
-    schedule = messages(rows, run_id, pace, start or datetime.now(timezone.utc), spacing_s)
+    schedule = messages(rows, run_id, pace, start or datetime.now(UTC), spacing_s)
     producer = kafka_producer(settings, acks="all", linger_ms=20, value_serializer=lambda v: json.dumps(v).encode())
     began = time.monotonic()
-    columns = (TextColumn("replay {task.fields[run]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("replay", total=len(schedule), run=run_id)
+    with Progress(len(schedule), f"replay {run_id}", unit="msg", enabled=progress) as bar:
         for offset, message in schedule:
             delay = began + offset - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             producer.send(settings.topic_raw, value=message)
-            bar.advance(task)
+            bar.update()
         producer.flush(timeout=120)
     producer.close()
     published = [r.published_at for r in rows if r.published_at] or [
-        datetime.fromisoformat(m["published_at"].replace("Z", "+00:00")) for _, m in schedule]
+        datetime.fromisoformat(m["published_at"].replace("Z", "+00:00")) for _, m in schedule
+    ]
     return ReplayResult(run_id, len(schedule), bad, time.monotonic() - began, min(published), max(published))
-

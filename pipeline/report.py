@@ -52,9 +52,16 @@ def alerts_from_elasticsearch(settings: Settings, topics: set[str], start: datet
     if not es.indices.exists(index=index) or not topics:
         return []
     es.indices.refresh(index=index)
-    query = {"query": {"bool": {"filter": [
-        {"terms": {"topic": sorted(topics)[:10_000]}},
-        {"range": {"window_start": {"gte": start.isoformat(), "lte": end.isoformat()}}}]}}}
+    query = {
+        "query": {
+            "bool": {
+                "filter": [
+                    {"terms": {"topic": sorted(topics)[:10_000]}},
+                    {"range": {"window_start": {"gte": start.isoformat(), "lte": end.isoformat()}}},
+                ]
+            }
+        }
+    }
     return [hit["_source"] for hit in scan(es, index=index, query=query, size=1000)]
 
 
@@ -62,8 +69,9 @@ def _read_topic(settings: Settings, topic: str, keep) -> list[dict]:
     """Every record of a topic up to its current end, filtered by ``keep(record) -> dict | None``."""
     from kafka import TopicPartition
 
-    consumer = kafka_consumer(settings, enable_auto_commit=False, auto_offset_reset="earliest",
-                              consumer_timeout_ms=5000)
+    consumer = kafka_consumer(
+        settings, enable_auto_commit=False, auto_offset_reset="earliest", consumer_timeout_ms=5000
+    )
     partitions = consumer.partitions_for_topic(topic) or set()
     tps = [TopicPartition(topic, p) for p in partitions]
     consumer.assign(tps)
@@ -109,14 +117,22 @@ def summarise(scored: list[dict], alerts: list[dict], letters: Counter) -> dict:
     from training.evaluate import classification_metrics
 
     labelled = [r for r in scored if r.get("label_true")]
-    summary: dict = {"messages": len(scored), "labelled": len(labelled), "dead_letters": dict(letters),
-                     "alerts": len({a["id"] for a in alerts})}
+    summary: dict = {
+        "messages": len(scored),
+        "labelled": len(labelled),
+        "dead_letters": dict(letters),
+        "alerts": len({a["id"] for a in alerts}),
+    }
     if labelled:
         y_true = np.array([LABELS.index(r["label_true"]) for r in labelled])
         probs = np.array([[r["probabilities"][label] for label in LABELS] for r in labelled])
         metrics = classification_metrics(y_true, np.log(np.clip(probs, 1e-9, 1)))
-        summary.update(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
-                       per_class=metrics.get("per_class"), confusion_matrix=metrics["confusion_matrix"])
+        summary.update(
+            accuracy=metrics["accuracy"],
+            macro_f1=metrics["macro_f1"],
+            per_class=metrics.get("per_class"),
+            confusion_matrix=metrics["confusion_matrix"],
+        )
     latencies = np.array([r["kafka_latency_ms"] for r in scored if r.get("kafka_latency_ms") is not None])
     if latencies.size:
         summary["latency_ms"] = {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 95, 99)}
@@ -166,10 +182,13 @@ def plots(scored: list[dict], alerts: list[dict], summary: dict, output: Path) -
     topics = [t for t, _ in counts.most_common(TIMELINE_TOPICS)]
     if topics:
         fig, axes = plt.subplots(len(topics), 1, figsize=(9, 1.9 * len(topics)), sharex=True, squeeze=False)
-        for ax, topic in zip(axes[:, 0], topics):
-            rows = sorted((_time(r["published_at"]), r["sentiment_score"]) for r in scored
-                          if topic in r.get("tickers", []) + r.get("topics", []))
-            times, scores = zip(*rows)
+        for ax, topic in zip(axes[:, 0], topics, strict=False):
+            rows = sorted(
+                (_time(r["published_at"]), r["sentiment_score"])
+                for r in scored
+                if topic in r.get("tickers", []) + r.get("topics", [])
+            )
+            times, scores = zip(*rows, strict=False)
             window = max(1, len(scores) // 30)
             smooth = np.convolve(scores, np.ones(window) / window, mode="same")
             ax.scatter(times, scores, s=4, alpha=0.3)
@@ -199,7 +218,9 @@ def plots(scored: list[dict], alerts: list[dict], summary: dict, output: Path) -
         fig, ax = plt.subplots(figsize=(9, 2.6))
         ax.hist(latencies, bins=50, color="tab:purple")
         for q, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):
-            ax.axvline(summary["latency_ms"][q], color="black", linestyle=style, label=f"{q} {summary['latency_ms'][q]:.0f} ms")
+            ax.axvline(
+                summary["latency_ms"][q], color="black", linestyle=style, label=f"{q} {summary['latency_ms'][q]:.0f} ms"
+            )
         ax.set_xlabel("Kafka timestamp to scored record (ms)")
         ax.legend()
         save("latency", fig)
@@ -211,14 +232,20 @@ def write_report(run_id: str, scored: list[dict], alerts: list[dict], letters: C
     summary = {"run_id": run_id, **summarise(scored, alerts, letters)}
     images = plots(scored, alerts, summary, output)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))}</td></tr>"
-                   for k, v in summary.items() if k not in ("confusion_matrix", "per_class"))
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))}</td></tr>"
+        for k, v in summary.items()
+        if k not in ("confusion_matrix", "per_class")
+    )
     alert_rows = "".join(
         f"<tr><td>{html.escape(a['topic'])}</td><td>{html.escape(a['rule'])}</td><td>{html.escape(a['severity'])}</td>"
         f"<td>{html.escape(a['window_start'])}</td><td>{html.escape(a['status'])}</td><td>{html.escape(a['summary'])}</td></tr>"
-        for a in sorted(alerts, key=lambda a: a["window_start"]))
-    pictures = "".join(f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" src="data:image/png;base64,{data}">'
-                       for name, data in images.items())
+        for a in sorted(alerts, key=lambda a: a["window_start"])
+    )
+    pictures = "".join(
+        f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" src="data:image/png;base64,{data}">'
+        for name, data in images.items()
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>finsent report {html.escape(run_id)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}td{{padding:2px 10px;border-bottom:1px solid #ddd}}
 img{{max-width:100%}}</style></head><body><h1>finsent report: run {html.escape(run_id)}</h1>
@@ -230,7 +257,11 @@ img{{max-width:100%}}</style></head><body><h1>finsent report: run {html.escape(r
 
 
 def report(settings: Settings, run_id: str, output: Path, source: str = "elasticsearch") -> Path:
-    scored = scored_from_elasticsearch(settings, run_id) if source == "elasticsearch" else scored_from_kafka(settings, run_id)
+    scored = (
+        scored_from_elasticsearch(settings, run_id)
+        if source == "elasticsearch"
+        else scored_from_kafka(settings, run_id)
+    )
     if not scored:
         raise ReportError(f"no scored records with run_id {run_id!r} in {source}")
     topics = {t for r in scored for t in r.get("tickers", []) + r.get("topics", [])}

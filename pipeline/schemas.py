@@ -7,7 +7,7 @@ scored, aggregate, alert and dead-letter records here.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,7 +18,7 @@ Label = Literal["negative", "neutral", "positive"]
 
 def content_id(text: str, source: str | None = None) -> str:
     """A stable id for a message that came without one: same source and text, same id."""
-    digest = hashlib.sha256(f"{source or ''}\x1f{text}".encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(f"{source or ''}\x1f{text}".encode()).hexdigest()
     return digest[:32]
 
 
@@ -73,7 +73,7 @@ class RawMessage(BaseModel):
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("published_at needs a time zone offset (e.g. Z or +02:00)")
-        return value.astimezone(timezone.utc) if value is not None else None
+        return value.astimezone(UTC) if value is not None else None
 
     @field_validator("topics", "tickers")
     @classmethod
@@ -84,17 +84,17 @@ class RawMessage(BaseModel):
         return cleaned
 
     @model_validator(mode="after")
-    def _fill_id(self) -> "RawMessage":
+    def _fill_id(self) -> RawMessage:
         if not self.id:
             object.__setattr__(self, "id", content_id(self.text, self.source))
         return self
 
     @classmethod
-    def from_payload(cls, payload: dict, kafka_timestamp_ms: int | None = None) -> "RawMessage":
+    def from_payload(cls, payload: dict, kafka_timestamp_ms: int | None = None) -> RawMessage:
         """Validates a decoded JSON object; a missing ``published_at`` takes the Kafka timestamp."""
         message = cls.model_validate(payload)
         if message.published_at is None and kafka_timestamp_ms is not None:
-            ts = datetime.fromtimestamp(kafka_timestamp_ms / 1000, tz=timezone.utc)
+            ts = datetime.fromtimestamp(kafka_timestamp_ms / 1000, tz=UTC)
             message = message.model_copy(update={"published_at": ts})
         return message
 
@@ -127,8 +127,15 @@ class ScoredRecord(BaseModel):
 
 
 DeadLetterReason = Literal[
-    "not_utf8", "invalid_json", "not_an_object", "missing_text", "empty_text", "wrong_type", "invalid_field",
-    "es_rejected", "processing_error",
+    "not_utf8",
+    "invalid_json",
+    "not_an_object",
+    "missing_text",
+    "empty_text",
+    "wrong_type",
+    "invalid_field",
+    "es_rejected",
+    "processing_error",
 ]
 DEAD_LETTER_REASONS: tuple[str, ...] = get_args(DeadLetterReason)
 

@@ -38,8 +38,14 @@ class LiveView:
         for aggregate in aggregates:
             if aggregate.window == self.tumbling_window:
                 history = self.topics.setdefault(aggregate.topic, deque(maxlen=HISTORY))
-                history.append({"start": aggregate.start.isoformat(), "messages": aggregate.messages,
-                                "sentiment": aggregate.sentiment_mean, "negative": aggregate.share_negative})
+                history.append(
+                    {
+                        "start": aggregate.start.isoformat(),
+                        "messages": aggregate.messages,
+                        "sentiment": aggregate.sentiment_mean,
+                        "negative": aggregate.share_negative,
+                    }
+                )
         for alert in alerts:
             document = alert.model_dump(mode="json")
             if alert.status == "firing":
@@ -55,14 +61,26 @@ class LiveView:
         return sum(n for second, n in self.scored if second > now - seconds - 1 and second < now) / seconds
 
     def snapshot(self, model_version: str, provider: str, variant: str) -> dict:
-        topics = [{"topic": name, "latest": history[-1], "trend": [w["sentiment"] for w in history],
-                   "volume": [w["messages"] for w in history]} for name, history in self.topics.items() if history]
+        topics = [
+            {
+                "topic": name,
+                "latest": history[-1],
+                "trend": [w["sentiment"] for w in history],
+                "volume": [w["messages"] for w in history],
+            }
+            for name, history in self.topics.items()
+            if history
+        ]
         topics.sort(key=lambda t: -t["latest"]["messages"])
-        return {"model": {"version": model_version, "provider": provider, "variant": variant},
-                "throughput_msgs_per_s": round(self.throughput(), 1), "scored_total": self.scored_total,
-                "window": self.tumbling_window, "topics": topics,
-                "active_alerts": sorted(self.active.values(), key=lambda a: a["fired_at"], reverse=True),
-                "recent_resolved": list(self.resolved)}
+        return {
+            "model": {"version": model_version, "provider": provider, "variant": variant},
+            "throughput_msgs_per_s": round(self.throughput(), 1),
+            "scored_total": self.scored_total,
+            "window": self.tumbling_window,
+            "topics": topics,
+            "active_alerts": sorted(self.active.values(), key=lambda a: a["fired_at"], reverse=True),
+            "recent_resolved": list(self.resolved),
+        }
 
 
 PAGE = """<!doctype html>

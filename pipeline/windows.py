@@ -58,7 +58,7 @@ class WindowConfig:
     min_log_volume_sd: float = 0.25
 
     @classmethod
-    def from_seconds(cls, tumbling_s: int, hopping_s: int, hop_s: int, **kwargs) -> "WindowConfig":
+    def from_seconds(cls, tumbling_s: int, hopping_s: int, hop_s: int, **kwargs) -> WindowConfig:
         if hopping_s % hop_s:
             raise ValueError(f"hopping window {hopping_s}s must be a whole number of {hop_s}s steps")
         specs = [WindowSpec(spec_name(tumbling_s), tumbling_s, tumbling_s)]
@@ -117,8 +117,17 @@ def new_state() -> dict:
     # closed: spec -> start of the first window not emitted yet (absent until one is); seen: bucket
     # -> hashed ids counted there; marks: upstream source -> highest offset received
     # (aggregation.py). Kept in the one state so a batch's effect on a name is stored all at once.
-    return {"buckets": {}, "frontier": {}, "baseline": {}, "alerts": {}, "late": 0, "last_t": None,
-            "closed": {}, "seen": {}, "marks": {}}
+    return {
+        "buckets": {},
+        "frontier": {},
+        "baseline": {},
+        "alerts": {},
+        "late": 0,
+        "last_t": None,
+        "closed": {},
+        "seen": {},
+        "marks": {},
+    }
 
 
 def _first_start(spec: WindowSpec, t: float) -> float:
@@ -182,13 +191,14 @@ def close(config: WindowConfig, topic: str, state: dict, stream_time: float) -> 
     return closed
 
 
-def _close_one(config: WindowConfig, topic: str, state: dict, spec: WindowSpec, baseline: dict,
-               start: float) -> ClosedWindow:
+def _close_one(
+    config: WindowConfig, topic: str, state: dict, spec: WindowSpec, baseline: dict, start: float
+) -> ClosedWindow:
     total = [0, 0.0] + [0] * len(LABELS)
     for offset in range(0, spec.size_s, config.bucket_s):
         counts = state["buckets"].get(str(int(start + offset)))
         if counts:
-            total = [a + b for a, b in zip(total, counts)]
+            total = [a + b for a, b in zip(total, counts, strict=False)]
     messages = int(total[0])
     mean = total[1] / messages if messages else None
     shares = {label: (total[2 + i] / messages if messages else 0.0) for i, label in enumerate(LABELS)}
@@ -198,13 +208,21 @@ def _close_one(config: WindowConfig, topic: str, state: dict, spec: WindowSpec, 
     if ready:
         volume_z = (log_volume - baseline["volume"]) / max(math.sqrt(baseline["volume_var"]), config.min_log_volume_sd)
     if ready and mean is not None and baseline["sentiment_windows"] >= config.baseline_min_windows:
-        sentiment_z = (mean - baseline["sentiment"]) / max(math.sqrt(baseline["sentiment_var"]),
-                                                          config.min_sentiment_sd)
+        sentiment_z = (mean - baseline["sentiment"]) / max(
+            math.sqrt(baseline["sentiment_var"]), config.min_sentiment_sd
+        )
     window = ClosedWindow(
-        topic=topic, spec=spec, start=start, messages=messages, sentiment_mean=mean, shares=shares,
+        topic=topic,
+        spec=spec,
+        start=start,
+        messages=messages,
+        sentiment_mean=mean,
+        shares=shares,
         baseline_sentiment=baseline["sentiment"] if baseline["sentiment_windows"] else None,
         baseline_messages=math.expm1(baseline["volume"]) if baseline["windows"] else None,
-        sentiment_z=sentiment_z, volume_z=volume_z)
+        sentiment_z=sentiment_z,
+        volume_z=volume_z,
+    )
     # The baseline takes this window in only after it was compared against it.
     _update(baseline, "volume", log_volume, config.alpha, baseline["windows"])
     baseline["windows"] += 1
@@ -215,8 +233,14 @@ def _close_one(config: WindowConfig, topic: str, state: dict, spec: WindowSpec, 
 
 
 def _new_baseline() -> dict:
-    return {"windows": 0, "volume": 0.0, "volume_var": 0.0,
-            "sentiment_windows": 0, "sentiment": 0.0, "sentiment_var": 0.0}
+    return {
+        "windows": 0,
+        "volume": 0.0,
+        "volume_var": 0.0,
+        "sentiment_windows": 0,
+        "sentiment": 0.0,
+        "sentiment_var": 0.0,
+    }
 
 
 def _update(baseline: dict, name: str, value: float, alpha: float, seen: int) -> None:
@@ -242,9 +266,12 @@ def _decay_volume(baseline: dict, alpha: float, windows: int) -> None:
 def idle(state: dict, stream_time: float, config: WindowConfig) -> bool:
     """No open bucket and nothing seen for a full baseline span: the topic may be forgotten."""
     longest = max(s.size_s for s in config.specs)
-    return (not state["buckets"] and not any(a.get("status") == "firing" for a in state["alerts"].values())
-            and state["last_t"] is not None
-            and stream_time - state["last_t"] > config.baseline_span * longest + config.lateness_s)
+    return (
+        not state["buckets"]
+        and not any(a.get("status") == "firing" for a in state["alerts"].values())
+        and state["last_t"] is not None
+        and stream_time - state["last_t"] > config.baseline_span * longest + config.lateness_s
+    )
 
 
 def recompute(config: WindowConfig, records: list[tuple[str, float, float, str]]) -> dict[tuple[str, str, float], dict]:
@@ -255,8 +282,9 @@ def recompute(config: WindowConfig, records: list[tuple[str, float, float, str]]
         for spec in config.specs:
             start = math.floor((t - spec.size_s) / spec.step_s) * spec.step_s + spec.step_s
             while start <= t:
-                row = out.setdefault((topic, spec.name, start), {"messages": 0, "sum": 0.0,
-                                                                  **{lbl: 0 for lbl in LABELS}})
+                row = out.setdefault(
+                    (topic, spec.name, start), {"messages": 0, "sum": 0.0, **{lbl: 0 for lbl in LABELS}}
+                )
                 row["messages"] += 1
                 row["sum"] += score
                 row[label] += 1

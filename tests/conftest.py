@@ -1,21 +1,19 @@
-"""Shared test helpers: where the labelled data lives (never committed to this repo)."""
+"""Shared test helpers: the labelled data the repository ships, tiny models trained on it."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FINSENT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+from pipeline.config import DATA_DIR
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"labelled data not found at {SHARED_DATA} (set FINSENT_SHARED_DATA)")
-    return SHARED_DATA
+def data_dir() -> Path:
+    if not (DATA_DIR / "financial_phrasebank").is_dir():
+        pytest.fail(f"labelled data missing from the checkout at {DATA_DIR}")
+    return DATA_DIR
 
 
 # An almost untrained head has near-tied logits, so INT8 flips some of them; trained models are
@@ -24,8 +22,8 @@ TINY_INT8_AGREEMENT = 0.8
 
 
 @pytest.fixture(scope="session")
-def phrasebank(shared_data: Path) -> str:
-    return str(shared_data / "financial_phrasebank/Sentences_AllAgree.txt")
+def phrasebank(data_dir: Path) -> str:
+    return str(data_dir / "financial_phrasebank/Sentences_AllAgree.txt")
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +33,19 @@ def tiny_run(tmp_path_factory, phrasebank) -> Path:
     from training.train import TrainConfig, train
 
     output = tmp_path_factory.mktemp("tiny") / "run"
-    train(TrainConfig(datasets=[phrasebank], output=str(output), epochs=3, batch_size=16, max_examples=64,
-                      learning_rate=3e-4, max_length=48, patience=3, class_weights=True))
+    train(
+        TrainConfig(
+            datasets=[phrasebank],
+            output=str(output),
+            epochs=3,
+            batch_size=16,
+            max_examples=64,
+            learning_rate=3e-4,
+            max_length=48,
+            patience=3,
+            class_weights=True,
+        )
+    )
     return output
 
 
@@ -45,6 +54,13 @@ def tiny_bundle(tiny_run: Path, tmp_path_factory) -> Path:
     from training.export import export
 
     path = tmp_path_factory.mktemp("bundles") / "tiny"
-    export(tiny_run / "best", path, parity_limit=200, min_int8_agreement=TINY_INT8_AGREEMENT, max_int8_f1_drop=0.2,
-           model_version="tiny-1", log=lambda *_: None)
+    export(
+        tiny_run / "best",
+        path,
+        parity_limit=200,
+        min_int8_agreement=TINY_INT8_AGREEMENT,
+        max_int8_f1_drop=0.2,
+        model_version="tiny-1",
+        log=lambda *_: None,
+    )
     return path

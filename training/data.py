@@ -21,9 +21,14 @@ from pipeline.schemas import LABELS
 
 LABEL_TO_ID = {label: i for i, label in enumerate(LABELS)}
 LABEL_ALIASES = {
-    "negative": "negative", "neg": "negative", "bearish": "negative",
-    "neutral": "neutral", "neu": "neutral",
-    "positive": "positive", "pos": "positive", "bullish": "positive",
+    "negative": "negative",
+    "neg": "negative",
+    "bearish": "negative",
+    "neutral": "neutral",
+    "neu": "neutral",
+    "positive": "positive",
+    "pos": "positive",
+    "bullish": "positive",
 }
 TWITTER_LABELS = {"0": "negative", "1": "positive", "2": "neutral"}
 
@@ -132,15 +137,26 @@ def _rows(path: Path, fmt: str, text_column: str, label_column: str):
                     yield number, BadDataError(f"{path}:{number}: invalid JSON ({exc.msg})"), None
                     continue
                 if not isinstance(record, dict) or text_column not in record or label_column not in record:
-                    yield number, BadDataError(f"{path}:{number}: needs fields {text_column!r} and {label_column!r}"), None
+                    yield (
+                        number,
+                        BadDataError(f"{path}:{number}: needs fields {text_column!r} and {label_column!r}"),
+                        None,
+                    )
                     continue
                 yield number, record[text_column], record[label_column]
     else:
         raise BadDataError(f"{path}: unknown format {fmt!r}")
 
 
-def load_file(path: Path | str, *, fmt: str | None = None, text_column: str = "text", label_column: str = "label",
-              skip_bad_rows: bool = False, bad_rows: Counter | None = None) -> list[Example]:
+def load_file(
+    path: Path | str,
+    *,
+    fmt: str | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    skip_bad_rows: bool = False,
+    bad_rows: Counter | None = None,
+) -> list[Example]:
     path = Path(path)
     if not path.is_file():
         raise BadDataError(f"{path}: no such file")

@@ -21,7 +21,7 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
     correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in zip(edges[:-1], edges[1:], strict=False):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
@@ -40,8 +40,15 @@ def classification_metrics(y_true, logits: np.ndarray) -> dict:
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "per_class": {LABELS[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                                  "support": int(support[i])} for i in labels},
+        "per_class": {
+            LABELS[i]: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i in labels
+        },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "ece": expected_calibration_error(probs, y_true),
         "predictions": y_pred.tolist(),
@@ -64,8 +71,14 @@ def plot_confusion_matrix(matrix: list[list[int]], path: Path, title: str) -> Pa
     ax.set_title(title, fontsize=10)
     for i in range(data.shape[0]):
         for j in range(data.shape[1]):
-            ax.text(j, i, str(data[i, j]), ha="center", va="center",
-                    color="white" if data[i, j] > data.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(data[i, j]),
+                ha="center",
+                va="center",
+                color="white" if data[i, j] > data.max() / 2 else "black",
+            )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -90,8 +103,15 @@ def markdown_report(result: dict, png_name: str) -> str:
     return "\n".join(lines)
 
 
-def evaluate(model_path: Path, datasets: list[str], split_name: str = "test", variant: str = "int8",
-             json_out: Path | None = None, batch_size: int = 32, skip_bad_rows: bool = False) -> dict:
+def evaluate(
+    model_path: Path,
+    datasets: list[str],
+    split_name: str = "test",
+    variant: str = "int8",
+    json_out: Path | None = None,
+    batch_size: int = 32,
+    skip_bad_rows: bool = False,
+) -> dict:
     """Evaluates a bundle (ONNX variants) or a checkpoint (``variant='torch'``) on labelled data.
 
     ``split_name`` other than ``all`` reproduces the training split from the seed the model records.
@@ -120,8 +140,10 @@ def evaluate(model_path: Path, datasets: list[str], split_name: str = "test", va
         wanted = {Path(d).name for d in datasets}
         unknown = wanted - {Path(t).name for t in trained_on}
         if unknown:
-            raise ValueError(f"{', '.join(sorted(unknown))} was not part of this model's training data "
-                             f"({', '.join(Path(t).name for t in trained_on)}); use --split all for unseen data")
+            raise ValueError(
+                f"{', '.join(sorted(unknown))} was not part of this model's training data "
+                f"({', '.join(Path(t).name for t in trained_on)}); use --split all for unseen data"
+            )
         by_name = {Path(d).name: d for d in datasets}
         sources = [by_name.get(Path(t).name, t) for t in trained_on]
         missing = [s for s in sources if not Path(s).exists()]
@@ -151,11 +173,17 @@ def evaluate(model_path: Path, datasets: list[str], split_name: str = "test", va
     elapsed = time.perf_counter() - started
 
     metrics = classification_metrics(y_true, logits)
-    result = {"model": str(model_path), "variant": variant, "datasets": [str(d) for d in datasets],
-              "split": split_name, "split_seed": seed, "batch_size": batch_size,
-              "throughput_msgs_per_s": len(texts) / elapsed if elapsed else 0.0,
-              "metrics": {k: v for k, v in metrics.items() if k != "predictions"},
-              "bad_rows": dict(dataset.bad_rows)}
+    result = {
+        "model": str(model_path),
+        "variant": variant,
+        "datasets": [str(d) for d in datasets],
+        "split": split_name,
+        "split_seed": seed,
+        "batch_size": batch_size,
+        "throughput_msgs_per_s": len(texts) / elapsed if elapsed else 0.0,
+        "metrics": {k: v for k, v in metrics.items() if k != "predictions"},
+        "bad_rows": dict(dataset.bad_rows),
+    }
     if json_out is not None:
         json_out = Path(json_out)
         json_out.parent.mkdir(parents=True, exist_ok=True)

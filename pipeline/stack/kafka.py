@@ -39,7 +39,13 @@ class Kafka(Service):
         if not marker.exists():
             self.jars.mkdir(parents=True, exist_ok=True)
             maven_fetch(
-                ["-f", str(POM), "dependency:copy-dependencies", f"-DoutputDirectory={self.jars}", "-DincludeScope=runtime"],
+                [
+                    "-f",
+                    str(POM),
+                    "dependency:copy-dependencies",
+                    f"-DoutputDirectory={self.jars}",
+                    "-DincludeScope=runtime",
+                ],
                 f"Kafka {self.kafka_version}",
                 Path.home() / ".m2" / "repository",
             )
@@ -96,9 +102,22 @@ class Kafka(Service):
         while cluster_id.startswith("-"):  # as Kafka's own Uuid.randomUuid: "-..." reads as an option
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(
-            [self._java(), "-cp", self._classpath(), *self._log_props(), "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(self.dir / "server.properties"), *self._format_options()],
-            capture_output=True, text=True, timeout=120,
+            [
+                self._java(),
+                "-cp",
+                self._classpath(),
+                *self._log_props(),
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.dir / "server.properties"),
+                *self._format_options(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if result.returncode != 0:
             raise StackError(f"{self.name}: formatting storage failed:\n{result.stdout}\n{result.stderr}")
@@ -107,8 +126,18 @@ class Kafka(Service):
         return [f"-Dlog4j2.configurationFile={self.dir / 'log4j2.yaml'}", f"-Dkafka.logs.dir={self.dir / 'logs'}"]
 
     def command(self) -> list[str]:
-        return [self._java(), "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                *self._log_props(), "-cp", self._classpath(), "kafka.Kafka", str(self.dir / "server.properties")]
+        return [
+            self._java(),
+            "-Xms256m",
+            "-Xmx768m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            *self._log_props(),
+            "-cp",
+            self._classpath(),
+            "kafka.Kafka",
+            str(self.dir / "server.properties"),
+        ]
 
     def healthy(self) -> bool:
         if not port_open("127.0.0.1", self.port):
@@ -130,4 +159,3 @@ class Kafka(Service):
 
     def version(self) -> str:
         return self.kafka_version
-

@@ -21,23 +21,29 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipeline import stack, windows
 from pipeline.admin import ensure_topics
+from pipeline.config import PHRASEBANK_ALL
 
 from .harness import Pipeline, texts_by_prediction, wait_for
 
-BASE = datetime(2024, 7, 1, 8, 0, tzinfo=timezone.utc)
+BASE = datetime(2024, 7, 1, 8, 0, tzinfo=UTC)
 TICKERS = ["AAPL", "MSFT", "NOK", "TSLA", "AMZN", "NVDA", "SAP", "ASML"]
 RULES = """
 rules:
   - {name: neg-burst, kind: negative_share, window: 1m, threshold: 0.6, min_messages: 5, severity: page,
      resolve_after: 2}
 """
-WINDOW_ENV = {"FINSENT_WINDOW_TUMBLING_S": "60", "FINSENT_WINDOW_HOPPING_S": "300", "FINSENT_WINDOW_HOP_S": "60",
-              "FINSENT_WINDOW_LATENESS_S": "20", "FINSENT_WINDOW_IDLE_S": "3"}
+WINDOW_ENV = {
+    "FINSENT_WINDOW_TUMBLING_S": "60",
+    "FINSENT_WINDOW_HOPPING_S": "300",
+    "FINSENT_WINDOW_HOP_S": "60",
+    "FINSENT_WINDOW_LATENESS_S": "20",
+    "FINSENT_WINDOW_IDLE_S": "3",
+}
 PER_MINUTE = 48  # 6 per ticker and minute of event time
 
 
@@ -85,32 +91,70 @@ def scripted(n_good: int, negative: list[str], positive: list[str], bad_every: i
         burst = ticker == "NOK" and 10 <= minute % 60 <= 12
         pool = negative if burst else positive
         at = BASE + timedelta(seconds=minute * 60 + k * 60 / PER_MINUTE)
-        payloads.append(json.dumps({"id": f"d-{i}", "text": pool[rng.randrange(len(pool))], "tickers": [ticker],
-                                    "published_at": at.isoformat().replace("+00:00", "Z")}).encode())
+        payloads.append(
+            json.dumps(
+                {
+                    "id": f"d-{i}",
+                    "text": pool[rng.randrange(len(pool))],
+                    "tickers": [ticker],
+                    "published_at": at.isoformat().replace("+00:00", "Z"),
+                }
+            ).encode()
+        )
         good += 1
         if i % bad_every == bad_every - 1:
-            payloads.append(rng.choice([f"{{not json {i}".encode(), json.dumps({"id": f"bad-{i}", "text": ""}).encode(),
-                                        json.dumps({"id": f"bad-{i}", "text": i}).encode()]))
+            payloads.append(
+                rng.choice(
+                    [
+                        f"{{not json {i}".encode(),
+                        json.dumps({"id": f"bad-{i}", "text": ""}).encode(),
+                        json.dumps({"id": f"bad-{i}", "text": i}).encode(),
+                    ]
+                )
+            )
             bad += 1
     return payloads, good, bad
 
 
-def run_drill(stack_home: Path, bundle: Path, phrasebank: str, workdir: Path, messages: int = 20_000,
-              rate: float = 150.0, kills: int = 3, es_outage_s: float = 30.0, seed: int = 1,
-              log=print) -> DrillResult:
+def run_drill(
+    stack_home: Path,
+    bundle: Path,
+    phrasebank: str,
+    workdir: Path,
+    messages: int = 20_000,
+    rate: float = 150.0,
+    kills: int = 3,
+    es_outage_s: float = 30.0,
+    seed: int = 1,
+    log=print,
+) -> DrillResult:
     started = time.monotonic()
     rng = random.Random(seed)
     rules = workdir / "rules.yml"
     rules.write_text(RULES)
-    pipeline = Pipeline(name=f"drill{uuid.uuid4().hex[:8]}", bundle=bundle, workdir=workdir, partitions=3,
-                        extra_env={**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules)})
+    pipeline = Pipeline(
+        name=f"drill{uuid.uuid4().hex[:8]}",
+        bundle=bundle,
+        workdir=workdir,
+        partitions=3,
+        extra_env={**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules)},
+    )
     ensure_topics(pipeline.settings)  # before the producer, which would auto-create one partition
     negative, positive = texts_by_prediction(bundle, phrasebank)
     payloads, n_good, n_bad = scripted(messages, negative, positive, bad_every=50, seed=seed)
     # Sentinels far ahead in event time close every window of the stream.
     end = BASE + timedelta(minutes=messages // PER_MINUTE + 30)
-    payloads += [json.dumps({"id": f"end-{t}", "text": positive[0], "tickers": [t],
-                             "published_at": end.isoformat().replace("+00:00", "Z")}).encode() for t in TICKERS]
+    payloads += [
+        json.dumps(
+            {
+                "id": f"end-{t}",
+                "text": positive[0],
+                "tickers": [t],
+                "published_at": end.isoformat().replace("+00:00", "Z"),
+            }
+        ).encode()
+        for t in TICKERS
+    ]
     n_good += len(TICKERS)
     result = DrillResult(sent_good=n_good, sent_bad=n_bad)
 
@@ -124,8 +168,14 @@ def run_drill(stack_home: Path, bundle: Path, phrasebank: str, workdir: Path, me
     def produce() -> None:
         from kafka import KafkaProducer
 
-        producer = KafkaProducer(**pipeline.settings.kafka_client_kwargs(), acks="all", linger_ms=20,
-                                 retries=2_147_483_647, delivery_timeout_ms=600_000, max_in_flight_requests_per_connection=1)
+        producer = KafkaProducer(
+            **pipeline.settings.kafka_client_kwargs(),
+            acks="all",
+            linger_ms=20,
+            retries=2_147_483_647,
+            delivery_timeout_ms=600_000,
+            max_in_flight_requests_per_connection=1,
+        )
         began = time.monotonic()
         for i, payload in enumerate(payloads):
             delay = began + i / rate - time.monotonic()
@@ -145,6 +195,7 @@ def run_drill(stack_home: Path, bundle: Path, phrasebank: str, workdir: Path, me
     rng.shuffle(faults)
     slots = sorted(rng.uniform(0.1, 0.9) * duration for _ in faults)
     slots = [max(s, 0.1 * duration + 8 * i) for i, s in enumerate(slots)]
+
     def outage() -> None:  # in its own thread: other faults may land while Elasticsearch is down
         stack.down(stack_home, ["elasticsearch"])
         event(f"Elasticsearch stopped for {es_outage_s:.0f} s")
@@ -154,7 +205,7 @@ def run_drill(stack_home: Path, bundle: Path, phrasebank: str, workdir: Path, me
 
     es_thread = threading.Thread(target=outage, daemon=True)
     try:
-        for at, fault in zip(slots, faults):
+        for at, fault in zip(slots, faults, strict=False):
             time.sleep(max(0.0, started + at - time.monotonic()))
             if fault == "kill":
                 workers[-1].kill()
@@ -181,24 +232,32 @@ def run_drill(stack_home: Path, bundle: Path, phrasebank: str, workdir: Path, me
         config = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20)
         cutoff = end.timestamp() - 30 * 60
         expected, got = pipeline.window_comparison(config, cutoff)
-        wait_for(lambda: set(expected) <= set(pipeline.window_comparison(config, cutoff)[1]), 300,
-                 "every window to be aggregated", interval_s=5)
+        wait_for(
+            lambda: set(expected) <= set(pipeline.window_comparison(config, cutoff)[1]),
+            300,
+            "every window to be aggregated",
+            interval_s=5,
+        )
         expected, got = pipeline.window_comparison(config, cutoff)
         result.windows_compared = len(expected)
         for key, row in expected.items():
             aggregate = got.get(key)
             if aggregate is None:
                 continue
-            same = aggregate["messages"] == row["messages"] and \
-                abs(aggregate["sentiment_mean"] - row["sum"] / row["messages"]) < 1e-6
+            same = (
+                aggregate["messages"] == row["messages"]
+                and abs(aggregate["sentiment_mean"] - row["sum"] / row["messages"]) < 1e-6
+            )
             result.windows_equal += same
             result.over_counted_windows += aggregate["messages"] > row["messages"]
         result.late_records = sum(a["late_records"] for a in got.values() if a["window"] == "1m")
 
         for alert in pipeline.documents("alerts"):
             result.alert_episodes[(alert["rule"], alert["topic"], alert["window_start"])] = [alert["status"]]
-        on_topic = Counter((a["id"], a["status"]) for a in
-                           pipeline.read_topic("FINSENT_TOPIC_ALERTS", 2 * len(result.alert_episodes), timeout_s=60))
+        on_topic = Counter(
+            (a["id"], a["status"])
+            for a in pipeline.read_topic("FINSENT_TOPIC_ALERTS", 2 * len(result.alert_episodes), timeout_s=60)
+        )
         result.alert_topic_repeats = sum(n - 1 for n in on_topic.values())
     finally:
         pipeline.stop_all()
@@ -222,18 +281,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle the workers use")
-    parser.add_argument("--phrasebank", default=str(Path(__file__).resolve().parents[3] / "shared" / "data" /
-                                                    "financial_phrasebank" / "Sentences_AllAgree.txt"))
+    parser.add_argument("--phrasebank", default=str(PHRASEBANK_ALL))
     args = parser.parse_args(argv)
     home = load_settings().stack_home
     stack.up(home)
     with tempfile.TemporaryDirectory() as workdir:
-        result = run_drill(home, args.bundle, args.phrasebank, Path(workdir), args.messages, args.rate, args.kills,
-                           seed=args.seed)
+        result = run_drill(
+            home, args.bundle, args.phrasebank, Path(workdir), args.messages, args.rate, args.kills, seed=args.seed
+        )
     print("\n".join(result.lines()))
-    ok = (result.indexed == result.indexed_unique == result.sent_good and result.dead_lettered_bad == result.sent_bad
-          and result.windows_equal == result.windows_compared and len(result.alert_episodes) ==
-          expected_episodes(args.messages) and all(v == ["resolved"] for v in result.alert_episodes.values()))
+    ok = (
+        result.indexed == result.indexed_unique == result.sent_good
+        and result.dead_lettered_bad == result.sent_bad
+        and result.windows_equal == result.windows_compared
+        and len(result.alert_episodes) == expected_episodes(args.messages)
+        and all(v == ["resolved"] for v in result.alert_episodes.values())
+    )
     print("drill passed" if ok else "drill FAILED")
     return 0 if ok else 1
 

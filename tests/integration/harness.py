@@ -51,8 +51,8 @@ def texts_by_prediction(bundle: Path, phrasebank: str) -> tuple[list[str], list[
     the model's own predictions, so a stream means what the test says it means."""
     lines = [line.rsplit("@", 1)[0] for line in Path(phrasebank).read_text(encoding="latin-1").splitlines()][:800]
     predicted = Classifier(open_bundle(bundle)).predict_proba(lines).argmax(axis=1)
-    negative = [t for t, p in zip(lines, predicted) if LABELS[p] == "negative"]
-    positive = [t for t, p in zip(lines, predicted) if LABELS[p] == "positive"]
+    negative = [t for t, p in zip(lines, predicted, strict=False) if LABELS[p] == "negative"]
+    positive = [t for t, p in zip(lines, predicted, strict=False) if LABELS[p] == "positive"]
     assert len(negative) >= 30 and len(positive) >= 30, "the tiny model should predict every label"
     return negative, positive
 
@@ -93,7 +93,7 @@ class Pipeline:
             values[name] = value
         return Settings(**values)
 
-    def start_worker(self, index: int = 0) -> "Worker":
+    def start_worker(self, index: int = 0) -> Worker:
         worker = Worker(self, index)
         worker.start()
         self.workers.append(worker)
@@ -115,8 +115,12 @@ class Pipeline:
         """Every record of a topic (from the start), stopping once ``expected`` are read and
         the topic has been quiet for 2 s (so extras would be seen), or at the timeout."""
         topic = self.env[topic_env]
-        consumer = KafkaConsumer(**self.settings.kafka_client_kwargs(), enable_auto_commit=False,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=2000)
+        consumer = KafkaConsumer(
+            **self.settings.kafka_client_kwargs(),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=2000,
+        )
         wait_for(lambda: consumer.partitions_for_topic(topic), 30, f"topic {topic}")
         consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
         records: list[dict] = []
@@ -148,8 +152,11 @@ class Pipeline:
         (topic, window, start)."""
         from pipeline import windows
 
-        rows = [(t, _epoch(r["published_at"]), r["sentiment_score"], r["label"])
-                for r in self.documents("scored") for t in r["tickers"]]
+        rows = [
+            (t, _epoch(r["published_at"]), r["sentiment_score"], r["label"])
+            for r in self.documents("scored")
+            for t in r["tickers"]
+        ]
         expected = {k: v for k, v in windows.recompute(config, rows).items() if k[2] < cutoff_s}
         got = {(a["topic"], a["window"], _epoch(a["start"])): a for a in self.documents("aggregates")}
         return expected, {k: v for k, v in got.items() if k[2] < cutoff_s}
@@ -161,8 +168,9 @@ class Pipeline:
         if not es.indices.exists(index=index):
             return []
         es.indices.refresh(index=index)
-        return [hit["_id"] for hit in scan(es, index=index, query={"query": {"match_all": {}}, "_source": False},
-                                           size=5000)]
+        return [
+            hit["_id"] for hit in scan(es, index=index, query={"query": {"match_all": {}}, "_source": False}, size=5000)
+        ]
 
     def indexed_count(self) -> int:
         es, index = self.es(), f"{self.name}-scored"
@@ -173,8 +181,12 @@ class Pipeline:
 
     def wait_indexed(self, expected: int, timeout_s: float = 120) -> list[str]:
         try:
-            wait_for(lambda: self.indexed_count() >= expected, timeout_s,
-                     f"{expected} documents in Elasticsearch", interval_s=1)
+            wait_for(
+                lambda: self.indexed_count() >= expected,
+                timeout_s,
+                f"{expected} documents in Elasticsearch",
+                interval_s=1,
+            )
         except AssertionError as error:
             raise AssertionError(f"{error}\n{self.diagnosis()}") from None
         return self.indexed_ids()
@@ -191,16 +203,27 @@ class Pipeline:
 
         topics = [*self.upstream_topics(), f"{self.env['FINSENT_CONSUMER_GROUP']}.windows"]
         lines = [f"indexed: {self.indexed_count()}"]
-        lines += [f"{s.topic}[{s.partition}] committed {s.committed} end {s.end}"
-                  for s in group_state(self.settings, topics)]
+        lines += [
+            f"{s.topic}[{s.partition}] committed {s.committed} end {s.end}" for s in group_state(self.settings, topics)
+        ]
         for worker in self.workers:
-            lines += [f"{worker.log.name} metric: {line}" for line in (worker.metrics_text() or "").splitlines()
-                      if line.startswith(("finsent_messages_total", "finsent_offset_gaps_total",
-                                          "finsent_consumer_lag_messages", "finsent_es_backpressure"))]
+            lines += [
+                f"{worker.log.name} metric: {line}"
+                for line in (worker.metrics_text() or "").splitlines()
+                if line.startswith(
+                    (
+                        "finsent_messages_total",
+                        "finsent_offset_gaps_total",
+                        "finsent_consumer_lag_messages",
+                        "finsent_es_backpressure",
+                    )
+                )
+            ]
         for worker in self.workers:
             text = worker.log.read_text(errors="replace") if worker.log.exists() else ""
-            lines += [f"{worker.log.name}: {line}" for line in text.splitlines()
-                      if re.search(r"WARNING|ERROR|skipped", line)][-20:]
+            lines += [
+                f"{worker.log.name}: {line}" for line in text.splitlines() if re.search(r"WARNING|ERROR|skipped", line)
+            ][-20:]
         return "\n".join(lines)
 
 
@@ -213,12 +236,21 @@ class Worker:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = {**os.environ, **self.pipeline.env, "FINSENT_WEB_PORT": str(self.port),
-               "FINSENT_STATE_DIR": str(self.state)}
+        env = {
+            **os.environ,
+            **self.pipeline.env,
+            "FINSENT_WEB_PORT": str(self.port),
+            "FINSENT_STATE_DIR": str(self.state),
+        }
         with open(self.log, "ab") as log:
             level = os.environ.get("FINSENT_TEST_WORKER_LOGLEVEL", "warning")
-            self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", level],
-                                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", level],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_for(lambda: self.metrics_text() is not None or self._died(), 180, f"worker on port {self.port}")
         assert self.process.poll() is None, f"worker exited:\n{self.log.read_text()[-3000:]}"
 

@@ -52,44 +52,72 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _pem_key(key, password: str | None = None) -> bytes:
-    encryption = (serialization.BestAvailableEncryption(password.encode()) if password
-                  else serialization.NoEncryption())
+    encryption = serialization.BestAvailableEncryption(password.encode()) if password else serialization.NoEncryption()
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
 def make_certificates(directory: Path) -> Certificates:
     """A test CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (x509.CertificateBuilder().subject_name(_name("finsent test CA")).issuer_name(_name("finsent test CA"))
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
-               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                            content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                            key_agreement=False, encipher_only=False, decipher_only=False),
-                              critical=True)
-               .sign(ca_key, hashes.SHA256()))
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("finsent test CA"))
+        .issuer_name(_name("finsent test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
 
     def leaf(common_name: str, usage, san: list | None):
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca_cert.subject)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=2))
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
         if san:
             builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
         return key, builder.sign(ca_key, hashes.SHA256())
 
-    server_key, server_cert = leaf("localhost", ExtendedKeyUsageOID.SERVER_AUTH,
-                                   [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    server_key, server_cert = leaf(
+        "localhost",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
     client_key, client_cert = leaf("finsent-worker", ExtendedKeyUsageOID.CLIENT_AUTH, None)
     pem = lambda cert: cert.public_bytes(serialization.Encoding.PEM)  # noqa: E731
-    files = Certificates(ca=directory / "ca.crt", server_cert=directory / "server.crt",
-                         server_key=directory / "server.key", server_pem=directory / "server.pem",
-                         client_cert=directory / "client.crt", client_key=directory / "client.key")
+    files = Certificates(
+        ca=directory / "ca.crt",
+        server_cert=directory / "server.crt",
+        server_key=directory / "server.key",
+        server_pem=directory / "server.pem",
+        client_cert=directory / "client.crt",
+        client_key=directory / "client.key",
+    )
     files.ca.write_bytes(pem(ca_cert))
     files.server_cert.write_bytes(pem(server_cert) + pem(ca_cert))
     files.server_key.write_bytes(_pem_key(server_key))
@@ -123,11 +151,16 @@ class SecuredKafka(Kafka):
 
     def _listener_properties(self) -> list[str]:
         plain_users = f'user_{KAFKA_USER}="{KAFKA_PASSWORD}"'
-        listeners = {"PLAINTEXT": self.port, "SASL_SSL": self.sasl_ssl_port,
-                     "SASL_PLAINTEXT": self.sasl_plaintext_port, "SSL": self.ssl_port}
+        listeners = {
+            "PLAINTEXT": self.port,
+            "SASL_SSL": self.sasl_ssl_port,
+            "SASL_PLAINTEXT": self.sasl_plaintext_port,
+            "SSL": self.ssl_port,
+        }
         login = "org.apache.kafka.common.security"
         return [
-            "listeners=" + ",".join(f"{n}://127.0.0.1:{p}" for n, p in listeners.items())
+            "listeners="
+            + ",".join(f"{n}://127.0.0.1:{p}" for n, p in listeners.items())
             + f",CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners=" + ",".join(f"{n}://127.0.0.1:{p}" for n, p in listeners.items()),
             "controller.listener.names=CONTROLLER",
@@ -135,10 +168,14 @@ class SecuredKafka(Kafka):
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,"
             "SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL",
             "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-512",
-            *(f"listener.name.{listener}.plain.sasl.jaas.config={login}.plain.PlainLoginModule required {plain_users};"
-              for listener in ("sasl_ssl", "sasl_plaintext")),
-            *(f"listener.name.{listener}.scram-sha-512.sasl.jaas.config={login}.scram.ScramLoginModule required;"
-              for listener in ("sasl_ssl", "sasl_plaintext")),
+            *(
+                f"listener.name.{listener}.plain.sasl.jaas.config={login}.plain.PlainLoginModule required {plain_users};"
+                for listener in ("sasl_ssl", "sasl_plaintext")
+            ),
+            *(
+                f"listener.name.{listener}.scram-sha-512.sasl.jaas.config={login}.scram.ScramLoginModule required;"
+                for listener in ("sasl_ssl", "sasl_plaintext")
+            ),
             "ssl.keystore.type=PEM",
             f"ssl.keystore.location={self.certs.server_pem}",
             "ssl.truststore.type=PEM",
@@ -154,18 +191,26 @@ class SecuredKafka(Kafka):
         """FINSENT_* settings for one way in: sasl_ssl-plain, sasl_ssl-scram, sasl_plaintext-plain,
         sasl_plaintext-scram or mtls."""
         if mode == "mtls":
-            return {"FINSENT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.ssl_port}",
-                    "FINSENT_KAFKA_SECURITY_PROTOCOL": "SSL", "FINSENT_KAFKA_SSL_CAFILE": str(self.certs.ca),
-                    "FINSENT_KAFKA_SSL_CERTFILE": str(self.certs.client_cert),
-                    "FINSENT_KAFKA_SSL_KEYFILE": str(self.certs.client_key),
-                    "FINSENT_KAFKA_SSL_KEYFILE_PASSWORD": CLIENT_KEY_PASSWORD}
+            return {
+                "FINSENT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.ssl_port}",
+                "FINSENT_KAFKA_SECURITY_PROTOCOL": "SSL",
+                "FINSENT_KAFKA_SSL_CAFILE": str(self.certs.ca),
+                "FINSENT_KAFKA_SSL_CERTFILE": str(self.certs.client_cert),
+                "FINSENT_KAFKA_SSL_KEYFILE": str(self.certs.client_key),
+                "FINSENT_KAFKA_SSL_KEYFILE_PASSWORD": CLIENT_KEY_PASSWORD,
+            }
         protocol, mechanism = mode.split("-")
-        env = {"FINSENT_KAFKA_SECURITY_PROTOCOL": protocol.upper(),
-               "FINSENT_KAFKA_SASL_MECHANISM": {"plain": "PLAIN", "scram": "SCRAM-SHA-512"}[mechanism],
-               "FINSENT_KAFKA_SASL_USERNAME": KAFKA_USER, "FINSENT_KAFKA_SASL_PASSWORD": KAFKA_PASSWORD}
+        env = {
+            "FINSENT_KAFKA_SECURITY_PROTOCOL": protocol.upper(),
+            "FINSENT_KAFKA_SASL_MECHANISM": {"plain": "PLAIN", "scram": "SCRAM-SHA-512"}[mechanism],
+            "FINSENT_KAFKA_SASL_USERNAME": KAFKA_USER,
+            "FINSENT_KAFKA_SASL_PASSWORD": KAFKA_PASSWORD,
+        }
         if protocol == "sasl_ssl":
-            env.update(FINSENT_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{self.sasl_ssl_port}",
-                       FINSENT_KAFKA_SSL_CAFILE=str(self.certs.ca))
+            env.update(
+                FINSENT_KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{self.sasl_ssl_port}",
+                FINSENT_KAFKA_SSL_CAFILE=str(self.certs.ca),
+            )
         else:
             env["FINSENT_KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{self.sasl_plaintext_port}"
         return env
@@ -186,9 +231,21 @@ class SecuredElasticsearch(Elasticsearch):
         config = self.real_dir / "config"
         for source in (self.certs.ca, self.certs.server_cert, self.certs.server_key):
             shutil.copy(source, config / source.name)
-        users = subprocess.run([str(self.install_dir / "bin" / "elasticsearch-users"), "useradd", ES_USER,
-                                "-p", ES_PASSWORD, "-r", "superuser"],
-                               env=self.environment(), capture_output=True, text=True, timeout=120)
+        users = subprocess.run(
+            [
+                str(self.install_dir / "bin" / "elasticsearch-users"),
+                "useradd",
+                ES_USER,
+                "-p",
+                ES_PASSWORD,
+                "-r",
+                "superuser",
+            ],
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if users.returncode != 0 and "already exists" not in users.stdout + users.stderr:
             raise StackError(f"elasticsearch-users failed: {users.stdout}\n{users.stderr}")
         user = self.run_as()
@@ -197,16 +254,22 @@ class SecuredElasticsearch(Elasticsearch):
 
     def _config(self) -> str:
         insecure = "xpack.security.enabled: false"
-        secured = "\n".join([
-            "xpack.security.enabled: true",
-            "xpack.security.http.ssl.enabled: true",
-            f"xpack.security.http.ssl.certificate: {self.certs.server_cert.name}",
-            f"xpack.security.http.ssl.key: {self.certs.server_key.name}",
-            f"xpack.security.http.ssl.certificate_authorities: [{self.certs.ca.name}]",
-            "xpack.security.authc.api_key.enabled: true",
-        ])
-        return super()._config().replace("cluster.name: finsent-local", "cluster.name: finsent-secured") \
+        secured = "\n".join(
+            [
+                "xpack.security.enabled: true",
+                "xpack.security.http.ssl.enabled: true",
+                f"xpack.security.http.ssl.certificate: {self.certs.server_cert.name}",
+                f"xpack.security.http.ssl.key: {self.certs.server_key.name}",
+                f"xpack.security.http.ssl.certificate_authorities: [{self.certs.ca.name}]",
+                "xpack.security.authc.api_key.enabled: true",
+            ]
+        )
+        return (
+            super()
+            ._config()
+            .replace("cluster.name: finsent-local", "cluster.name: finsent-secured")
             .replace(insecure, secured)
+        )
 
     @property
     def url(self) -> str:
@@ -215,10 +278,12 @@ class SecuredElasticsearch(Elasticsearch):
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
         context = ssl.create_default_context(cafile=str(self.certs.ca))
         auth = b64encode(f"{ES_USER}:{ES_PASSWORD}".encode()).decode()
-        request = urllib.request.Request(self.url + path, method=method,
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Authorization": f"Basic {auth}",
-                                                  "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10, context=context) as response:
             return json.loads(response.read())
 
@@ -230,13 +295,19 @@ class SecuredElasticsearch(Elasticsearch):
 
     def api_key(self, index_prefix: str) -> str:
         """An API key that may only manage finsent's templates and the ``<prefix>-*`` indices."""
-        created = self.request("POST", "/_security/api_key", {
-            "name": f"finsent-{index_prefix}",
-            "role_descriptors": {"finsent": {
-                "cluster": ["manage_index_templates", "monitor"],
-                "indices": [{"names": [f"{index_prefix}-*"], "privileges": ["all"]}],
-            }},
-        })
+        created = self.request(
+            "POST",
+            "/_security/api_key",
+            {
+                "name": f"finsent-{index_prefix}",
+                "role_descriptors": {
+                    "finsent": {
+                        "cluster": ["manage_index_templates", "monitor"],
+                        "indices": [{"names": [f"{index_prefix}-*"], "privileges": ["all"]}],
+                    }
+                },
+            },
+        )
         return created["encoded"]
 
     def client_env(self, auth: str, index_prefix: str) -> dict[str, str]:

@@ -10,7 +10,8 @@ MESSAGES = 3000
 
 
 def test_nothing_is_lost_or_repeated_through_kills_a_broker_restart_and_an_elasticsearch_outage(
-        local_stack, tiny_bundle, phrasebank, tmp_path):
+    local_stack, tiny_bundle, phrasebank, tmp_path
+):
     result = run_drill(local_stack, tiny_bundle, phrasebank, tmp_path, messages=MESSAGES, rate=50, kills=2)
     print("\n".join(result.lines()))
     assert result.indexed == result.indexed_unique == result.sent_good  # every good message exactly once

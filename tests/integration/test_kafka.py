@@ -22,8 +22,13 @@ def test_kafka_python_round_trip(local_stack, settings, unique):
     producer.flush(timeout=30)
     producer.close()
 
-    consumer = KafkaConsumer(topic, **settings.kafka_client_kwargs(), group_id=f"g-{unique}",
-                             auto_offset_reset="earliest", consumer_timeout_ms=10_000)
+    consumer = KafkaConsumer(
+        topic,
+        **settings.kafka_client_kwargs(),
+        group_id=f"g-{unique}",
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=10_000,
+    )
     seen = set()
     for record in consumer:  # stops by itself after 10 s without records
         seen.add(json.loads(record.value)["id"])
@@ -46,8 +51,13 @@ def test_aiokafka_round_trip(local_stack, settings, unique):
                 await producer.send_and_wait(topic, f"aio {i}".encode(), key=b"k")
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(topic, **settings.kafka_client_kwargs(), group_id=f"g-{unique}",
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            topic,
+            **settings.kafka_client_kwargs(),
+            group_id=f"g-{unique}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         await consumer.start()
         values: list[bytes] = []
         try:

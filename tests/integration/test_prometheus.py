@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -55,8 +55,12 @@ def test_local_rendered_config_is_valid_and_loaded(local_stack: Path):
 
     # The running Prometheus loaded deploy/'s rules and found the local Alertmanager.
     rules = get("http://127.0.0.1:9090/api/v1/rules")["data"]["groups"]
-    expected = {r["alert"] for g in yaml.safe_load((DEPLOY_DIR / "prometheus/rules/finsent.yml").read_text())["groups"]
-                for r in g["rules"] if "alert" in r}
+    expected = {
+        r["alert"]
+        for g in yaml.safe_load((DEPLOY_DIR / "prometheus/rules/finsent.yml").read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
     assert expected <= {r["name"] for g in rules for r in g["rules"]}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -73,7 +77,7 @@ def test_local_rendered_config_is_valid_and_loaded(local_stack: Path):
 class _Webhook(http.server.BaseHTTPRequestHandler):
     received: list = []
 
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         _Webhook.received.append(json.loads(body))
         self.send_response(200)
@@ -95,35 +99,62 @@ def webhook():
     server.server_close()
 
 
-def test_a_finsent_alert_reaches_alertmanager_through_prometheus(local_stack: Path, tiny_bundle, phrasebank,
-                                                                  tmp_path, unique, webhook):
+def test_a_finsent_alert_reaches_alertmanager_through_prometheus(
+    local_stack: Path, tiny_bundle, phrasebank, tmp_path, unique, webhook
+):
     rules = tmp_path / "rules.yml"
     # resolve_after is large so the episode is still firing when Prometheus scrapes.
-    rules.write_text("rules:\n  - {name: burst, kind: negative_share, threshold: 0.5, min_messages: 3, "
-                     "severity: page, resolve_after: 100}\n")
-    pipeline = Pipeline(name=f"p{unique}", bundle=tiny_bundle, workdir=tmp_path,
-                        extra_env={"FINSENT_ALERT_RULES": str(rules), "FINSENT_WINDOW_LATENESS_S": "5",
-                                   "FINSENT_WINDOW_IDLE_S": "2"})
+    rules.write_text(
+        "rules:\n  - {name: burst, kind: negative_share, threshold: 0.5, min_messages: 3, "
+        "severity: page, resolve_after: 100}\n"
+    )
+    pipeline = Pipeline(
+        name=f"p{unique}",
+        bundle=tiny_bundle,
+        workdir=tmp_path,
+        extra_env={"FINSENT_ALERT_RULES": str(rules), "FINSENT_WINDOW_LATENESS_S": "5", "FINSENT_WINDOW_IDLE_S": "2"},
+    )
     ticker = f"P{unique[:6].upper()}"
     negative, positive = texts_by_prediction(tiny_bundle, phrasebank)
-    base = datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
-    stream = [{"id": f"{ticker}-{i}", "text": negative[i], "tickers": [ticker],
-               "published_at": (base + timedelta(seconds=20 * i)).isoformat()} for i in range(9)]
-    stream.append({"id": f"{ticker}-end", "text": positive[0], "tickers": [ticker],
-                   "published_at": (base + timedelta(minutes=4)).isoformat()})
+    base = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
+    stream = [
+        {
+            "id": f"{ticker}-{i}",
+            "text": negative[i],
+            "tickers": [ticker],
+            "published_at": (base + timedelta(seconds=20 * i)).isoformat(),
+        }
+        for i in range(9)
+    ]
+    stream.append(
+        {
+            "id": f"{ticker}-end",
+            "text": positive[0],
+            "tickers": [ticker],
+            "published_at": (base + timedelta(minutes=4)).isoformat(),
+        }
+    )
     targets = local_stack / "prometheus" / "targets" / "workers.json"
     previous = targets.read_text() if targets.exists() else None
     try:
         worker = pipeline.start_worker()
         write_worker_targets(local_stack, [f"127.0.0.1:{worker.port}"])
         pipeline.produce([json.dumps(m).encode() for m in stream])
-        wait_for(lambda: worker.metric("finsent_alert_active", rule="burst", topic=ticker, severity="page") == 1,
-                 120, "the worker's finsent_alert_active gauge")
+        wait_for(
+            lambda: worker.metric("finsent_alert_active", rule="burst", topic=ticker, severity="page") == 1,
+            120,
+            "the worker's finsent_alert_active gauge",
+        )
 
         def prometheus_alert():
             alerts = _get("http://127.0.0.1:9090/api/v1/alerts")["data"]["alerts"]
-            return [a for a in alerts if a["labels"].get("alertname") == "FinsentAlertActive"
-                    and a["labels"].get("topic") == ticker and a["state"] == "firing"]
+            return [
+                a
+                for a in alerts
+                if a["labels"].get("alertname") == "FinsentAlertActive"
+                and a["labels"].get("topic") == ticker
+                and a["state"] == "firing"
+            ]
 
         firing = wait_for(prometheus_alert, 90, "Prometheus to fire FinsentAlertActive", interval_s=1)
         assert firing[0]["labels"]["severity"] == "page" and firing[0]["labels"]["rule"] == "burst"
@@ -135,9 +166,12 @@ def test_a_finsent_alert_reaches_alertmanager_through_prometheus(local_stack: Pa
         received = wait_for(alertmanager_alert, 60, "the alert in Alertmanager", interval_s=1)
         assert received[0]["labels"]["alertname"] == "FinsentAlertActive"
         assert received[0]["status"]["state"] == "active"
-        delivered = wait_for(lambda: [a for post in webhook for a in post["alerts"]
-                                      if a["labels"].get("topic") == ticker], 60, "the webhook delivery",
-                             interval_s=1)
+        delivered = wait_for(
+            lambda: [a for post in webhook for a in post["alerts"] if a["labels"].get("topic") == ticker],
+            60,
+            "the webhook delivery",
+            interval_s=1,
+        )
         assert delivered[0]["status"] == "firing" and delivered[0]["labels"]["severity"] == "page"
     finally:
         pipeline.stop_all()

@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from pipeline import windows
 from pipeline.admin import ensure_topics, group_state
 
 from .harness import Pipeline, wait_for
 
-BASE = datetime(2024, 6, 3, 9, 0, tzinfo=timezone.utc)
+BASE = datetime(2024, 6, 3, 9, 0, tzinfo=UTC)
 TICKERS = ["AAPL", "MSFT", "NOK", "TSLA", "AMZN", "NVDA"]
 
 
@@ -22,19 +23,35 @@ TICKERS = ["AAPL", "MSFT", "NOK", "TSLA", "AMZN", "NVDA"]
 def pipeline(local_stack, tiny_bundle, tmp_path, unique):
     rules = tmp_path / "rules.yml"
     rules.write_text("rules:\n  - {name: burst, kind: negative_share, threshold: 0.6, min_messages: 5}\n")
-    p = Pipeline(name=f"s{unique}", bundle=tiny_bundle, workdir=tmp_path, partitions=3,
-                 extra_env={"FINSENT_WINDOW_TUMBLING_S": "60", "FINSENT_WINDOW_HOPPING_S": "300",
-                            "FINSENT_WINDOW_HOP_S": "60", "FINSENT_WINDOW_LATENESS_S": "20",
-                            "FINSENT_WINDOW_IDLE_S": "3", "FINSENT_ALERT_RULES": str(rules)})
+    p = Pipeline(
+        name=f"s{unique}",
+        bundle=tiny_bundle,
+        workdir=tmp_path,
+        partitions=3,
+        extra_env={
+            "FINSENT_WINDOW_TUMBLING_S": "60",
+            "FINSENT_WINDOW_HOPPING_S": "300",
+            "FINSENT_WINDOW_HOP_S": "60",
+            "FINSENT_WINDOW_LATENESS_S": "20",
+            "FINSENT_WINDOW_IDLE_S": "3",
+            "FINSENT_ALERT_RULES": str(rules),
+        },
+    )
     ensure_topics(p.settings)  # with all partitions before the first produce
     yield p
     p.stop_all()
 
 
 def test_two_workers_with_rebalances_lose_and_duplicate_nothing(pipeline: Pipeline):
-    messages = [{"id": f"r-{i}", "text": f"{TICKERS[i % 6]} update {i}: revenue {'rose' if i % 3 else 'fell'} {i % 13} %",
-                 "tickers": [TICKERS[i % 6]], "published_at": (BASE + timedelta(seconds=i)).isoformat()}
-                for i in range(2400)]
+    messages = [
+        {
+            "id": f"r-{i}",
+            "text": f"{TICKERS[i % 6]} update {i}: revenue {'rose' if i % 3 else 'fell'} {i % 13} %",
+            "tickers": [TICKERS[i % 6]],
+            "published_at": (BASE + timedelta(seconds=i)).isoformat(),
+        }
+        for i in range(2400)
+    ]
     first = pipeline.start_worker(0)
     pipeline.produce([json.dumps(m).encode() for m in messages[:1200]])
     wait_for(lambda: len(pipeline.indexed_ids()) >= 300, 120, "the first worker under way")
@@ -46,8 +63,15 @@ def test_two_workers_with_rebalances_lose_and_duplicate_nothing(pipeline: Pipeli
     # its last table writes reached the changelog. The survivor's windows must take the silence
     # for a stall, not for idle sources, and re-read items must meet consistent state.
     first.kill()
-    sentinels = [{"id": f"end-{t}", "text": f"{t} closes", "tickers": [t],
-                  "published_at": (BASE + timedelta(hours=2)).isoformat()} for t in TICKERS]
+    sentinels = [
+        {
+            "id": f"end-{t}",
+            "text": f"{t} closes",
+            "tickers": [t],
+            "published_at": (BASE + timedelta(hours=2)).isoformat(),
+        }
+        for t in TICKERS
+    ]
     pipeline.produce([json.dumps(m).encode() for m in sentinels])
     ids = pipeline.wait_indexed(len(messages) + len(sentinels), timeout_s=300)
     assert len(ids) == len(set(ids)) == len(messages) + len(sentinels)
@@ -57,26 +81,41 @@ def test_two_workers_with_rebalances_lose_and_duplicate_nothing(pipeline: Pipeli
     es = pipeline.es()
     es.indices.refresh(index=f"{pipeline.name}-scored")
     scored = [h["_source"] for h in es.search(index=f"{pipeline.name}-scored", size=10_000)["hits"]["hits"]]
-    rows = [(t, datetime.fromisoformat(r["published_at"].replace("Z", "+00:00")).timestamp(), r["sentiment_score"],
-             r["label"]) for r in scored for t in r["tickers"]]
+    rows = [
+        (
+            t,
+            datetime.fromisoformat(r["published_at"].replace("Z", "+00:00")).timestamp(),
+            r["sentiment_score"],
+            r["label"],
+        )
+        for r in scored
+        for t in r["tickers"]
+    ]
     cutoff = (BASE + timedelta(minutes=40)).timestamp()
     expected = {k: v for k, v in windows.recompute(config, rows).items() if k[2] < cutoff}
 
     def aggregates() -> dict | None:
         es.indices.refresh(index=f"{pipeline.name}-aggregates")
         hits = es.search(index=f"{pipeline.name}-aggregates", size=10_000)["hits"]["hits"]
-        got = {(a["topic"], a["window"], datetime.fromisoformat(a["start"].replace("Z", "+00:00")).timestamp()): a
-               for a in (h["_source"] for h in hits)}
+        got = {
+            (a["topic"], a["window"], datetime.fromisoformat(a["start"].replace("Z", "+00:00")).timestamp()): a
+            for a in (h["_source"] for h in hits)
+        }
         return got if set(expected) <= set(got) else None
 
     got = wait_for(aggregates, 120, "every window to be aggregated")
     # Exact, as with one worker: a source silent because a rebalance moved it holds stream time
     # back (the group has not committed it to its end) instead of making its records late.
     late = sum(a["late_records"] for a in got.values() if a["window"] == "1m")
-    wrong = {key: (got[key]["messages"], row["messages"]) for key, row in expected.items()
-             if got[key]["messages"] != row["messages"]}
-    assert not wrong and late == 0, f"{len(wrong)} windows differ from the recomputation (got, expected): " \
-                                    f"{dict(list(wrong.items())[:5])}; {late} records reported late"
+    wrong = {
+        key: (got[key]["messages"], row["messages"])
+        for key, row in expected.items()
+        if got[key]["messages"] != row["messages"]
+    }
+    assert not wrong and late == 0, (
+        f"{len(wrong)} windows differ from the recomputation (got, expected): "
+        f"{dict(list(wrong.items())[:5])}; {late} records reported late"
+    )
 
     # Everything processed is committed: a restart now would read nothing again.
     def committed_to_the_end():
@@ -89,8 +128,18 @@ def test_two_workers_with_rebalances_lose_and_duplicate_nothing(pipeline: Pipeli
 def fuzzed_payloads(n: int, seed: int = 7) -> list[bytes]:
     """Valid messages with awkward content, and every way of being invalid, mixed."""
     rng = random.Random(seed)
-    nasty_text = ["\u0000nul", "emoji 📉📈", "rtl \u202e txet", "a" * 20_000, "\ud7ff\ue000", "<script>x</script>",
-                  "$AAPL $$ $ $BRK.B", "  padded  ", "line\nbreaks\r\n", '{"json": "in text"}']
+    nasty_text = [
+        "\u0000nul",
+        "emoji 📉📈",
+        "rtl \u202e txet",
+        "a" * 20_000,
+        "\ud7ff\ue000",
+        "<script>x</script>",
+        "$AAPL $$ $ $BRK.B",
+        "  padded  ",
+        "line\nbreaks\r\n",
+        '{"json": "in text"}',
+    ]
     payloads = []
     for i in range(n):
         kind = rng.randrange(12)
@@ -104,9 +153,13 @@ def fuzzed_payloads(n: int, seed: int = 7) -> list[bytes]:
         elif kind == 3:
             payloads.append(json.dumps({**message, "text": rng.choice([None, 42, [], {}, ""])}).encode())
         elif kind == 4:
-            payloads.append(json.dumps({**message, rng.choice(["tickers", "topics"]): rng.choice([7, "x", [1, 2]])}).encode())
+            payloads.append(
+                json.dumps({**message, rng.choice(["tickers", "topics"]): rng.choice([7, "x", [1, 2]])}).encode()
+            )
         elif kind == 5:
-            payloads.append(json.dumps({**message, "published_at": rng.choice(["tomorrow", 1714557600, "2024-13-45"])}).encode())
+            payloads.append(
+                json.dumps({**message, "published_at": rng.choice(["tomorrow", 1714557600, "2024-13-45"])}).encode()
+            )
         elif kind == 6:
             nested: dict = {}
             cursor = nested
@@ -117,8 +170,12 @@ def fuzzed_payloads(n: int, seed: int = 7) -> list[bytes]:
         elif kind == 7:
             payloads.append(json.dumps({**message, "label": "sideways"}).encode())
         else:  # valid, awkward but acceptable
-            extra = {"tickers": [rng.choice(TICKERS)], "published_at": (BASE + timedelta(seconds=i)).isoformat(),
-                     "source": rng.choice(["wire", "social", None]), "unknown_field": rng.random()}
+            extra = {
+                "tickers": [rng.choice(TICKERS)],
+                "published_at": (BASE + timedelta(seconds=i)).isoformat(),
+                "source": rng.choice(["wire", "social", None]),
+                "unknown_field": rng.random(),
+            }
             payloads.append(json.dumps({**message, **extra}, ensure_ascii=rng.random() < 0.5).encode())
     return payloads
 
@@ -139,8 +196,13 @@ def test_fuzzed_input_is_all_accounted_for_and_the_worker_stays_up(pipeline: Pip
     assert all(i.startswith("fz-") for i in scored) and scored_count == len(scored)
     letters = pipeline.read_topic("FINSENT_TOPIC_DEADLETTER", letters_count)
     assert len(letters) == letters_count
-    assert Counter(letter["reason"] for letter in letters).keys() >= {"not_utf8", "invalid_json", "not_an_object",
-                                                                       "wrong_type", "invalid_field"}
+    assert Counter(letter["reason"] for letter in letters).keys() >= {
+        "not_utf8",
+        "invalid_json",
+        "not_an_object",
+        "wrong_type",
+        "invalid_field",
+    }
     assert worker.process.poll() is None, "the worker died"
     # Memory returns to a bounded level once the input is processed (no leak). The transient peak
     # while this mix is processed is a known issue (README): up to 1-4 GB here.

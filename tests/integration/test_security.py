@@ -16,8 +16,14 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from .harness import Pipeline
-from .secured import (CLIENT_KEY_PASSWORD, ES_PASSWORD, KAFKA_PASSWORD, SecuredElasticsearch, SecuredKafka,
-                      make_certificates)
+from .secured import (
+    CLIENT_KEY_PASSWORD,
+    ES_PASSWORD,
+    KAFKA_PASSWORD,
+    SecuredElasticsearch,
+    SecuredKafka,
+    make_certificates,
+)
 
 SECRETS = (KAFKA_PASSWORD, ES_PASSWORD, CLIENT_KEY_PASSWORD)
 MODES = ["sasl_ssl-scram", "sasl_ssl-plain", "sasl_plaintext-scram", "sasl_plaintext-plain", "mtls"]
@@ -40,8 +46,13 @@ def secured(local_stack, tmp_path_factory):
 
 def finsent(env: dict, *args: str) -> subprocess.CompletedProcess:
     # A wide terminal keeps rich from folding the messages the tests look for.
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env={**os.environ, "COLUMNS": "300", **env},
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env={**os.environ, "COLUMNS": "300", **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def as_files(env: dict, directory: Path) -> dict:
@@ -60,18 +71,27 @@ def as_files(env: dict, directory: Path) -> dict:
 def hostile_messages(prefix: str) -> list[dict]:
     """Content that would change an index, a query or a bulk request if it were ever spliced in."""
     return [
-        {"id": "../../_all", "text": 'Profit rose {"script": {"source": "ctx._source.label = \'x\'"}}',
-         "tickers": ["_all", "*"], "topics": [f"{prefix}-*", "../alerts"], "source": "_bulk"},
-        {"id": f'x"}}\n{{"delete":{{"_index":"{prefix}-scored","_id":"plain-1"}}}}\n',
-         "text": "Shares fell after the {{ctx}} $(rm -rf /) '; DROP TABLE results", "run_id": "../../etc"},
+        {
+            "id": "../../_all",
+            "text": 'Profit rose {"script": {"source": "ctx._source.label = \'x\'"}}',
+            "tickers": ["_all", "*"],
+            "topics": [f"{prefix}-*", "../alerts"],
+            "source": "_bulk",
+        },
+        {
+            "id": f'x"}}\n{{"delete":{{"_index":"{prefix}-scored","_id":"plain-1"}}}}\n',
+            "text": "Shares fell after the {{ctx}} $(rm -rf /) '; DROP TABLE results",
+            "run_id": "../../etc",
+        },
         {"id": f"{prefix}-alerts", "text": "Revenue was flat", "tickers": [f"{prefix}-scored"]},
         {"id": "plain-1", "text": "Operating profit increased", "tickers": ["ACME"]},
     ]
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_worker_and_tools_over_secured_kafka_and_elasticsearch_leak_no_secret(secured, mode, tiny_bundle, tmp_path,
-                                                                             unique, phrasebank):
+def test_worker_and_tools_over_secured_kafka_and_elasticsearch_leak_no_secret(
+    secured, mode, tiny_bundle, tmp_path, unique, phrasebank
+):
     kafka, es = secured
     env = {**kafka.client_env(mode), **es.client_env("basic", f"s{unique}")}
     if mode in ("sasl_ssl-scram", "mtls"):
@@ -82,8 +102,9 @@ def test_worker_and_tools_over_secured_kafka_and_elasticsearch_leak_no_secret(se
     worker = pipeline.start_worker(0)
     try:
         labelled = tmp_path / "labelled.txt"
-        labelled.write_text("\n".join(Path(phrasebank).read_text(encoding="latin-1").splitlines()[:20]),
-                            encoding="latin-1")
+        labelled.write_text(
+            "\n".join(Path(phrasebank).read_text(encoding="latin-1").splitlines()[:20]), encoding="latin-1"
+        )
         replay = finsent(pipeline.env, "replay", str(labelled), "--rate", "200", "--run-id", f"run-{unique}")
         assert replay.returncode == 0, replay.stderr
         hostile = hostile_messages(pipeline.name)
@@ -111,7 +132,9 @@ def test_worker_and_tools_over_secured_kafka_and_elasticsearch_leak_no_secret(se
 
     written = [worker.log.read_text(errors="replace"), metrics, json.dumps(letters)]
     written += [p.stdout + p.stderr for p in (created, replay, report, topics)]
-    written += [f.read_text(errors="replace") for f in (tmp_path / "reports").rglob("*") if f.suffix in (".html", ".json")]
+    written += [
+        f.read_text(errors="replace") for f in (tmp_path / "reports").rglob("*") if f.suffix in (".html", ".json")
+    ]
     for secret in SECRETS:
         assert not any(secret in text for text in written), f"{secret!r} leaked"
 
@@ -119,8 +142,13 @@ def test_worker_and_tools_over_secured_kafka_and_elasticsearch_leak_no_secret(se
 @pytest.mark.parametrize("what", ["wrong password", "no client certificate", "plaintext to a TLS listener"])
 def test_refused_kafka_connections_fail_clearly_without_echoing_the_secret(secured, what, tmp_path):
     kafka, _ = secured
-    env = kafka.client_env({"wrong password": "sasl_ssl-scram", "no client certificate": "mtls",
-                            "plaintext to a TLS listener": "sasl_ssl-plain"}[what])
+    env = kafka.client_env(
+        {
+            "wrong password": "sasl_ssl-scram",
+            "no client certificate": "mtls",
+            "plaintext to a TLS listener": "sasl_ssl-plain",
+        }[what]
+    )
     if what == "wrong password":
         env["FINSENT_KAFKA_SASL_PASSWORD"] = "not-the-password-4411"
     elif what == "no client certificate":
@@ -140,16 +168,24 @@ def test_refused_kafka_connections_fail_clearly_without_echoing_the_secret(secur
 
 def test_refused_elasticsearch_credentials_fail_clearly_without_echoing_them(secured, tmp_path):
     _, es = secured
-    for auth in ({"FINSENT_ES_USERNAME": "finsent-admin", "FINSENT_ES_PASSWORD": "wrong-es-pw-8812"},
-                 {"FINSENT_ES_API_KEY": "bm90LWEta2V5Om5vdC1hLXNlY3JldA=="}):
+    for auth in (
+        {"FINSENT_ES_USERNAME": "finsent-admin", "FINSENT_ES_PASSWORD": "wrong-es-pw-8812"},
+        {"FINSENT_ES_API_KEY": "bm90LWEta2V5Om5vdC1hLXNlY3JldA=="},
+    ):
         env = {"FINSENT_ES_HOSTS": es.url, "FINSENT_ES_CA_CERTS": str(es.certs.ca), **auth}
         result = finsent(env, "report", "--run-id", "nothing", "--output", str(tmp_path))
         assert result.returncode == 1
         assert f"cannot use Elasticsearch at {es.url}" in result.stderr and "HTTP 401" in result.stderr
         assert not any(value in result.stdout + result.stderr for value in auth.values() if value != "finsent-admin")
     # and an untrusted certificate is refused before any credential is sent
-    result = finsent({"FINSENT_ES_HOSTS": es.url, "FINSENT_ES_USERNAME": "finsent-admin",
-                      "FINSENT_ES_PASSWORD": ES_PASSWORD}, "report", "--run-id", "nothing", "--output", str(tmp_path))
+    result = finsent(
+        {"FINSENT_ES_HOSTS": es.url, "FINSENT_ES_USERNAME": "finsent-admin", "FINSENT_ES_PASSWORD": ES_PASSWORD},
+        "report",
+        "--run-id",
+        "nothing",
+        "--output",
+        str(tmp_path),
+    )
     assert result.returncode == 1 and "cannot reach Elasticsearch" in result.stderr
     assert ES_PASSWORD not in result.stdout + result.stderr
 

@@ -14,8 +14,9 @@ from pipeline.stack.prometheus import Alertmanager
 
 
 def finsent(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_status_lists_every_service_healthy(local_stack):

@@ -8,7 +8,7 @@ import re
 import shutil
 import subprocess
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -20,10 +20,25 @@ def render(url: str, profile) -> str:
     chromium = shutil.which("chromium")
     assert chromium, "chromium is not installed (deploy/local/setup.sh installs it)"
     result = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120)
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -31,26 +46,37 @@ def render(url: str, profile) -> str:
 @pytest.fixture
 def pipeline(local_stack, tiny_bundle, tmp_path, unique):
     rules = tmp_path / "rules.yml"
-    rules.write_text("rules:\n  - {name: web-burst, kind: negative_share, threshold: 0.5, min_messages: 3, "
-                     "severity: page, resolve_after: 100}\n")
-    p = Pipeline(name=f"v{unique}", bundle=tiny_bundle, workdir=tmp_path,
-                 extra_env={"FINSENT_ALERT_RULES": str(rules), "FINSENT_WINDOW_LATENESS_S": "5",
-                            "FINSENT_WINDOW_IDLE_S": "2"})
+    rules.write_text(
+        "rules:\n  - {name: web-burst, kind: negative_share, threshold: 0.5, min_messages: 3, "
+        "severity: page, resolve_after: 100}\n"
+    )
+    p = Pipeline(
+        name=f"v{unique}",
+        bundle=tiny_bundle,
+        workdir=tmp_path,
+        extra_env={"FINSENT_ALERT_RULES": str(rules), "FINSENT_WINDOW_LATENESS_S": "5", "FINSENT_WINDOW_IDLE_S": "2"},
+    )
     yield p
     p.stop_all()
 
 
 def test_live_view_shows_tickers_alerts_throughput_and_model(pipeline, tiny_bundle, phrasebank, tmp_path):
     negative, positive = texts_by_prediction(tiny_bundle, phrasebank)
-    base = datetime(2024, 5, 1, 9, 0, tzinfo=timezone.utc)
+    base = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
     stream = []
     for i in range(30):  # three minutes: BAD only negative, GOOD only positive
         at = (base + timedelta(seconds=6 * i)).isoformat()
         stream.append({"id": f"bad-{i}", "text": negative[i], "tickers": ["BAD"], "published_at": at})
         stream.append({"id": f"good-{i}", "text": positive[i], "tickers": ["GOOD"], "published_at": at})
     for ticker in ("BAD", "GOOD"):
-        stream.append({"id": f"end-{ticker}", "text": positive[0], "tickers": [ticker],
-                       "published_at": (base + timedelta(minutes=5)).isoformat()})
+        stream.append(
+            {
+                "id": f"end-{ticker}",
+                "text": positive[0],
+                "tickers": [ticker],
+                "published_at": (base + timedelta(minutes=5)).isoformat(),
+            }
+        )
     worker = pipeline.start_worker()
     pipeline.produce([json.dumps(m).encode() for m in stream])
     url = f"http://127.0.0.1:{worker.port}/"

@@ -6,22 +6,28 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from pipeline import windows
 
 from .harness import Pipeline, texts_by_prediction, wait_for
 
-BASE = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 RULES = """
 rules:
   - {name: neg-burst, kind: negative_share, window: 1m, threshold: 0.6, min_messages: 5, severity: page,
      resolve_after: 2}
   - {name: vol-spike, kind: volume_spike, window: 1m, threshold: 3, min_messages: 5, resolve_after: 2}
 """
-WINDOW_ENV = {"FINSENT_WINDOW_TUMBLING_S": "60", "FINSENT_WINDOW_HOPPING_S": "300", "FINSENT_WINDOW_HOP_S": "60",
-              "FINSENT_WINDOW_LATENESS_S": "20", "FINSENT_WINDOW_IDLE_S": "3"}
+WINDOW_ENV = {
+    "FINSENT_WINDOW_TUMBLING_S": "60",
+    "FINSENT_WINDOW_HOPPING_S": "300",
+    "FINSENT_WINDOW_HOP_S": "60",
+    "FINSENT_WINDOW_LATENESS_S": "20",
+    "FINSENT_WINDOW_IDLE_S": "3",
+}
 
 
 def scripted_stream(negative: list[str], positive: list[str]) -> list[dict]:
@@ -32,8 +38,14 @@ def scripted_stream(negative: list[str], positive: list[str]) -> list[dict]:
     def add(ticker: str, minute: int, n: int, pool: list[str]):
         for k in range(n):
             at = BASE + timedelta(seconds=minute * 60 + k * 60 / n)
-            messages.append({"id": f"{ticker}-{minute}-{k}", "text": pool[(minute * 7 + k) % len(pool)],
-                             "tickers": [ticker], "published_at": at.isoformat().replace("+00:00", "Z")})
+            messages.append(
+                {
+                    "id": f"{ticker}-{minute}-{k}",
+                    "text": pool[(minute * 7 + k) % len(pool)],
+                    "tickers": [ticker],
+                    "published_at": at.isoformat().replace("+00:00", "Z"),
+                }
+            )
 
     for minute in range(25):
         add("NEG", minute, 8, negative if 10 <= minute <= 12 else positive)
@@ -47,14 +59,17 @@ def scripted_stream(negative: list[str], positive: list[str]) -> list[dict]:
 def pipeline(local_stack, tiny_bundle, tmp_path, unique):
     rules = tmp_path / "rules.yml"
     rules.write_text(RULES)
-    p = Pipeline(name=f"w{unique}", bundle=tiny_bundle, workdir=tmp_path,
-                 extra_env={**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules)})
+    p = Pipeline(
+        name=f"w{unique}",
+        bundle=tiny_bundle,
+        workdir=tmp_path,
+        extra_env={**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules)},
+    )
     yield p
     p.stop_all()
 
 
-def test_burst_and_spike_fire_once_resolve_once_and_windows_match_a_recomputation(pipeline, tiny_bundle,
-                                                                                   phrasebank):
+def test_burst_and_spike_fire_once_resolve_once_and_windows_match_a_recomputation(pipeline, tiny_bundle, phrasebank):
     negative, positive = texts_by_prediction(tiny_bundle, phrasebank)
     stream = scripted_stream(negative, positive)
     half = len(stream) // 2  # inside the burst: the restart lands mid-episode
@@ -63,24 +78,37 @@ def test_burst_and_spike_fire_once_resolve_once_and_windows_match_a_recomputatio
     pipeline.wait_indexed(half)
     first.stop()  # SIGTERM: a clean restart
     pipeline.start_worker(1)
-    sentinels = [{"id": f"end-{t}", "text": positive[0], "tickers": [t],
-                  "published_at": (BASE + timedelta(minutes=40)).isoformat().replace("+00:00", "Z")}
-                 for t in ("NEG", "VOL", "CALM")]
+    sentinels = [
+        {
+            "id": f"end-{t}",
+            "text": positive[0],
+            "tickers": [t],
+            "published_at": (BASE + timedelta(minutes=40)).isoformat().replace("+00:00", "Z"),
+        }
+        for t in ("NEG", "VOL", "CALM")
+    ]
     pipeline.produce([json.dumps(m).encode() for m in stream[half:] + sentinels])
     pipeline.wait_indexed(len(stream) + len(sentinels))
 
     alerts = pipeline.read_topic("FINSENT_TOPIC_ALERTS", 4, timeout_s=120)
-    assert Counter((a["rule"], a["topic"], a["status"]) for a in alerts) == Counter({
-        ("neg-burst", "NEG", "firing"): 1, ("neg-burst", "NEG", "resolved"): 1,
-        ("vol-spike", "VOL", "firing"): 1, ("vol-spike", "VOL", "resolved"): 1})
+    assert Counter((a["rule"], a["topic"], a["status"]) for a in alerts) == Counter(
+        {
+            ("neg-burst", "NEG", "firing"): 1,
+            ("neg-burst", "NEG", "resolved"): 1,
+            ("vol-spike", "VOL", "firing"): 1,
+            ("vol-spike", "VOL", "resolved"): 1,
+        }
+    )
     fired = {a["topic"]: a for a in alerts if a["status"] == "firing"}
     assert fired["NEG"]["window_start"] == "2024-05-01T12:10:00Z" and fired["NEG"]["severity"] == "page"
     assert fired["VOL"]["window_start"] == "2024-05-01T12:11:00Z" and fired["VOL"]["messages"] == 60
     es = pipeline.es()
     es.indices.refresh(index=f"{pipeline.name}-alerts")
     documents = es.search(index=f"{pipeline.name}-alerts", size=100)["hits"]["hits"]
-    assert sorted((d["_source"]["topic"], d["_source"]["status"]) for d in documents) == \
-        [("NEG", "resolved"), ("VOL", "resolved")]
+    assert sorted((d["_source"]["topic"], d["_source"]["status"]) for d in documents) == [
+        ("NEG", "resolved"),
+        ("VOL", "resolved"),
+    ]
 
     # Every window that starts before minute 30 (the sentinels are at 40) against a batch
     # recomputation from the scored records in Elasticsearch.
@@ -88,18 +116,29 @@ def test_burst_and_spike_fire_once_resolve_once_and_windows_match_a_recomputatio
     cutoff = (BASE + timedelta(minutes=30)).timestamp()
     es.indices.refresh(index=f"{pipeline.name}-scored")
     scored = [h["_source"] for h in es.search(index=f"{pipeline.name}-scored", size=10_000)["hits"]["hits"]]
-    rows = [(t, datetime.fromisoformat(r["published_at"].replace("Z", "+00:00")).timestamp(), r["sentiment_score"],
-             r["label"]) for r in scored for t in r["tickers"]]
+    rows = [
+        (
+            t,
+            datetime.fromisoformat(r["published_at"].replace("Z", "+00:00")).timestamp(),
+            r["sentiment_score"],
+            r["label"],
+        )
+        for r in scored
+        for t in r["tickers"]
+    ]
     expected = {k: v for k, v in windows.recompute(config, rows).items() if k[2] < cutoff}
 
     def streamed() -> dict:
         es.indices.refresh(index=f"{pipeline.name}-aggregates")
         hits = es.search(index=f"{pipeline.name}-aggregates", size=10_000)["hits"]["hits"]
-        return {(a["topic"], a["window"], datetime.fromisoformat(a["start"].replace("Z", "+00:00")).timestamp()): a
-                for a in (h["_source"] for h in hits)}
+        return {
+            (a["topic"], a["window"], datetime.fromisoformat(a["start"].replace("Z", "+00:00")).timestamp()): a
+            for a in (h["_source"] for h in hits)
+        }
 
-    got = wait_for(lambda: (lambda g: g if set(expected) <= set(g) else None)(streamed()), 120,
-                   "every window to be aggregated")
+    got = wait_for(
+        lambda: (lambda g: g if set(expected) <= set(g) else None)(streamed()), 120, "every window to be aggregated"
+    )
     got = {k: v for k, v in got.items() if k[2] < cutoff}
     assert set(got) == set(expected)
     for key, row in expected.items():

@@ -21,9 +21,16 @@ from .harness import Pipeline, wait_for
 
 def good_messages(n: int, prefix: str) -> list[dict]:
     companies = ["AAPL", "MSFT", "NOK", "BRK.B", "TSLA"]
-    return [{"id": f"{prefix}-{i}", "text": f"${companies[i % 5]} reports quarter {i}: operating profit rose {i % 17} %",
-             "source": "wire", "published_at": "2024-05-01T12:00:00Z", "topics": ["Earnings"] if i % 2 else []}
-            for i in range(n)]
+    return [
+        {
+            "id": f"{prefix}-{i}",
+            "text": f"${companies[i % 5]} reports quarter {i}: operating profit rose {i % 17} %",
+            "source": "wire",
+            "published_at": "2024-05-01T12:00:00Z",
+            "topics": ["Earnings"] if i % 2 else [],
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -61,8 +68,9 @@ def test_good_messages_scored_once_and_bad_ones_dead_lettered(pipeline: Pipeline
     for record in scored:
         assert record["label"] in ("negative", "neutral", "positive")
         assert abs(sum(record["probabilities"].values()) - 1) < 1e-4
-        assert record["sentiment_score"] == pytest.approx(record["probabilities"]["positive"]
-                                                          - record["probabilities"]["negative"])
+        assert record["sentiment_score"] == pytest.approx(
+            record["probabilities"]["positive"] - record["probabilities"]["negative"]
+        )
         assert record["model_version"] == "tiny-1"
     assert by_id["g-3"]["tickers"] == ["BRK.B"] and by_id["g-1"]["topics"] == ["Earnings"]
     assert by_id["long"]["truncated"] is True and len(by_id["long"]["text"]) == 10_000
@@ -71,8 +79,11 @@ def test_good_messages_scored_once_and_bad_ones_dead_lettered(pipeline: Pipeline
     assert sorted(letter["reason"] for letter in letters) == sorted(BAD_INPUT)
     for letter in letters:
         original = BAD_INPUT[letter["reason"]]
-        payload = base64.b64decode(letter["payload"]) if letter["payload_encoding"] == "base64" \
+        payload = (
+            base64.b64decode(letter["payload"])
+            if letter["payload_encoding"] == "base64"
             else letter["payload"].encode()
+        )
         assert payload == original
         assert letter["topic"] == pipeline.env["FINSENT_TOPIC_RAW"] and letter["offset"] >= 0
         assert letter["detail"]
@@ -86,8 +97,9 @@ def test_good_messages_scored_once_and_bad_ones_dead_lettered(pipeline: Pipeline
     assert worker.metric("finsent_truncated_texts_total") == 1
     assert worker.metric("finsent_batch_size_messages_count") >= 1
     assert 'provider="CPUExecutionProvider"' in worker.metrics_text()
-    lint = subprocess.run(["promtool", "check", "metrics"], input=worker.metrics_text(), capture_output=True,
-                          text=True, timeout=30)
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"], input=worker.metrics_text(), capture_output=True, text=True, timeout=30
+    )
     assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint.stdout + lint.stderr
 
 
@@ -159,9 +171,10 @@ def test_hot_swap_between_batches(local_stack, tiny_bundle, tmp_path, unique):
     try:
         worker = pipeline.start_worker()
         messages = good_messages(1500, "s")
+
         def produce_slowly():  # ~9 s of traffic, so the flip lands mid-stream
             for i in range(0, len(messages), 50):
-                pipeline.produce([json.dumps(m).encode() for m in messages[i:i + 50]])
+                pipeline.produce([json.dumps(m).encode() for m in messages[i : i + 50]])
                 time.sleep(0.3)
 
         producer = threading.Thread(target=produce_slowly)

@@ -26,7 +26,7 @@ def exposed_series() -> dict[str, set[str]]:
     series = {}
     for metric in metrics.REGISTRY.collect():
         labels = set()
-        for collector_name, collector in metrics.__dict__.items():
+        for collector in metrics.__dict__.values():
             if getattr(collector, "_name", None) == metric.name:
                 labels = set(collector._labelnames)
         if metric.type == "counter":
@@ -74,8 +74,12 @@ def test_grafana_is_provisioned_by_docker_compose():
     mounts = {v.split(":")[1]: v.split(":")[0] for v in compose["services"]["grafana"]["volumes"] if v.startswith("./")}
     folder = provider["providers"][0]["options"]["path"]
     assert mounts[folder] == "./deploy/grafana/dashboards"
-    datasource_uids = {d["uid"] for d in yaml.safe_load(
-        (ROOT / "deploy/grafana/provisioning/datasources/finsent.yml").read_text())["datasources"]}
+    datasource_uids = {
+        d["uid"]
+        for d in yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/finsent.yml").read_text())[
+            "datasources"
+        ]
+    }
     assert {p["datasource"]["uid"] for p in GRAFANA["panels"]} <= datasource_uids
 
 

@@ -58,8 +58,9 @@ def test_enrich_order_dictionary_and_limits(tmp_path):
     names = tmp_path / "companies.csv"
     names.write_text("ticker,name\nNOK,Nokia\nBAC,Bank of America\nXX,America\n")
     dictionary = CompanyDictionary.from_csv(names)
-    tickers, topics = enrich("Nokia and Bank of America beat; $AAPL too", ["msft"], ["Earnings", "Earnings"],
-                             dictionary)
+    tickers, topics = enrich(
+        "Nokia and Bank of America beat; $AAPL too", ["msft"], ["Earnings", "Earnings"], dictionary
+    )
     assert tickers == ["MSFT", "AAPL", "NOK", "BAC"]  # explicit, cashtags, dictionary (longest name wins)
     assert topics == ["Earnings"]
     assert routing_key(tickers, topics, "wire") == "MSFT"

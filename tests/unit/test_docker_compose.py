@@ -1,4 +1,5 @@
-"""No Docker engine runs here: check that docker-compose.yml is consistent with the repo."""
+"""No Docker engine runs here: check that docker-compose.yml and its shared-host overlay are
+consistent with the repo and safe: loopback-only by default, secured on a shared host."""
 
 from __future__ import annotations
 
@@ -11,12 +12,46 @@ import yaml
 from pipeline.config import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Reads Compose's merge tags: ``!reset X`` empties a value, ``!override X`` replaces it."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: ("reset", loader.construct_sequence(node)))
+_ComposeLoader.add_constructor("!override", lambda loader, node: ("override", loader.construct_sequence(node)))
+
+
+def _load(name: str) -> dict:
+    return yaml.load((ROOT / name).read_text(), Loader=_ComposeLoader)
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    """Docker Compose's merge of a second -f file: mappings merge, ports and volumes append unless
+    the overlay resets or overrides them."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, tuple):
+            merged[key] = [] if value[0] == "reset" else value[1]
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merge(base[key], value)
+        elif isinstance(value, list) and isinstance(base.get(key), list):
+            merged[key] = base[key] + [v for v in value if v not in base[key]]
+        else:
+            merged[key] = value
+    return merged
+
+
+COMPOSE = _load("docker-compose.yml")
 SERVICES = COMPOSE["services"]
+SHARED = _merge(COMPOSE, _load("docker-compose.shared-host.yml"))
+SHARED_SERVICES = SHARED["services"]
 
 
 def test_every_expected_service_is_there():
-    assert {"kafka", "elasticsearch", "kibana", "prometheus", "alertmanager", "grafana", "worker", "train"} <= set(SERVICES)
+    assert {"kafka", "elasticsearch", "kibana", "prometheus", "alertmanager", "grafana", "worker", "train"} <= set(
+        SERVICES
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -31,7 +66,7 @@ def test_service_is_buildable_or_pulled_and_mounts_exist(name):
             if line.startswith("COPY "):
                 for source in line.split()[1:-1]:
                     assert (context / source).exists(), f"{dockerfile}: COPY source {source} missing"
-    for volume in service.get("volumes", []):
+    for volume in service.get("volumes", []) + SHARED_SERVICES[name].get("volumes", []):
         source = volume.split(":")[0]
         if source.startswith("./"):
             assert (ROOT / source).exists(), f"{name}: mounted {source} does not exist"
@@ -48,15 +83,46 @@ def test_dependencies_wait_for_health_checks():
 
 
 def test_host_ports_are_unique():
-    ports = [p.split(":")[0] for s in SERVICES.values() for p in s.get("ports", [])]
-    assert len(ports) == len(set(ports)), ports
+    for services in (SERVICES, SHARED_SERVICES):
+        ports = [p.rsplit(":", 1)[0] for s in services.values() for p in s.get("ports", [])]
+        assert len(ports) == len(set(ports)), ports
 
 
 def test_finsent_environment_names_real_settings():
     fields = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
-    for name in ("worker", "train"):
-        for key in SERVICES[name]["environment"]:
-            assert key in fields, f"{name}: {key} is not a finsent setting"
+    for services in (SERVICES, SHARED_SERVICES):
+        for name in ("worker", "train"):
+            for key in services[name]["environment"]:
+                assert key in fields, f"{name}: {key} is not a finsent setting"
+
+
+def test_default_stack_publishes_every_port_on_loopback_only():
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond this machine"
+    assert not any("--web.enable-lifecycle" in arg for arg in SERVICES["prometheus"]["command"])
+
+
+def test_shared_host_publishes_only_secured_services():
+    published = {name for name, service in SHARED_SERVICES.items() if service.get("ports")}
+    assert published == {"kafka", "elasticsearch", "kibana", "grafana"}
+    kafka = SHARED_SERVICES["kafka"]["environment"]
+    protocols = dict(pair.split(":") for pair in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    for listener in kafka["KAFKA_LISTENERS"].split(","):
+        name, port = listener.split("://")
+        if name != "CONTROLLER":
+            assert protocols[name] == "SASL_SSL", f"Kafka listener {name} is {protocols[name]}"
+        else:
+            assert not any(port in p for p in SHARED_SERVICES["kafka"]["ports"]), "controller port published"
+    es = SHARED_SERVICES["elasticsearch"]["environment"]
+    assert es["xpack.security.enabled"] == "true" and es["xpack.security.http.ssl.enabled"] == "true"
+    grafana = SHARED_SERVICES["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and "${" in grafana["GF_SECURITY_ADMIN_PASSWORD"]
+    worker = SHARED_SERVICES["worker"]["environment"]
+    assert worker["FINSENT_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert worker["FINSENT_ES_HOSTS"].startswith("https://")
+    for secret in ("FINSENT_KAFKA_SASL_PASSWORD", "FINSENT_ES_PASSWORD"):
+        assert worker[secret].startswith("${") and ":?" in worker[secret], f"{secret} must be required"
 
 
 def test_prometheus_targets_are_compose_services():
@@ -66,8 +132,11 @@ def test_prometheus_targets_are_compose_services():
     for target in targets:
         host, port = target.split(":")
         assert host in SERVICES, f"Prometheus scrapes {target}, not a compose service"
-        container_ports = {p.split(":")[-1] for p in SERVICES[host].get("ports", [])}
-        assert port in container_ports, f"{target}: {host} does not publish port {port}"
+        for services in (SERVICES, SHARED_SERVICES):
+            container_ports = {p.split(":")[-1] for p in services[host].get("ports", [])} | set(
+                services[host].get("expose", [])
+            )
+            assert port in container_ports, f"{target}: {host} does not expose port {port}"
 
 
 def test_grafana_datasources_point_at_compose_services():

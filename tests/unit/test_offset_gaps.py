@@ -45,8 +45,9 @@ class Consumer:
 
 def make(committed=None, highwater=None, earliest=0, **kwargs):
     consumer = Consumer(committed or {}, highwater or {RAW: 100}, earliest)
-    app = SimpleNamespace(consumer=consumer, rebalancing=False, in_recovery=False,
-                          flow_control=SimpleNamespace(is_active=lambda: True))
+    app = SimpleNamespace(
+        consumer=consumer, rebalancing=False, in_recovery=False, flow_control=SimpleNamespace(is_active=lambda: True)
+    )
     return OffsetGaps(app, {"raw"}, **kwargs), consumer
 
 

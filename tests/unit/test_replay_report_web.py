@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,27 +13,39 @@ from pipeline.report import summarise, write_report
 from pipeline.schemas import Alert, RawMessage, WindowAggregate
 from pipeline.web import HISTORY, LiveView
 
-START = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+START = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
-def test_phrasebank_and_twitter_files_replay_with_labels(shared_data):
-    rows, bad = read_rows(shared_data / "financial_phrasebank/Sentences_AllAgree.txt")
+def test_phrasebank_and_twitter_files_replay_with_labels(data_dir):
+    rows, bad = read_rows(data_dir / "financial_phrasebank/Sentences_AllAgree.txt")
     assert len(rows) > 2000 and not bad and {r.label for r in rows} == {"negative", "neutral", "positive"}
-    rows, bad = read_rows(shared_data / "twitter_financial_news_sentiment/sent_train.csv")
+    rows, bad = read_rows(data_dir / "twitter_financial_news_sentiment/sent_train.csv")
     assert len(rows) > 9000 and rows[0].row == 2 and rows[0].label in ("negative", "neutral", "positive")
     assert all(r.published_at is None for r in rows[:10])
 
 
 def test_bad_rows_are_counted_not_fatal_and_timestamps_sort(tmp_path):
     path = tmp_path / "news.jsonl"
-    path.write_text("\n".join([
-        json.dumps({"text": "Later news", "label": "bullish", "published_at": "2024-05-01T12:00:10Z", "tickers": "AAPL"}),
-        json.dumps({"text": "Earlier news", "label": "negative", "published_at": "2024-05-01T12:00:00Z"}),
-        json.dumps({"text": "", "label": "negative"}),
-        "{not json",
-        json.dumps({"text": "odd label", "label": "sideways"}),
-        json.dumps({"text": "bad time", "published_at": "yesterday"}),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {
+                        "text": "Later news",
+                        "label": "bullish",
+                        "published_at": "2024-05-01T12:00:10Z",
+                        "tickers": "AAPL",
+                    }
+                ),
+                json.dumps({"text": "Earlier news", "label": "negative", "published_at": "2024-05-01T12:00:00Z"}),
+                json.dumps({"text": "", "label": "negative"}),
+                "{not json",
+                json.dumps({"text": "odd label", "label": "sideways"}),
+                json.dumps({"text": "bad time", "published_at": "yesterday"}),
+            ]
+        )
+        + "\n"
+    )
     rows, bad = read_rows(path)
     assert [r.text for r in rows] == ["Earlier news", "Later news"]
     assert rows[1].label == "positive" and rows[1].tickers == ["AAPL"]
@@ -69,25 +81,47 @@ def test_untimed_rows_get_synthetic_increasing_times(tmp_path):
     paced = messages(rows, "r", 10.0, START)
     assert [o for o, _ in paced] == [0.0, 0.1, 0.2]
     spaced = messages(rows, "r", 10.0, START, spacing_s=30)
-    assert [m["published_at"] for _, m in spaced] == ["2024-05-01T12:00:00Z", "2024-05-01T12:00:30Z",
-                                                       "2024-05-01T12:01:00Z"]
+    assert [m["published_at"] for _, m in spaced] == [
+        "2024-05-01T12:00:00Z",
+        "2024-05-01T12:00:30Z",
+        "2024-05-01T12:01:00Z",
+    ]
 
 
 def scored(i: int, true: str, predicted: str, ticker: str = "AAPL") -> dict:
     probs = {"negative": 0.1, "neutral": 0.1, "positive": 0.1}
     probs[predicted] = 0.8
-    return {"id": f"r:{i}", "text": "t", "tickers": [ticker], "topics": [], "label": predicted, "label_true": true,
-            "probabilities": probs, "sentiment_score": probs["positive"] - probs["negative"],
-            "published_at": f"2024-05-01T12:{i // 60:02d}:{i % 60:02d}Z",
-            "processed_at": f"2024-05-01T13:00:{i % 60:02d}.{i:03d}Z", "kafka_latency_ms": float(10 + i),
-            "model_version": "m1"}
+    return {
+        "id": f"r:{i}",
+        "text": "t",
+        "tickers": [ticker],
+        "topics": [],
+        "label": predicted,
+        "label_true": true,
+        "probabilities": probs,
+        "sentiment_score": probs["positive"] - probs["negative"],
+        "published_at": f"2024-05-01T12:{i // 60:02d}:{i % 60:02d}Z",
+        "processed_at": f"2024-05-01T13:00:{i % 60:02d}.{i:03d}Z",
+        "kafka_latency_ms": float(10 + i),
+        "model_version": "m1",
+    }
 
 
 def test_report_summary_and_pictures(tmp_path):
-    records = [scored(i, "positive", "positive") for i in range(40)] + \
-              [scored(40 + i, "negative", "positive" if i < 5 else "negative", "NOK") for i in range(20)]
-    alerts = [{"id": "a|NOK|1", "rule": "negative-burst", "topic": "NOK", "severity": "page", "status": "resolved",
-               "window_start": "2024-05-01T12:00:00Z", "summary": "burst"}]
+    records = [scored(i, "positive", "positive") for i in range(40)] + [
+        scored(40 + i, "negative", "positive" if i < 5 else "negative", "NOK") for i in range(20)
+    ]
+    alerts = [
+        {
+            "id": "a|NOK|1",
+            "rule": "negative-burst",
+            "topic": "NOK",
+            "severity": "page",
+            "status": "resolved",
+            "window_start": "2024-05-01T12:00:00Z",
+            "summary": "burst",
+        }
+    ]
     summary = summarise(records, alerts, Counter({"invalid_json": 2}))
     assert summary["accuracy"] == pytest.approx(55 / 60)
     assert summary["confusion_matrix"][0] == [15, 0, 5]  # negative row
@@ -103,17 +137,44 @@ def test_report_summary_and_pictures(tmp_path):
 
 def aggregate(topic: str, minute: int, messages: int = 5) -> WindowAggregate:
     start = START.replace(minute=minute)
-    return WindowAggregate(id=f"{topic}|1m|{minute}", topic=topic, window="1m", window_kind="tumbling", window_s=60,
-                           start=start, end=start.replace(minute=minute + 1), messages=messages, sentiment_mean=-0.2,
-                           share_negative=0.4, share_neutral=0.3, share_positive=0.3, baseline_sentiment=None,
-                           baseline_messages=None, sentiment_z=None, volume_z=None)
+    return WindowAggregate(
+        id=f"{topic}|1m|{minute}",
+        topic=topic,
+        window="1m",
+        window_kind="tumbling",
+        window_s=60,
+        start=start,
+        end=start.replace(minute=minute + 1),
+        messages=messages,
+        sentiment_mean=-0.2,
+        share_negative=0.4,
+        share_neutral=0.3,
+        share_positive=0.3,
+        baseline_sentiment=None,
+        baseline_messages=None,
+        sentiment_z=None,
+        volume_z=None,
+    )
 
 
 def test_live_view_keeps_bounded_history_and_tracks_alert_episodes():
     view = LiveView("1m")
     view.on_windows([aggregate("AAPL", m) for m in range(30)] + [aggregate("NOK", 1, messages=9)], [], [])
-    alert = Alert(id="a", rule="r", kind="negative_share", severity="page", topic="NOK", status="firing", window="1m",
-                  window_start=START, fired_at=START, value=0.9, threshold=0.6, messages=9, summary="s")
+    alert = Alert(
+        id="a",
+        rule="r",
+        kind="negative_share",
+        severity="page",
+        topic="NOK",
+        status="firing",
+        window="1m",
+        window_start=START,
+        fired_at=START,
+        value=0.9,
+        threshold=0.6,
+        messages=9,
+        summary="s",
+    )
     view.on_windows([], [alert], [])
     view.on_scored(25)
     snapshot = view.snapshot("v1", "CPUExecutionProvider", "int8")

@@ -76,7 +76,10 @@ def test_failed_gpu_provider_falls_back_to_int8_on_the_cpu(tiny_bundle: Path, gp
 def test_an_explicit_variant_is_kept_after_a_fallback(tiny_bundle: Path, gpu_build, monkeypatch):
     real_session = ort.InferenceSession
     monkeypatch.setattr(classify, "_tensorrt_present", lambda: False)
-    monkeypatch.setattr(classify.ort, "InferenceSession",
-                        lambda path, options, providers: real_session(path, options, providers=["CPUExecutionProvider"]))
+    monkeypatch.setattr(
+        classify.ort,
+        "InferenceSession",
+        lambda path, options, providers: real_session(path, options, providers=["CPUExecutionProvider"]),
+    )
     classifier = Classifier(open_bundle(tiny_bundle), variant="fp32")
     assert (classifier.variant, classifier.provider) == ("fp32", "CPUExecutionProvider")

@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
@@ -15,8 +15,11 @@ def test_minimal_message_gets_a_content_id():
 
 def test_rfc3339_is_parsed_to_utc():
     message = RawMessage.model_validate({"text": "x", "published_at": "2024-05-01T14:00:00+02:00"})
-    assert message.published_at == datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-    assert RawMessage.model_validate({"text": "x", "published_at": "2024-05-01T12:00:00Z"}).published_at == message.published_at
+    assert message.published_at == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert (
+        RawMessage.model_validate({"text": "x", "published_at": "2024-05-01T12:00:00Z"}).published_at
+        == message.published_at
+    )
 
 
 @pytest.mark.parametrize(
@@ -40,7 +43,7 @@ def test_invalid_messages_name_the_field(payload, fragment):
 
 def test_kafka_timestamp_is_the_fallback():
     message = RawMessage.from_payload({"text": "x"}, kafka_timestamp_ms=1_714_564_800_000)
-    assert message.published_at == datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    assert message.published_at == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     explicit = RawMessage.from_payload({"text": "x", "published_at": "2020-01-01T00:00:00Z"}, 1_714_564_800_000)
     assert explicit.published_at.year == 2020
 

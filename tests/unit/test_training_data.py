@@ -11,23 +11,23 @@ import pytest
 from training.data import BadDataError, load_datasets, load_file, split
 
 
-def test_phrasebank_50agree(shared_data: Path):
-    examples = load_file(shared_data / "financial_phrasebank/Sentences_50Agree.txt")
+def test_phrasebank_50agree(data_dir: Path):
+    examples = load_file(data_dir / "financial_phrasebank/Sentences_50Agree.txt")
     assert len(examples) == 4846
     assert Counter(e.label for e in examples) == {"neutral": 2879, "positive": 1363, "negative": 604}
     # latin-1: the mis-encoded company names decode instead of failing.
     assert any("+ñ" in e.text for e in examples)
 
 
-def test_twitter_labels_are_mapped(shared_data: Path):
-    examples = load_file(shared_data / "twitter_financial_news_sentiment/sent_train.csv")
+def test_twitter_labels_are_mapped(data_dir: Path):
+    examples = load_file(data_dir / "twitter_financial_news_sentiment/sent_train.csv")
     assert len(examples) == 9543
     assert Counter(e.label for e in examples) == {"neutral": 6178, "positive": 1923, "negative": 1442}
     assert examples[0].label == "negative"  # 0 = bearish
 
 
-def test_duplicates_removed_and_conflicts_dropped(shared_data: Path):
-    dataset = load_datasets([shared_data / "financial_phrasebank/Sentences_50Agree.txt"])
+def test_duplicates_removed_and_conflicts_dropped(data_dir: Path):
+    dataset = load_datasets([data_dir / "financial_phrasebank/Sentences_50Agree.txt"])
     # 8 extra copies, two of them with conflicting labels (README of the data).
     assert dataset.conflicting_removed == 4
     assert dataset.duplicates_removed + dataset.conflicting_removed >= 8
@@ -35,8 +35,8 @@ def test_duplicates_removed_and_conflicts_dropped(shared_data: Path):
     assert set(dataset.files.values()) == {"13388b8bf2f878c68fb4d47564fa0072756eb4e9ba4a16467d6d7f0a29a6a742"}
 
 
-def test_split_is_deterministic_stratified_and_disjoint(shared_data: Path):
-    dataset = load_datasets([shared_data / "financial_phrasebank/Sentences_50Agree.txt"])
+def test_split_is_deterministic_stratified_and_disjoint(data_dir: Path):
+    dataset = load_datasets([data_dir / "financial_phrasebank/Sentences_50Agree.txt"])
     a, b = split(dataset, seed=0), split(dataset, seed=0)
     assert [e.text for e in a.test] == [e.text for e in b.test]
     assert [e.text for e in split(dataset, seed=1).test] != [e.text for e in a.test]
@@ -48,9 +48,13 @@ def test_split_is_deterministic_stratified_and_disjoint(shared_data: Path):
     assert share(a.test) == pytest.approx(share(a.train), abs=0.01)
 
 
-def test_combined_files(shared_data: Path):
-    dataset = load_datasets([shared_data / "financial_phrasebank/Sentences_AllAgree.txt",
-                             shared_data / "twitter_financial_news_sentiment/sent_train.csv"])
+def test_combined_files(data_dir: Path):
+    dataset = load_datasets(
+        [
+            data_dir / "financial_phrasebank/Sentences_AllAgree.txt",
+            data_dir / "twitter_financial_news_sentiment/sent_train.csv",
+        ]
+    )
     assert {e.source for e in dataset.examples} == {"Sentences_AllAgree.txt", "sent_train.csv"}
     assert len(dataset.files) == 2
 
@@ -71,7 +75,7 @@ def test_generic_csv_and_jsonl_with_column_mapping(tmp_path: Path):
         ("a.txt", b"Fine sentence@neutral\nNo label here\n", r"a.txt:2: no '@label'"),
         ("b.txt", b"Fine@neutral\nOdd@sideways\n", r"b.txt:2: unknown label 'sideways'"),
         ("c.txt", b"Fine@neutral\n  @positive\n", r"c.txt:2: empty text"),
-        ("d.csv", b"text,label\nok,0\n\"bad\",7\n", r"d.csv:3: unknown label '7'"),
+        ("d.csv", b'text,label\nok,0\n"bad",7\n', r"d.csv:3: unknown label '7'"),
         ("e.csv", b"body,label\nx,positive\n", r"e.csv:1: missing column 'text'"),
         ("f.csv", b"text,label\nok,positive\n\xff\xfe broken,negative\n", r"f.csv:\d+: not UTF-8"),
         ("g.jsonl", b'{"text": "ok", "label": "positive"}\n{not json\n', r"g.jsonl:2: invalid JSON"),

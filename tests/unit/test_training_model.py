@@ -13,10 +13,9 @@ import pytest
 from pipeline.bundle import BundleError, open_bundle
 from pipeline.classify import Classifier
 from pipeline.schemas import LABELS
+from tests.conftest import TINY_INT8_AGREEMENT
 from training.export import ExportError, export
 from training.train import TrainConfig, train
-
-from tests.conftest import TINY_INT8_AGREEMENT
 
 
 def test_loss_falls_and_checkpoints_are_written(tiny_run: Path):
@@ -89,12 +88,22 @@ def test_bundle_validation_names_the_problem(tiny_bundle: Path, tmp_path: Path):
 def test_evaluate_on_a_file_with_known_predictions(tiny_bundle: Path, tmp_path: Path):
     from training.evaluate import evaluate
 
-    texts = ["Sales increased by 10 %", "Net loss widened", "The meeting is on Monday", "Shares fell sharply",
-             "Record quarter for the group", "Dividend unchanged"]
+    texts = [
+        "Sales increased by 10 %",
+        "Net loss widened",
+        "The meeting is on Monday",
+        "Shares fell sharply",
+        "Record quarter for the group",
+        "Dividend unchanged",
+    ]
     predicted = Classifier(open_bundle(tiny_bundle)).predict_proba(texts).argmax(axis=1)
     agree, disagree = tmp_path / "agree.jsonl", tmp_path / "disagree.jsonl"
-    agree.write_text("\n".join(json.dumps({"text": t, "label": LABELS[p]}) for t, p in zip(texts, predicted)))
-    disagree.write_text("\n".join(json.dumps({"text": t, "label": LABELS[(p + 1) % 3]}) for t, p in zip(texts, predicted)))
+    agree.write_text(
+        "\n".join(json.dumps({"text": t, "label": LABELS[p]}) for t, p in zip(texts, predicted, strict=False))
+    )
+    disagree.write_text(
+        "\n".join(json.dumps({"text": t, "label": LABELS[(p + 1) % 3]}) for t, p in zip(texts, predicted, strict=False))
+    )
 
     good = evaluate(tiny_bundle, [str(agree)], "all", "int8", tmp_path / "out" / "agree.json")
     assert good["metrics"]["accuracy"] == 1.0 and good["metrics"]["n"] == 6
@@ -117,12 +126,12 @@ def test_resume_continues_an_interrupted_run(phrasebank, tmp_path: Path):
     assert history[1]["step"] == 2 * history[0]["step"]
 
 
-def test_evaluate_test_split_refuses_data_the_model_never_saw(tiny_bundle: Path, shared_data: Path):
+def test_evaluate_test_split_refuses_data_the_model_never_saw(tiny_bundle: Path, data_dir: Path):
     from training.evaluate import evaluate
 
     with pytest.raises(ValueError, match="sent_train.csv was not part of this model's training data"):
-        evaluate(tiny_bundle, [str(shared_data / "twitter_financial_news_sentiment/sent_train.csv")], "test", "int8")
-    result = evaluate(tiny_bundle, [str(shared_data / "financial_phrasebank/Sentences_AllAgree.txt")], "test", "fp32")
+        evaluate(tiny_bundle, [str(data_dir / "twitter_financial_news_sentiment/sent_train.csv")], "test", "int8")
+    result = evaluate(tiny_bundle, [str(data_dir / "financial_phrasebank/Sentences_AllAgree.txt")], "test", "fp32")
     meta = json.loads((tiny_bundle / "manifest.json").read_text())
     assert result["metrics"]["n"] == meta["split"]["sizes"]["test"]
 
@@ -133,8 +142,9 @@ def test_layer_wise_learning_rates_and_weight_decay_groups():
     from training.model import SentimentClassifier
     from training.train import parameter_groups
 
-    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=3, num_attention_heads=2,
-                                   intermediate_size=16))
+    encoder = BertModel(
+        BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=3, num_attention_heads=2, intermediate_size=16)
+    )
     model = SentimentClassifier(encoder)
     config = TrainConfig(datasets=[], output="", learning_rate=1e-3, weight_decay=0.1, layer_lr_decay=0.5)
     groups = parameter_groups(model, config)

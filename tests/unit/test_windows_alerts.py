@@ -30,15 +30,22 @@ class Store:
 
 
 def processor(store: Store, rules=(), max_topics=100, partitions=1, upstream=1) -> WindowProcessor:
-    return WindowProcessor(CONFIG, list(rules), max_topics, partitions, store.data.get, idle_s=5,
-                           upstream_sources=[str(p) for p in range(upstream)])
+    return WindowProcessor(
+        CONFIG,
+        list(rules),
+        max_topics,
+        partitions,
+        store.data.get,
+        idle_s=5,
+        upstream_sources=[str(p) for p in range(upstream)],
+    )
 
 
 def feed(proc: WindowProcessor, store: Store, items: list[dict], batch: int = 7) -> WindowOutputs:
     """Items in batches, like the agent: records, then closing, then the write-back."""
     out = WindowOutputs()
     for i in range(0, len(items), batch):
-        for item in items[i:i + batch]:
+        for item in items[i : i + batch]:
             proc.record(0, item, 0.0, out)
         proc.close_partition(0, out)
         store.apply(proc)
@@ -46,8 +53,7 @@ def feed(proc: WindowProcessor, store: Store, items: list[dict], batch: int = 7)
 
 
 def item(topic: str, t: float, label: str = "neutral", score: float = 0.0, off: int = 0, src: str = "0") -> dict:
-    return {"topic": topic, "id": f"{topic}-{src}-{off}", "t": t, "score": score, "label": label, "src": src,
-            "o": off}
+    return {"topic": topic, "id": f"{topic}-{src}-{off}", "t": t, "score": score, "label": label, "src": src, "o": off}
 
 
 def test_streaming_windows_equal_batch_recomputation_with_out_of_order_records():
@@ -80,9 +86,17 @@ def test_streaming_windows_equal_batch_recomputation_with_out_of_order_records()
 def test_late_records_are_counted_not_added():
     store = Store()
     proc = processor(store)
-    out = feed(proc, store, [item("AAPL", T0 + 5, off=1), item("AAPL", T0 + 200, off=2),
-                             item("AAPL", T0 + 10, off=3),  # its window closed at T0+60+20
-                             item("AAPL", T0 + 400, off=4)], batch=1)
+    out = feed(
+        proc,
+        store,
+        [
+            item("AAPL", T0 + 5, off=1),
+            item("AAPL", T0 + 200, off=2),
+            item("AAPL", T0 + 10, off=3),  # its window closed at T0+60+20
+            item("AAPL", T0 + 400, off=4),
+        ],
+        batch=1,
+    )
     assert out.late == 1
     first = next(a for a in out.aggregates if a.window == "1m" and a.start.timestamp() == T0)
     assert first.messages == 1
@@ -187,8 +201,11 @@ def test_scripted_burst_and_spike_fire_once_and_resolve_once_even_across_a_resta
     out2 = feed(processor(store, [NEGATIVE_RULE, SPIKE_RULE]), store, stream[700:])
     alerts = out.alerts + out2.alerts
     assert [(a.rule, a.topic, a.status) for a in alerts] == [
-        ("neg", "NEG", "firing"), ("spike", "VOL", "firing"), ("spike", "VOL", "resolved"),
-        ("neg", "NEG", "resolved")]
+        ("neg", "NEG", "firing"),
+        ("spike", "VOL", "firing"),
+        ("spike", "VOL", "resolved"),
+        ("neg", "NEG", "resolved"),
+    ]
     fired = alerts[0]
     assert fired.window_start.timestamp() == T0 + 600 and fired.value == 1.0
     assert alerts[3].id == fired.id and alerts[3].resolved_at is not None
@@ -199,8 +216,9 @@ def test_scripted_burst_and_spike_fire_once_and_resolve_once_even_across_a_resta
     single = Store()
     whole = feed(processor(single, [NEGATIVE_RULE, SPIKE_RULE]), single, stream, batch=50)
     assert sorted(a.model_dump_json() for a in whole.alerts) == sorted(a.model_dump_json() for a in alerts)
-    assert sorted(a.model_dump_json() for a in whole.aggregates) == \
-        sorted(a.model_dump_json() for a in out.aggregates + out2.aggregates)
+    assert sorted(a.model_dump_json() for a in whole.aggregates) == sorted(
+        a.model_dump_json() for a in out.aggregates + out2.aggregates
+    )
 
 
 def test_cooldown_keeps_a_second_burst_quiet():
@@ -230,8 +248,10 @@ def test_idle_partition_closes_its_last_windows_on_ticks():
 
 def test_rule_file_errors_name_the_rule_and_field(tmp_path):
     path = tmp_path / "rules.yml"
-    path.write_text("rules:\n  - name: ok\n    kind: volume_spike\n    threshold: 3\n"
-                    "  - name: bad-share\n    kind: negative_share\n    threshold: 1.5\n")
+    path.write_text(
+        "rules:\n  - name: ok\n    kind: volume_spike\n    threshold: 3\n"
+        "  - name: bad-share\n    kind: negative_share\n    threshold: 1.5\n"
+    )
     with pytest.raises(RuleError, match=r"rule 2 \('bad-share'\).*threshold.*between 0 and 1"):
         load_rules(path, ["1m"])
     path.write_text("rules:\n  - name: w\n    kind: volume_spike\n    threshold: 3\n    window: 5m\n")
@@ -240,7 +260,9 @@ def test_rule_file_errors_name_the_rule_and_field(tmp_path):
     path.write_text("rules:\n  - name: c\n    kind: volume_spike\n    threshold: 3\n    cooldown: soon\n")
     with pytest.raises(RuleError, match="cooldown"):
         load_rules(path, ["1m"])
-    path.write_text("rules:\n  - {name: a, kind: volume_spike, threshold: 3}\n  - {name: a, kind: volume_spike, threshold: 2}\n")
+    path.write_text(
+        "rules:\n  - {name: a, kind: volume_spike, threshold: 3}\n  - {name: a, kind: volume_spike, threshold: 2}\n"
+    )
     with pytest.raises(RuleError, match="repeated: a"):
         load_rules(path, ["1m"])
 
