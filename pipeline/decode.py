@@ -1,7 +1,9 @@
 """bytes -> RawMessage or DeadLetter. Pure: no Kafka, no I/O.
 
 Every failure maps to one of a fixed set of reasons (bounded metric labels) plus a detail that
-names the field. Over-long text is truncated and flagged, not rejected.
+names the field. Over-long text is truncated and flagged, not rejected. ``decode`` never raises:
+whatever a payload does (deep nesting, huge numbers, odd types), it becomes a message or a dead
+letter, so one payload cannot stall its partition.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from pydantic import ValidationError
 from .schemas import DeadLetter, RawMessage
 
 UnknownFields = Literal["keep", "ignore"]
+
+# A dead letter keeps at most this much of the payload, so that even a payload that JSON escaping
+# blows up sixfold (control characters) stays well under the producer's 1 MB record limit.
+MAX_DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,11 @@ class Decoded:
 
 
 def dead_letter(payload: bytes, origin: Origin, reason: str, detail: str) -> DeadLetter:
+    if len(payload) > MAX_DEAD_LETTER_PAYLOAD_BYTES:
+        detail = (
+            f"{detail[:1900]} (payload cut to its first {MAX_DEAD_LETTER_PAYLOAD_BYTES:,} of {len(payload):,} bytes)"
+        )
+        payload = payload[:MAX_DEAD_LETTER_PAYLOAD_BYTES]
     try:
         text, encoding = payload.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -69,6 +80,13 @@ def _reason_for(errors: list[dict]) -> tuple[str, str]:
 def decode(
     payload: bytes | None, origin: Origin, *, max_text_chars: int = 10_000, unknown_fields: UnknownFields = "ignore"
 ) -> Decoded | DeadLetter:
+    try:
+        return _decode(payload, origin, max_text_chars, unknown_fields)
+    except Exception as exc:  # the contract is "never raises": anything unforeseen is a dead letter
+        return dead_letter(payload or b"", origin, "invalid_field", f"cannot validate: {type(exc).__name__}: {exc}")
+
+
+def _decode(payload: bytes | None, origin: Origin, max_text_chars: int, unknown_fields: UnknownFields):
     if payload is None:
         return dead_letter(b"", origin, "missing_text", "empty Kafka record (no value)")
     try:
@@ -79,6 +97,10 @@ def decode(
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         return dead_letter(payload, origin, "invalid_json", f"line {exc.lineno} column {exc.colno}: {exc.msg}")
+    except RecursionError:
+        return dead_letter(payload, origin, "invalid_json", "nested deeper than the JSON parser allows")
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        return dead_letter(payload, origin, "invalid_json", f"unreadable value: {exc}")
     if not isinstance(data, dict):
         return dead_letter(payload, origin, "not_an_object", f"expected a JSON object, got {type(data).__name__}")
     truncated = False
@@ -91,6 +113,8 @@ def decode(
     except ValidationError as exc:
         reason, detail = _reason_for(exc.errors())
         return dead_letter(payload, origin, reason, detail)
+    except (ValueError, OverflowError, TypeError, RecursionError) as exc:
+        return dead_letter(payload, origin, "invalid_field", f"{type(exc).__name__}: {exc}")
     extra = None
     if unknown_fields == "keep":
         extra = {k: v for k, v in data.items() if k not in RawMessage.model_fields} or None

@@ -6,6 +6,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.decode import Decoded, Origin, decode
 from pipeline.dedup import fingerprint, normalise
@@ -77,3 +79,57 @@ def test_syndicated_copies_share_a_fingerprint():
     assert normalise(a) == "apple beats estimates raises guidance"
     assert fingerprint(a) == fingerprint(b)
     assert fingerprint(a) != fingerprint("Apple misses estimates")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=30,
+)
+MESSAGE_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "text": JSON_VALUES | st.text(max_size=200),
+        "id": JSON_VALUES,
+        "published_at": JSON_VALUES | st.datetimes().map(lambda d: d.isoformat() + "Z"),
+        "tickers": JSON_VALUES,
+        "topics": JSON_VALUES,
+        "source": JSON_VALUES,
+    },
+)
+
+
+def _assert_total(result):
+    assert isinstance(result, (Decoded, DeadLetter))
+    if isinstance(result, DeadLetter):
+        assert result.detail and result.reason
+        assert len(result.model_dump_json()) < 1_000_000  # fits a Kafka record
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_decode_never_raises_on_any_bytes(payload):
+    _assert_total(decode(payload, ORIGIN))
+
+
+@settings(max_examples=300, deadline=None)
+@given(MESSAGE_FIELDS | JSON_VALUES)
+def test_decode_never_raises_on_any_json(value):
+    _assert_total(decode(json.dumps(value).encode(), ORIGIN, unknown_fields="keep"))
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "detail"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json", "nested deeper"),
+        (b'{"text": "x", "n": ' + b"9" * 5000 + b"}", "invalid_json", "unreadable value"),
+        (b'{"text": "x", "published_at": "9999-12-31T23:59:59Z"}', None, None),
+        (json.dumps({"text": "\x01" * 300_000}).encode(), None, None),
+        (b"\x01" * 300_000, "invalid_json", "payload cut to its first 65,536 of 300,000 bytes"),
+    ],
+)
+def test_crafted_payloads_become_messages_or_bounded_dead_letters(payload, reason, detail):
+    result = decode(payload, ORIGIN)
+    _assert_total(result)
+    if reason is not None:
+        assert isinstance(result, DeadLetter) and result.reason == reason and detail in result.detail
