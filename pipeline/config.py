@@ -86,7 +86,11 @@ class _YamlFileSource(PydanticBaseSettingsSource):
         except OSError as exc:
             raise ConfigError(f"configuration file {self.path}: cannot read ({exc.strerror})") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"configuration file {self.path}: invalid YAML ({exc})") from exc
+            # Only the position: PyYAML's message quotes the offending line, which may hold a secret.
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1} column {mark.column + 1}" if mark else "somewhere"
+            problem = getattr(exc, "problem", None) or "syntax error"
+            raise ConfigError(f"configuration file {self.path}: invalid YAML at {where}: {problem}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"configuration file {self.path}: expected a mapping of setting names to values")
         unknown = sorted(set(data) - set(self.settings_cls.model_fields))

@@ -151,3 +151,22 @@ def test_secrets_are_redacted_from_text_and_identities_carry_none(monkeypatch):
     assert redact(settings, "auth s3cret-kafka / s3cret-key failed") == "auth *** / *** failed"
     identities = kafka_identity(settings) + es_identity(settings)
     assert "'svc' (PLAIN)" in identities and "API key" in identities and "s3cret" not in identities
+
+
+def test_yaml_syntax_error_names_the_position_not_the_line(tmp_path):
+    path = tmp_path / "finsent.yaml"
+    path.write_text("es_username: finsent\nes_password: hunter2-secret: oops\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert "hunter2" not in message and "line 2" in message and str(path) in message
+
+
+def test_cli_errors_print_brackets_literally():
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["check-rules", "missing[bold]rules[/bold].yml"])
+    assert result.exit_code == 1
+    assert "missing[bold]rules[/bold].yml" in result.output, result.output
