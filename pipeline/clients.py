@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import Settings
+from .config import Settings, redact_url
 
 
 class ConnectionFailure(RuntimeError):
@@ -32,7 +32,7 @@ def es_identity(settings: Settings) -> str:
         who = f" as {settings.es_username!r}"
     else:
         who = ""
-    return f"Elasticsearch at {', '.join(settings.es_hosts)}{who}"
+    return f"Elasticsearch at {', '.join(redact_url(h) for h in settings.es_hosts)}{who}"
 
 
 def _kafka_failure(settings: Settings, exc: Exception) -> ConnectionFailure:

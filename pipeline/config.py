@@ -43,6 +43,16 @@ def _deploy_file(relative: str) -> Path | None:
     return path if path.exists() else None
 
 
+def redact_url(url: str) -> str:
+    """``https://user:secret@es:9200`` -> ``https://user:***@es:9200``: hosts may carry credentials."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in userinfo else f"{scheme}://{user}@{host}"
+
+
 class ConfigError(ValueError):
     """Invalid configuration; the message names each bad setting."""
 
@@ -197,7 +207,7 @@ class Settings(BaseSettings):
             raise ValueError("at least one Elasticsearch host is required")
         for host in hosts:
             if not host.startswith(("http://", "https://")):
-                raise ValueError(f"{host!r} must start with http:// or https://")
+                raise ValueError(f"{redact_url(host)!r} must start with http:// or https://")
         return hosts
 
     @field_validator("kafka_bootstrap_servers")
@@ -341,6 +351,8 @@ def _describe_errors(exc: ValidationError) -> str:
         value = err.get("input")
         if field in SECRET_FIELDS:
             shown = "'***'"
+        elif field == "es_hosts":
+            shown = repr([redact_url(h) for h in value] if isinstance(value, list) else redact_url(str(value)))
         elif isinstance(value, dict):  # model-level errors carry the whole input: don't echo it
             shown = None
         else:

@@ -170,3 +170,17 @@ def test_cli_errors_print_brackets_literally():
     result = CliRunner().invoke(app, ["check-rules", "missing[bold]rules[/bold].yml"])
     assert result.exit_code == 1
     assert "missing[bold]rules[/bold].yml" in result.output, result.output
+
+
+def test_credentials_in_elasticsearch_hosts_are_never_shown(monkeypatch):
+    from pipeline.clients import es_identity
+    from pipeline.config import redact_url
+
+    assert redact_url("https://finsent:s3cret@es:9200") == "https://finsent:***@es:9200"
+    assert redact_url("http://es:9200") == "http://es:9200"
+    monkeypatch.setenv("FINSENT_ES_HOSTS", "https://finsent:s3cret@es:9200")
+    assert "s3cret" not in es_identity(load_settings())
+    monkeypatch.setenv("FINSENT_ES_HOSTS", "ftp://finsent:s3cret@es:9200")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "s3cret" not in str(caught.value) and "finsent:***@es:9200" in str(caught.value)
