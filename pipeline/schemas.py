@@ -22,6 +22,9 @@ def content_id(text: str, source: str | None = None) -> str:
     return digest[:32]
 
 
+MAX_NAME_CHARS = 64  # a ticker or topic name
+
+
 class RawMessage(BaseModel):
     """One piece of text to classify, as read from the raw topic."""
 
@@ -81,6 +84,12 @@ class RawMessage(BaseModel):
         cleaned = [v.strip() for v in values if v.strip()]
         if len(cleaned) > 64:
             raise ValueError("at most 64 entries are allowed")
+        # Names become metric labels, table keys and parts of aggregate/alert _ids (512 bytes).
+        for i, name in enumerate(cleaned):
+            if len(name) > MAX_NAME_CHARS:
+                raise ValueError(f"entry {i} is {len(name):,} characters long; at most {MAX_NAME_CHARS} are allowed")
+            if not name.isprintable():
+                raise ValueError(f"entry {i} contains control characters")
         return cleaned
 
     @model_validator(mode="after")

@@ -133,3 +133,14 @@ def test_crafted_payloads_become_messages_or_bounded_dead_letters(payload, reaso
     _assert_total(result)
     if reason is not None:
         assert isinstance(result, DeadLetter) and result.reason == reason and detail in result.detail
+
+
+@pytest.mark.parametrize(
+    ("names", "detail"),
+    [(["A" * 65], "entry 0 is 65 characters long"), (["AAPL", "MS\x00FT"], "entry 1 contains control characters")],
+)
+def test_ticker_and_topic_names_are_bounded(names, detail):
+    for field in ("tickers", "topics"):
+        result = decode(json.dumps({"text": "x", field: names}).encode(), ORIGIN)
+        assert isinstance(result, DeadLetter) and result.reason == "invalid_field" and detail in result.detail
+    assert isinstance(decode(json.dumps({"text": "x", "tickers": ["A" * 64]}).encode(), ORIGIN), Decoded)
