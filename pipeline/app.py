@@ -73,6 +73,7 @@ class ModelHolder:
         self.settings = settings
         self.path: Path = settings.model_bundle
         self.classifier = self._load()
+        self._refused: tuple[str, float] | None = None  # a broken bundle is tried once, not every poll
 
     def _load(self) -> Classifier:
         bundle = open_bundle(self.path.resolve())
@@ -93,15 +94,17 @@ class ModelHolder:
         metrics.set_model_info(bundle.model_version, classifier.provider, classifier.variant)
         return classifier
 
-    def bundle_version_on_disk(self) -> str | None:
+    def bundle_on_disk(self) -> tuple[str, float] | None:
+        """(model version, manifest mtime) of the bundle the path points at now."""
         try:
-            return json.loads((self.path.resolve() / "manifest.json").read_text())["model_version"]
-        except (OSError, ValueError, KeyError):
+            manifest = self.path.resolve() / "manifest.json"
+            return json.loads(manifest.read_text())["model_version"], manifest.stat().st_mtime
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     async def maybe_swap(self, loop, executor) -> bool:
-        version = self.bundle_version_on_disk()
-        if version is None or version == self.classifier.model_version:
+        on_disk = self.bundle_on_disk()
+        if on_disk is None or on_disk[0] == self.classifier.model_version or on_disk == self._refused:
             return False
         try:
             classifier = await loop.run_in_executor(executor, self._load)
@@ -109,6 +112,7 @@ class ModelHolder:
             log.exception(
                 "new model bundle at %s could not be loaded; keeping %s", self.path, self.classifier.model_version
             )
+            self._refused = on_disk
             return False
         self.classifier = classifier  # atomic between batches: a batch holds its own reference
         metrics.MODEL_SWAPS.inc()

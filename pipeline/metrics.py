@@ -128,7 +128,11 @@ def record_windows(closed, alerts, late: int, forgotten: list[str], tracked: int
     for alert in alerts:
         if alert.status == "firing":
             ALERTS.labels(alert.rule, alert.severity).inc()
-        ALERT_ACTIVE.labels(alert.rule, alert.topic, alert.severity).set(1 if alert.status == "firing" else 0)
+        if alert.status == "firing":
+            ALERT_ACTIVE.labels(alert.rule, alert.topic, alert.severity).set(1)
+        elif (alert.rule, alert.topic, alert.severity) in _label_values(ALERT_ACTIVE):
+            # A resolved episode's series goes away, so names that alerted once do not pile up.
+            ALERT_ACTIVE.remove(alert.rule, alert.topic, alert.severity)
     LATE_RECORDS.inc(late)
     TRACKED_TOPICS.set(tracked)
     for gauge in (TOPIC_SENTIMENT, TOPIC_NEGATIVE_RATIO, TOPIC_MESSAGES):

@@ -157,3 +157,32 @@ def test_layer_wise_learning_rates_and_weight_decay_groups():
     assert rate_of[id(named["encoder.embeddings.word_embeddings.weight"])] == (6.25e-5, 0.1)
     flat = parameter_groups(model, TrainConfig(datasets=[], output="", learning_rate=1e-3))
     assert {g["lr"] for g in flat} == {1e-3}
+
+
+def test_a_broken_new_bundle_is_tried_once_not_on_every_poll(tiny_bundle: Path, tmp_path: Path):
+    import asyncio
+    import json
+    import shutil
+
+    from pipeline.app import ModelHolder
+    from pipeline.config import load_settings
+
+    link = tmp_path / "current"
+    link.symlink_to(tiny_bundle)
+    holder = ModelHolder(load_settings(model_bundle=link))
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**manifest, "model_version": "tiny-2"}))
+    (broken / "model.int8.onnx").write_bytes(b"not a model")
+    link.unlink()
+    link.symlink_to(broken)
+    loads = []
+    original = holder._load
+    holder._load = lambda: loads.append(1) or original()
+
+    async def poll_three_times():
+        return [await holder.maybe_swap(asyncio.get_running_loop(), None) for _ in range(3)]
+
+    assert asyncio.run(poll_three_times()) == [False, False, False]
+    assert len(loads) == 1 and holder.classifier.model_version == "tiny-1"

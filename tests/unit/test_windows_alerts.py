@@ -279,3 +279,18 @@ def test_durations_and_patterns():
     assert parse_duration("10m") == 600 and parse_duration(90) == 90 and parse_duration("2h") == 7200
     rule = Rule(name="r", kind="volume_spike", threshold=2, topics=["AAPL", "crypto*"])
     assert rule.applies_to("AAPL") and rule.applies_to("crypto-BTC") and not rule.applies_to("MSFT")
+
+
+def test_a_resolved_alert_removes_its_active_series():
+    from types import SimpleNamespace
+
+    from pipeline import metrics
+
+    def active() -> set:
+        return set(metrics._label_values(metrics.ALERT_ACTIVE))
+
+    firing = SimpleNamespace(rule="burst", topic="ZZTEST", severity="page", status="firing")
+    metrics.record_windows([], [firing], 0, [], 0)
+    assert ("burst", "ZZTEST", "page") in active()
+    metrics.record_windows([], [SimpleNamespace(**{**vars(firing), "status": "resolved"})], 0, [], 0)
+    assert ("burst", "ZZTEST", "page") not in active()
