@@ -45,13 +45,6 @@ class Progress:
         if self._bar is not None:
             self._bar.set_postfix(values, refresh=False)
 
-    def write(self, message: str) -> None:
-        """A status line that does not tear the bar."""
-        if self._bar is not None:
-            self._bar.write(message, file=self.stream)
-        else:
-            print(message, file=self.stream, flush=True)
-
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

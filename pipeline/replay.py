@@ -25,19 +25,8 @@ from pathlib import Path
 
 from .clients import kafka_producer
 from .progress import Progress
-from .schemas import RawMessage
+from .schemas import LABEL_ALIASES, TWITTER_LABELS, RawMessage
 
-LABEL_ALIASES = {
-    "negative": "negative",
-    "neg": "negative",
-    "bearish": "negative",
-    "neutral": "neutral",
-    "neu": "neutral",
-    "positive": "positive",
-    "pos": "positive",
-    "bullish": "positive",
-}
-TWITTER_LABELS = {"0": "negative", "1": "positive", "2": "neutral"}
 TIME_COLUMNS = ("published_at", "timestamp", "created_at", "date", "time")
 
 

@@ -14,6 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 Label = Literal["negative", "neutral", "positive"]
+# Label spellings accepted in labelled files and replays; the Twitter Financial News ids.
+LABEL_ALIASES = {
+    "negative": "negative",
+    "neg": "negative",
+    "bearish": "negative",
+    "neutral": "neutral",
+    "neu": "neutral",
+    "positive": "positive",
+    "pos": "positive",
+    "bullish": "positive",
+}
+TWITTER_LABELS = {"0": "negative", "1": "positive", "2": "neutral"}
 
 
 def content_id(text: str, source: str | None = None) -> str:

@@ -17,20 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.bundle import sha256_of
-from pipeline.schemas import LABELS
+from pipeline.schemas import LABEL_ALIASES, LABELS, TWITTER_LABELS
 
 LABEL_TO_ID = {label: i for i, label in enumerate(LABELS)}
-LABEL_ALIASES = {
-    "negative": "negative",
-    "neg": "negative",
-    "bearish": "negative",
-    "neutral": "neutral",
-    "neu": "neutral",
-    "positive": "positive",
-    "pos": "positive",
-    "bullish": "positive",
-}
-TWITTER_LABELS = {"0": "negative", "1": "positive", "2": "neutral"}
 
 
 class BadDataError(ValueError):
