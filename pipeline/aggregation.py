@@ -45,6 +45,7 @@ class WindowOutputs:
     reroute: list[dict] = field(default_factory=list)  # items to count under OTHER
     late: int = 0
     duplicates: int = 0
+    out_of_bounds: dict[str, int] = field(default_factory=dict)  # "future" / "too_old" -> records dropped
     closed: list[windows.ClosedWindow] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)  # names no longer tracked (metrics to drop)
 
@@ -59,8 +60,11 @@ class WindowProcessor:
         lookup,
         idle_s: float = 10.0,
         upstream_sources: list[str] | None = None,
+        max_clock_skew_s: float = 300.0,
+        max_event_age_s: float = 7 * 86_400.0,
     ):
         self.config = config
+        self.max_clock_skew_s, self.max_event_age_s = max_clock_skew_s, max_event_age_s
         # The upstream streams whose event times each run forward (see ``record``'s ``src``).
         self.upstream = upstream_sources if upstream_sources is not None else [str(p) for p in range(partitions)]
         self.rules = rules
@@ -103,6 +107,10 @@ class WindowProcessor:
         is its offset there, which recognises repeats (``_delivered_before``)."""
         self._last_record_wall[partition] = self._last_advance_wall[partition] = wall_now
         meta = self._meta(partition)
+        bound = self._out_of_bounds(float(item["t"]), meta["stream_time"], wall_now)
+        if bound:  # never counted, never moves stream time
+            out.out_of_bounds[bound] = out.out_of_bounds.get(bound, 0) + 1
+            return
         name = item["topic"]
         if name not in meta["topics"]:
             tracked = sum(1 for t in meta["topics"] if t != OTHER)
@@ -138,6 +146,15 @@ class WindowProcessor:
         self._advance(partition, meta, wall_now)
         self._put(f"t/{name}", partition, state)
         self._put(f"p/{partition}", partition, meta)
+
+    def _out_of_bounds(self, t: float, stream_time: float | None, wall_now: float) -> str | None:
+        """A time ahead of the wall clock by more than the skew, or behind stream time by more
+        than the maximum age (or not a finite number at all), is no event time to window by."""
+        if not math.isfinite(t) or t > wall_now + self.max_clock_skew_s:
+            return "future"
+        if stream_time is not None and t < stream_time - self.max_event_age_s:
+            return "too_old"
+        return None
 
     def _heard(self, partition: int) -> dict[str, float]:
         return self._heard_wall.setdefault(partition, {})

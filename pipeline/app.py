@@ -19,6 +19,7 @@ window and alert state is stored only once the aggregates and alerts it produced
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import signal
@@ -39,7 +40,7 @@ from .bundle import open_bundle
 from .classify import Classifier
 from .clients import redact
 from .config import Settings
-from .decode import Decoded, Origin, dead_letter, decode
+from .decode import Decoded, Origin, dead_letter, decode, too_large
 from .dedup import fingerprint
 from .enrich import CompanyDictionary, enrich, routing_key
 from .schemas import LABELS, DeadLetter, ScoredRecord, ValidatedMessage
@@ -50,6 +51,8 @@ log = logging.getLogger("finsent.worker")
 # How long the window stage waits for the consumer group's committed offsets when they cannot be
 # read before it judges upstream silence by this worker's own partitions alone.
 GROUP_PROGRESS_PATIENCE_S = 60.0
+# Waits before scoring a failed batch again; then it is scored message by message.
+SCORING_RETRY_DELAYS_S = (0.5, 2.0, 5.0)
 
 
 def _broker_credentials(settings: Settings):
@@ -73,7 +76,7 @@ class ModelHolder:
         self.settings = settings
         self.path: Path = settings.model_bundle
         self.classifier = self._load()
-        self._refused: tuple[str, float] | None = None  # a broken bundle is tried once, not every poll
+        self._refused: tuple[str, str] | None = None  # a broken bundle is tried once, not every poll
 
     def _load(self) -> Classifier:
         bundle = open_bundle(self.path.resolve())
@@ -94,11 +97,12 @@ class ModelHolder:
         metrics.set_model_info(bundle.model_version, classifier.provider, classifier.variant)
         return classifier
 
-    def bundle_on_disk(self) -> tuple[str, float] | None:
-        """(model version, manifest mtime) of the bundle the path points at now."""
+    def bundle_on_disk(self) -> tuple[str, str] | None:
+        """(model version, manifest digest) of the bundle the path points at now: a bundle that
+        failed to load is known by its content, and tried again only once that changes."""
         try:
-            manifest = self.path.resolve() / "manifest.json"
-            return json.loads(manifest.read_text())["model_version"], manifest.stat().st_mtime
+            manifest = (self.path.resolve() / "manifest.json").read_bytes()
+            return json.loads(manifest)["model_version"], hashlib.sha256(manifest).hexdigest()
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -187,6 +191,8 @@ def create_app(settings: Settings) -> faust.App:
         window_table.get,
         idle_s=settings.window_idle_s,
         upstream_sources=sources,
+        max_clock_skew_s=settings.max_clock_skew_s,
+        max_event_age_s=settings.max_event_age_s,
     )
 
     model = ModelHolder(settings)
@@ -204,6 +210,8 @@ def create_app(settings: Settings) -> faust.App:
 
     sink = ElasticsearchSink(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    # Loading a new bundle takes seconds: on its own thread, so scoring goes on meanwhile.
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
     admin_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-progress")
     dictionary = (
         CompanyDictionary.from_csv(settings.company_dictionary)
@@ -234,12 +242,12 @@ def create_app(settings: Settings) -> faust.App:
                 if isinstance(result, DeadLetter):
                     deliveries.append(await send_dead_letter(result))
                     continue
-                valid = _validated(result, origin)
-                deliveries.append(
-                    await valid_topic.send(
-                        key=fingerprint(result.message.text).encode(), value=valid.model_dump_json().encode()
-                    )
-                )
+                value = _validated(result, origin).model_dump_json().encode()
+                if problem := too_large(value, "the validated message"):  # e.g. huge unknown fields kept
+                    deliveries.append(await send_dead_letter(dead_letter(event.value, origin, "too_large", problem)))
+                    continue
+                key = fingerprint(result.message.text).encode()
+                deliveries.append(await valid_topic.send(key=key, value=value))
             await asyncio.gather(*deliveries)  # delivered before take_events acks the batch
             _release(events)
             gaps.done(events)
@@ -256,31 +264,47 @@ def create_app(settings: Settings) -> faust.App:
             if not state["template"]:
                 await sink.install_template()  # waits out an Elasticsearch outage at start
                 state["template"] = True
-            try:
-                if batch:
-                    await _classify_batch(batch, loop)
-            except PoisonBatch:  # something in the batch breaks scoring: isolate it, lose nothing
-                log.exception("scoring a batch of %d failed; retrying message by message", len(batch))
-                await _classify_one_by_one(batch, loop)
+            if batch:
+                await _classify_with_retries(batch, loop)
             _release(events)
             gaps.done(events)
             _record_lag(app, events)
 
-    async def _classify_one_by_one(events, loop) -> None:
-        for event in events:
+    async def _classify_with_retries(batch, loop) -> None:
+        """A failure may be transient (an executor, RocksDB or GPU out of memory): the batch is
+        tried again with backoff; if it keeps failing, message by message, so that only a message
+        that fails on its own is dead-lettered."""
+        if await _attempts(batch, loop, SCORING_RETRY_DELAYS_S) is None:
+            return
+        log.error("scoring a batch of %d keeps failing; isolating its messages", len(batch))
+        for event in batch:
+            failure = await _attempts([event], loop, SCORING_RETRY_DELAYS_S[:1])
+            if failure is None:
+                continue
             try:
-                await _classify_batch([event], loop)
+                valid = ValidatedMessage.model_validate_json(event.value)
+                origin = Origin(
+                    valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms
+                )
+            except ValueError:
+                message = event.message
+                origin = Origin(message.topic, message.partition, message.offset)
+            letter = dead_letter(event.value or b"", origin, "processing_error", str(failure))
+            await (await send_dead_letter(letter))
+
+    async def _attempts(events, loop, delays) -> PoisonBatch | None:
+        """None once ``events`` are classified and delivered, else the last of the failures."""
+        for delay_s in (*delays, None):
+            try:
+                await _classify_batch(events, loop)
+                return None
             except PoisonBatch as exc:
-                try:
-                    valid = ValidatedMessage.model_validate_json(event.value)
-                    origin = Origin(
-                        valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms
-                    )
-                except ValueError:
-                    message = event.message
-                    origin = Origin(message.topic, message.partition, message.offset)
-                letter = dead_letter(event.value or b"", origin, "processing_error", f"{type(exc).__name__}: {exc}")
-                await (await send_dead_letter(letter))
+                if delay_s is None:
+                    return exc
+                metrics.SCORING_RETRIES.inc()
+                log.warning("scoring %d message(s) failed (%s); again in %.1fs", len(events), exc, delay_s)
+                await asyncio.sleep(delay_s)
+        return None
 
     async def _classify_batch(events, loop) -> None:
         try:
@@ -360,19 +384,25 @@ def create_app(settings: Settings) -> faust.App:
 
     async def _deliver(items, records, scores) -> None:
         """Elasticsearch first (its rejections become dead letters), then Kafka; returns once both ack."""
-        rejected = {r.doc_id: r.reason for r in await sink.write([records[i].model_dump(mode="json") for i in records])}
+        values = {i: record.model_dump_json().encode() for i, record in records.items()}
+        rejected = {
+            records[i].id: ("too_large", problem)
+            for i in records
+            if (problem := too_large(values[i], "the scored record"))
+        }
+        documents = [r.model_dump(mode="json") for r in records.values() if r.id not in rejected]
+        rejected |= {r.doc_id: ("es_rejected", r.reason) for r in await sink.write(documents)}
         deliveries = []
         for i, (event, valid, fp) in enumerate(items):
-            record = records[i]
+            record, value = records[i], values[i]
             if record.id in rejected:
                 origin = Origin(
                     valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms
                 )
-                letter = dead_letter(record.model_dump_json().encode(), origin, "es_rejected", rejected[record.id])
-                deliveries.append(await send_dead_letter(letter))
+                deliveries.append(await send_dead_letter(dead_letter(value, origin, *rejected[record.id])))
                 continue
             key = routing_key(record.tickers, record.topics, record.source).encode()
-            deliveries.append(await scored_topic.send(key=key, value=record.model_dump_json().encode()))
+            deliveries.append(await scored_topic.send(key=key, value=value))
             # The upstream partition lets the window stage track each one's event-time progress.
             # Event time runs forward within one raw partition, and the decode stage keeps that
             # order on each by-fingerprint partition, so the window stage tracks progress per pair:
@@ -386,7 +416,9 @@ def create_app(settings: Settings) -> faust.App:
                 "src": f"{event.message.partition}:{valid.origin_partition}",
                 "o": event.message.offset,
             }
-            for name in dict.fromkeys(record.tickers + record.topics):
+            if record.clock_skew_s is not None:  # an untrustworthy time must not move stream time
+                metrics.EVENT_TIME_OUT_OF_BOUNDS.labels("future").inc()
+            for name in dict.fromkeys(record.tickers + record.topics) if record.clock_skew_s is None else ():
                 deliveries.append(
                     await window_topic.send(key=name.encode(), value=json.dumps({**source, "topic": name}).encode())
                 )
@@ -461,7 +493,9 @@ def create_app(settings: Settings) -> faust.App:
                 window_table.pop(key, None)
             else:
                 window_table[key] = value
-        metrics.record_windows(out.closed, out.alerts, out.late, out.forgotten, sum(windows_stage.tracked.values()))
+        metrics.record_windows(
+            out.closed, out.alerts, out.late, out.forgotten, sum(windows_stage.tracked.values()), out.out_of_bounds
+        )
         live.on_windows(out.aggregates, out.alerts, out.forgotten)
         _release(events)
         gaps.done(events)
@@ -498,7 +532,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=2.0)
     async def watch_bundle():
-        await model.maybe_swap(asyncio.get_running_loop(), executor)
+        await model.maybe_swap(asyncio.get_running_loop(), loader)
 
     @app.task
     async def on_start():
@@ -508,7 +542,7 @@ def create_app(settings: Settings) -> faust.App:
             await output.maybe_declare()
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(model.maybe_swap(loop, executor)))
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(model.maybe_swap(loop, loader)))
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread / platform
             pass
 
@@ -775,6 +809,7 @@ def _scored_record(
     kafka_latency = None
     if valid.kafka_timestamp_ms is not None:
         kafka_latency = max(0.0, processed_at.timestamp() * 1000 - valid.kafka_timestamp_ms)
+    ahead_s = (published - processed_at).total_seconds()
     return ScoredRecord(
         id=message.id,
         text=message.text,
@@ -794,6 +829,7 @@ def _scored_record(
         kafka_latency_ms=kafka_latency,
         truncated=valid.truncated,
         duplicate_of=duplicate_of,
+        clock_skew_s=ahead_s if ahead_s > settings.max_clock_skew_s else None,
         extra=valid.extra,
         run_id=message.run_id,
     )

@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=10_000, ge=16, le=1_000_000)
     unknown_fields: Literal["keep", "ignore"] = "ignore"
     dedup_horizon_s: int = Field(default=86_400, ge=0)
+    # Event-time bounds: a published_at further ahead of the worker's clock than this is a source
+    # clock error; such a record is scored and indexed but kept out of the windows.
+    max_clock_skew_s: float = Field(default=300.0, ge=0, le=7 * 86_400)
+    # A record this much older than its window partition's stream time is dropped from the
+    # windows as too old (judged against stream time, not the wall clock, so replays of history work).
+    max_event_age_s: float = Field(default=7 * 86_400.0, gt=0, le=3650 * 86_400)
     company_dictionary: Path | None = None
     es_retry_max_backoff_s: float = Field(default=30.0, gt=0, le=600)
     es_request_timeout_s: float = Field(default=30.0, gt=0, le=600)
@@ -317,6 +323,13 @@ class Settings(BaseSettings):
                 self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
             )
         return kwargs
+
+    def reread_secret_files(self) -> Settings:
+        """A copy with every ``FINSENT_*_FILE`` secret read again (a rotated password or key)."""
+        update = {}
+        for name, value in _SecretFileSource(type(self))().items():
+            update[name] = SecretStr(value) if isinstance(getattr(self, name), SecretStr) else value
+        return self.model_copy(update=update)
 
     def es_client_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"hosts": list(self.es_hosts)}

@@ -23,6 +23,17 @@ UnknownFields = Literal["keep", "ignore"]
 # A dead letter keeps at most this much of the payload, so that even a payload that JSON escaping
 # blows up sixfold (control characters) stays well under the producer's 1 MB record limit.
 MAX_DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
+# Every record a stage writes stays under this many bytes, below the producer's 1,000,000-byte
+# request limit and the broker's default message.max.bytes with room for headers and the key:
+# a record that would not fit becomes a dead letter instead of a send that fails for ever.
+MAX_RECORD_BYTES = 900_000
+
+
+def too_large(value: bytes, what: str) -> str | None:
+    """Why ``value`` cannot be sent, or None when it fits."""
+    if len(value) <= MAX_RECORD_BYTES:
+        return None
+    return f"{what} is {len(value):,} bytes once encoded, over the {MAX_RECORD_BYTES:,}-byte record limit"
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,9 @@ OFFSET_GAPS = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+SCORING_RETRIES = Counter(
+    "finsent_scoring_retries", "Batches (or isolated messages) scored again after a failure.", registry=REGISTRY
+)
 MODEL_SWAPS = Counter("finsent_model_swaps", "Model bundles hot-swapped in.", registry=REGISTRY)
 
 # Per topic/ticker, from the last closed window (label values bounded by FINSENT_WINDOW_MAX_TOPICS).
@@ -94,6 +97,12 @@ WINDOWS_CLOSED = Counter(
 LATE_RECORDS = Counter(
     "finsent_late_records", "Records later than the allowed lateness (not in any window).", registry=REGISTRY
 )
+EVENT_TIME_OUT_OF_BOUNDS = Counter(
+    "finsent_event_time_out_of_bounds",
+    "Records kept out of the windows: event time too far ahead of the clock (future) or behind stream time (too_old).",
+    ["bound"],
+    registry=REGISTRY,
+)
 TRACKED_TOPICS = Gauge(
     "finsent_tracked_topics", "Topics and tickers with their own windows on this worker.", registry=REGISTRY
 )
@@ -106,6 +115,8 @@ for _reason in DEAD_LETTER_REASONS:  # expose zeros so rates and alerts work fro
     DEAD_LETTERS.labels(_reason)
 for _outcome in ("scored", "duplicate", "dead_letter"):
     MESSAGES.labels(_outcome)
+for _bound in ("future", "too_old"):
+    EVENT_TIME_OUT_OF_BOUNDS.labels(_bound)
 
 
 def set_model_info(version: str, provider: str, variant: str) -> None:
@@ -117,7 +128,7 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def record_windows(closed, alerts, late: int, forgotten: list[str], tracked: int) -> None:
+def record_windows(closed, alerts, late: int, forgotten: list[str], tracked: int, out_of_bounds=None) -> None:
     """Metrics from one batch of the window stage, once its outputs are acknowledged."""
     for window in closed:
         WINDOWS_CLOSED.labels(window.spec.name).inc()
@@ -134,6 +145,8 @@ def record_windows(closed, alerts, late: int, forgotten: list[str], tracked: int
             # A resolved episode's series goes away, so names that alerted once do not pile up.
             ALERT_ACTIVE.remove(alert.rule, alert.topic, alert.severity)
     LATE_RECORDS.inc(late)
+    for bound, count in (out_of_bounds or {}).items():
+        EVENT_TIME_OUT_OF_BOUNDS.labels(bound).inc(count)
     TRACKED_TOPICS.set(tracked)
     for gauge in (TOPIC_SENTIMENT, TOPIC_NEGATIVE_RATIO, TOPIC_MESSAGES):
         for labels in [lv for lv in _label_values(gauge) if lv[0] in forgotten]:

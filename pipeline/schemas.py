@@ -143,6 +143,9 @@ class ScoredRecord(BaseModel):
     kafka_latency_ms: float | None = None  # Kafka timestamp -> processed_at
     truncated: bool = False
     duplicate_of: str | None = None  # id of the first copy of a syndicated text
+    # Seconds published_at lies ahead of processed_at when beyond FINSENT_MAX_CLOCK_SKEW_S: the
+    # record is scored and indexed but not windowed (its time cannot be trusted).
+    clock_skew_s: float | None = None
     extra: dict | None = None  # unknown input fields, when configured to keep them
     run_id: str | None = None
 
@@ -157,6 +160,7 @@ DeadLetterReason = Literal[
     "invalid_field",
     "es_rejected",
     "processing_error",
+    "too_large",
 ]
 DEAD_LETTER_REASONS: tuple[str, ...] = get_args(DeadLetterReason)
 

@@ -1,10 +1,14 @@
 """Elasticsearch sink: index template, idempotent bulk writes, retry with backoff.
 
 Documents are indexed with ``_id`` = message id, so redeliveries and replays overwrite instead
-of duplicating. While Elasticsearch is unreachable or overloaded, ``write`` keeps retrying with
-exponential backoff and does not return: the worker stops consuming (backpressure) and Kafka
-offsets stay uncommitted, so nothing is lost. Documents Elasticsearch rejects for what they
-contain (mapping errors) come back to the caller to be dead-lettered. The template uses only
+of duplicating. While Elasticsearch is unreachable, overloaded or refuses the worker's
+credentials (401/403: a rotated password or API key), ``write`` keeps retrying with exponential
+backoff and does not return: the worker stops consuming (backpressure) and Kafka offsets stay
+uncommitted, so nothing is lost. On a refusal it re-reads the ``FINSENT_ES_*_FILE`` secrets, so a
+rotated secret file resumes the stream without a restart. A request too large (413) or refused
+as a whole for another 4xx is split until the one document at fault is found. Only documents
+Elasticsearch rejects for what they contain (mapping errors) come back to the caller to be
+dead-lettered. The template uses only
 core mappings, so it works on the integration-test distribution and on a full node alike.
 """
 
@@ -25,8 +29,13 @@ log = logging.getLogger(__name__)
 
 
 def _retryable(status: int | None) -> bool:
-    """Overload and server-side failures pass; a 4xx other than 429 is about the request itself."""
-    return status is None or status == 429 or status >= 500
+    """An outage, not the content: no answer, overload, server-side failures, and refused
+    credentials or permissions (401/403), which an operator fixes without touching the data."""
+    return status is None or status in (401, 403, 429) or status >= 500
+
+
+def _refused(status: int | None) -> bool:
+    return status in (401, 403)
 
 
 SCORED_MAPPINGS = {
@@ -52,6 +61,7 @@ SCORED_MAPPINGS = {
         "kafka_latency_ms": {"type": "float"},
         "truncated": {"type": "boolean"},
         "duplicate_of": {"type": "keyword"},
+        "clock_skew_s": {"type": "float"},
         "run_id": {"type": "keyword"},
     },
 }
@@ -139,12 +149,33 @@ class ElasticsearchSink:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.index = scored_index(settings)
-        self.client = AsyncElasticsearch(
+        self.client = self._client(settings)
+        self._retired: set[asyncio.Task] = set()
+
+    @staticmethod
+    def _client(settings: Settings) -> AsyncElasticsearch:
+        return AsyncElasticsearch(
             **settings.es_client_kwargs(),
             request_timeout=settings.es_request_timeout_s,
             retry_on_timeout=False,
             max_retries=0,
         )
+
+    def _reread_credentials(self) -> None:
+        """After a 401/403: take a rotated secret from its ``*_FILE`` if it changed."""
+        try:
+            fresh = self.settings.reread_secret_files()
+        except Exception as exc:  # an unreadable file: keep the old secret and say why (no secret in it)
+            log.warning("cannot re-read the Elasticsearch secret files: %s", exc)
+            return
+        if fresh.es_client_kwargs() == self.settings.es_client_kwargs():
+            return
+        log.warning("Elasticsearch credentials changed on disk; reconnecting with them")
+        old, self.settings, self.client = self.client, fresh, self._client(fresh)
+        # Closed a little later: the other stage may still have a request on it.
+        task = asyncio.ensure_future(_close_later(old, 30.0))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def install_template(self) -> None:
         for suffix, mappings in INDICES.items():
@@ -173,6 +204,8 @@ class ElasticsearchSink:
             except (TransportError, ApiError) as exc:
                 if isinstance(exc, ApiError) and not _retryable(exc.status_code):
                     raise
+                if isinstance(exc, ApiError) and _refused(exc.status_code):
+                    self._reread_credentials()
                 await backoff.wait(what, exc)
 
     async def write(self, documents: list[dict], index: str | None = None) -> list[Rejected]:
@@ -184,45 +217,74 @@ class ElasticsearchSink:
         rejected: list[Rejected] = []
         backoff = _Backoff(self.settings.es_retry_max_backoff_s)
         while pending:
-            actions = [
-                {"_op_type": "index", "_index": index, "_id": doc_id, "_source": doc} for doc_id, doc in pending.items()
-            ]
-            retry_later: dict[str, dict] = {}
-            failure: Exception | None = None
-            try:
-                async for ok, item in async_streaming_bulk(
-                    self.client, actions, chunk_size=500, raise_on_error=False, max_retries=0
-                ):
-                    result = item["index"]
-                    doc_id = result["_id"]
-                    if ok:
-                        pending.pop(doc_id, None)
-                    elif _retryable(result.get("status")):
-                        retry_later[doc_id] = pending[doc_id]
-                    else:
-                        error = result.get("error", {})
-                        reason = (
-                            f"{error.get('type', 'error')}: {error.get('reason', '')}"
-                            if isinstance(error, dict)
-                            else str(error)
-                        )
-                        rejected.append(Rejected(doc_id, reason))
-                        metrics.ES_ERRORS.labels("rejected").inc()
-                        pending.pop(doc_id, None)
-            except ApiError as exc:
-                if not _retryable(exc.status_code):  # the whole request was refused for what it holds
-                    rejected += [Rejected(doc_id, f"bulk request refused: {exc.message}") for doc_id in pending]
-                    metrics.ES_ERRORS.labels("rejected").inc(len(pending))
-                    pending.clear()
-                    continue
-                failure, retry_later = exc, pending
-            except (TimeoutError, TransportError, OSError) as exc:
-                failure, retry_later = exc, pending
+            retry_later, failure = await self._bulk(index, pending, rejected)
             if retry_later:
-                await backoff.wait("bulk", failure or f"{len(retry_later)} documents refused for now")
+                if failure is None:
+                    failure = f"{len(retry_later)} documents refused for now"
+                await backoff.wait("bulk", failure)
         backoff.done()
         metrics.ES_BULK.observe(time.perf_counter() - started)
         return rejected
 
+    async def _bulk(self, index: str, pending: dict[str, dict], rejected: list[Rejected]):
+        """One pass over ``pending``: written and rejected documents leave it; returns what is
+        left to retry after a wait and why."""
+        actions = [{"_op_type": "index", "_index": index, "_id": i, "_source": doc} for i, doc in pending.items()]
+        retry_later: dict[str, dict] = {}
+        refused = False
+        try:
+            async for ok, item in async_streaming_bulk(
+                self.client, actions, chunk_size=500, raise_on_error=False, max_retries=0
+            ):
+                result = item["index"]
+                doc_id = result["_id"]
+                if ok:
+                    pending.pop(doc_id, None)
+                elif _retryable(result.get("status")):
+                    refused = refused or _refused(result.get("status"))
+                    retry_later[doc_id] = pending[doc_id]
+                else:
+                    rejected.append(Rejected(doc_id, _item_reason(result.get("error", {}))))
+                    metrics.ES_ERRORS.labels("rejected").inc()
+                    pending.pop(doc_id, None)
+        except ApiError as exc:
+            if _retryable(exc.status_code):
+                if _refused(exc.status_code):
+                    self._reread_credentials()
+                return pending, exc
+            # The whole request was refused for what it holds (413: too large; another 4xx: one
+            # document breaks it): halve it until the document at fault is alone.
+            await self._split(index, pending, rejected, exc)
+            return {}, None
+        except (TimeoutError, TransportError, OSError) as exc:
+            return pending, exc
+        if refused:
+            self._reread_credentials()
+        return retry_later, None
+
+    async def _split(self, index: str, pending: dict[str, dict], rejected: list[Rejected], exc: ApiError) -> None:
+        if len(pending) == 1:
+            doc_id = next(iter(pending))
+            rejected.append(Rejected(doc_id, f"bulk request refused (HTTP {exc.status_code}): {exc.message}"))
+            metrics.ES_ERRORS.labels("rejected").inc()
+            pending.clear()
+            return
+        ids = list(pending)
+        for half in (ids[: len(ids) // 2], ids[len(ids) // 2 :]):
+            part = {i: pending[i] for i in half}
+            rejected += await self.write(list(part.values()), index=index)
+        pending.clear()
+
     async def close(self) -> None:
         await self.client.close()
+
+
+def _item_reason(error) -> str:
+    if isinstance(error, dict):
+        return f"{error.get('type', 'error')}: {error.get('reason', '')}"
+    return str(error)
+
+
+async def _close_later(client: AsyncElasticsearch, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    await client.close()

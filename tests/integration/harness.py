@@ -155,6 +155,7 @@ class Pipeline:
         rows = [
             (t, _epoch(r["published_at"]), r["sentiment_score"], r["label"])
             for r in self.documents("scored")
+            if r.get("clock_skew_s") is None  # a time from a source clock far ahead is not windowed
             for t in r["tickers"]
         ]
         expected = {k: v for k, v in windows.recompute(config, rows).items() if k[2] < cutoff_s}

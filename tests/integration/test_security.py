@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from elasticsearch import Elasticsearch
 
-from .harness import Pipeline
+from .harness import Pipeline, wait_for
 from .secured import (
     CLIENT_KEY_PASSWORD,
     ES_PASSWORD,
@@ -194,3 +194,43 @@ def test_basic_auth_and_ca_file_reach_the_secured_node(secured):
     _, es = secured
     client = Elasticsearch(es.url, ca_certs=str(es.certs.ca), basic_auth=("finsent-admin", ES_PASSWORD))
     assert client.security.authenticate()["username"] == "finsent-admin"
+
+
+def test_a_rotated_elasticsearch_password_pauses_the_stream_and_dead_letters_nothing(
+    secured, tiny_bundle, tmp_path, unique
+):
+    """A password changed under a running worker is an outage (backpressure, nothing committed,
+    nothing dead-lettered); once its secret file holds the new password, the stream resumes."""
+    _, es = secured
+    user, old_password, new_password = f"rot{unique}", "first-pw-5521", "second-pw-7730"
+    es.request("POST", f"/_security/user/{user}", {"password": old_password, "roles": ["superuser"]})
+    secret = tmp_path / "es_password"
+    secret.write_text(old_password + "\n")
+    env = {
+        "FINSENT_ES_HOSTS": es.url,
+        "FINSENT_ES_CA_CERTS": str(es.certs.ca),
+        "FINSENT_ES_USERNAME": user,
+        "FINSENT_ES_PASSWORD_FILE": str(secret),
+        "FINSENT_ES_RETRY_MAX_BACKOFF_S": "2",
+    }
+    pipeline = Pipeline(name=f"rot{unique}", bundle=tiny_bundle, workdir=tmp_path, extra_env=env)
+    messages = [json.dumps({"id": f"m-{i}", "text": f"Operating profit rose {i} %"}).encode() for i in range(60)]
+    worker = pipeline.start_worker(0)
+    try:
+        pipeline.produce(messages[:20])
+        pipeline.wait_indexed(20)
+        es.request("POST", f"/_security/user/{user}/_password", {"password": new_password})
+        pipeline.produce(messages[20:])
+        wait_for(lambda: worker.metric("finsent_es_backpressure") == 1, 60, "backpressure after the rotation")
+        es.request("POST", f"/{pipeline.name}-scored/_refresh")  # as the admin: the worker's password is stale
+        assert es.request("GET", f"/{pipeline.name}-scored/_count")["count"] == 20
+        secret.write_text(new_password + "\n")  # the operator updates the mounted secret
+        assert sorted(pipeline.wait_indexed(60)) == sorted(f"m-{i}" for i in range(60))
+        wait_for(lambda: worker.metric("finsent_es_backpressure") == 0, 30, "backpressure to clear")
+        assert worker.metric("finsent_messages_total", outcome="dead_letter") == 0
+        assert worker.metric("finsent_messages_total", outcome="scored") == 60
+        assert worker.process.poll() is None, "the worker died"
+    finally:
+        pipeline.stop_all()
+    log = worker.log.read_text(errors="replace")
+    assert old_password not in log and new_password not in log

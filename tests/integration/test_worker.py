@@ -10,9 +10,11 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from pipeline import windows
 from pipeline.bundle import write_manifest
 from pipeline.stack.elasticsearch import Elasticsearch as ElasticsearchService
 
@@ -213,3 +215,78 @@ def test_stopping_the_worker_while_elasticsearch_is_down_loses_nothing(pipeline:
     pipeline.start_worker()
     ids = pipeline.wait_indexed(len(messages), timeout_s=240)
     assert sorted(ids) == sorted(m["id"] for m in messages)
+
+
+def hostile_head() -> dict[str, bytes]:
+    """One payload of each class that once stalled a partition or emptied its windows."""
+    day_ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    return {
+        "deep nesting": b'{"text": "deep", "vendor": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "huge integer": b'{"text": "big", "n": ' + b"9" * 20_000 + b"}",
+        "year 9999": json.dumps(
+            {"id": "y9999", "text": "far ahead", "tickers": ["YFAR"], "published_at": "9999-12-31T23:59:59Z"}
+        ).encode(),
+        "a day ahead": json.dumps(
+            {"id": "ahead", "text": "Profit rose", "tickers": ["AHEAD"], "published_at": day_ahead}
+        ).encode(),
+        "too large once validated": json.dumps({"id": "huge", "text": "ok", "vendor": "x" * 950_000}).encode(),
+    }
+
+
+def test_hostile_payloads_at_the_head_of_a_partition_stall_nothing_and_leave_windows_exact(
+    local_stack, tiny_bundle, tmp_path, unique
+):
+    pipeline = Pipeline(
+        name=f"h{unique}",
+        bundle=tiny_bundle,
+        workdir=tmp_path,
+        partitions=1,  # one partition: the hostile payloads are at the head of everything that follows
+        extra_env={
+            "FINSENT_UNKNOWN_FIELDS": "keep",
+            "FINSENT_WINDOW_TUMBLING_S": "60",
+            "FINSENT_WINDOW_HOPPING_S": "0",
+            "FINSENT_WINDOW_LATENESS_S": "20",
+            "FINSENT_WINDOW_IDLE_S": "3",
+        },
+    )
+    now = datetime.now(UTC)
+    normal = [
+        {
+            "id": f"n-{i}",
+            "text": f"{'Profit rose' if i % 3 else 'Sales fell'} at unit {i}",
+            "tickers": [["AAPL", "MSFT", "NOK"][i % 3]],
+            "published_at": (now - timedelta(minutes=30) + timedelta(seconds=8 * i)).isoformat(),
+        }
+        for i in range(200)
+    ]
+    worker = pipeline.start_worker()
+    try:
+        head = hostile_head()
+        pipeline.produce(list(head.values()) + [json.dumps(m).encode() for m in normal])
+        ids = pipeline.wait_indexed(202, timeout_s=120)
+        assert sorted(ids) == sorted([m["id"] for m in normal] + ["y9999", "ahead"])
+        letters = pipeline.read_topic("FINSENT_TOPIC_DEADLETTER", 3)
+        assert sorted(letter["reason"] for letter in letters) == ["invalid_json", "invalid_json", "too_large"]
+        assert all(len(json.dumps(letter)) < 100_000 for letter in letters)
+        scored = {r["id"]: r for r in pipeline.read_topic("FINSENT_TOPIC_SCORED", 202)}
+        assert scored["ahead"]["clock_skew_s"] > 86_000 and scored["n-0"]["clock_skew_s"] is None
+        assert worker.metric("finsent_event_time_out_of_bounds_total", bound="future") == 2
+
+        # Every window of the normal traffic equals a recomputation: the future-dated records moved
+        # no stream time and opened no window.
+        config = windows.WindowConfig.from_seconds(60, 0, 60, lateness_s=20)
+        cutoff = (now - timedelta(minutes=4)).timestamp()
+        wait_for(
+            lambda: (
+                set(pipeline.window_comparison(config, cutoff)[0]) <= set(pipeline.window_comparison(config, cutoff)[1])
+            ),
+            120,
+            "the normal traffic's windows",
+        )
+        expected, got = pipeline.window_comparison(config, cutoff)
+        assert expected and {k: v["messages"] for k, v in expected.items()} == {k: got[k]["messages"] for k in expected}
+        assert not {k for k in got if k[0] in ("YFAR", "AHEAD")}
+        assert sum(a["late_records"] for a in got.values()) == 0
+        assert worker.process.poll() is None, "the worker died"
+    finally:
+        pipeline.stop_all()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import windows
 from pipeline.aggregation import OTHER, WindowOutputs, WindowProcessor
@@ -13,6 +15,7 @@ from pipeline.schemas import LABELS
 
 CONFIG = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20, baseline_min_windows=3)
 T0 = 1_700_000_040  # a minute boundary
+WALL = T0 + 10**6  # the worker's clock: after every event time here (none is in its future)
 
 
 class Store:
@@ -46,7 +49,7 @@ def feed(proc: WindowProcessor, store: Store, items: list[dict], batch: int = 7)
     out = WindowOutputs()
     for i in range(0, len(items), batch):
         for item in items[i : i + batch]:
-            proc.record(0, item, 0.0, out)
+            proc.record(0, item, WALL, out)
         proc.close_partition(0, out)
         store.apply(proc)
     return out
@@ -236,14 +239,47 @@ def test_idle_partition_closes_its_last_windows_on_ticks():
     store = Store()
     proc = processor(store)
     out = WindowOutputs()
-    proc.record(0, item("AAPL", T0 + 1, off=1), wall_now=1000.0, out=out)
+    proc.record(0, item("AAPL", T0 + 1, off=1), wall_now=T0 + 1000.0, out=out)
     proc.close_partition(0, out)
     assert not out.aggregates
     for wall in (1003.0, 1010.0, 1060.0, 1090.0):  # idle after 5 s; stream time follows the clock
-        proc.tick(0, wall)
+        proc.tick(0, T0 + wall)
         proc.close_partition(0, out)
     # The 1 min window and the first 5 min hopping window that holds the record both end at T0+60.
     assert [(a.window, a.end.timestamp()) for a in out.aggregates] == [("1m", T0 + 60), ("5m", T0 + 60)]
+
+
+JUNK_TIMES = st.one_of(
+    st.floats(min_value=WALL + 301, max_value=1e15),  # a source clock far ahead (year 9999 and beyond)
+    st.floats(max_value=T0 - 7 * 86_400 - 1, min_value=-1e15),  # older than the maximum age
+    st.sampled_from([float("nan"), float("inf"), float("-inf")]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    good=st.lists(st.tuples(st.floats(0, 3000), st.sampled_from(LABELS), st.sampled_from(["A", "B"])), max_size=40),
+    junk=st.lists(st.tuples(st.integers(0, 40), JUNK_TIMES, st.sampled_from(["A", "B", "C"])), max_size=15),
+    batch=st.integers(1, 9),
+)
+def test_records_out_of_time_bounds_never_move_stream_time_or_windows(good, junk, batch):
+    good = sorted(good)
+    items = [item(topic, T0 + dt, label, off=i) for i, (dt, label, topic) in enumerate(good)]
+    items.insert(0, item("A", T0, off=-1))  # stream time starts at T0, so "older than the maximum age" means it
+    for n, (position, t, topic) in enumerate(junk):
+        items.insert(1 + min(position, len(items) - 1), {**item(topic, t, off=10_000 + n), "src": "junk"})
+    items.append(item("A", T0 + 10_000, off=99_999))  # closes every window of the good records
+    store = Store()
+    proc = processor(store)
+    out = feed(proc, store, items, batch=batch)
+
+    assert sum(out.out_of_bounds.values()) == len(junk) and out.late == 0
+    assert store.data["p/0"]["stream_time"] <= WALL + proc.max_clock_skew_s
+    rows = [(topic, T0 + dt, 0.0, label) for dt, label, topic in good] + [("A", T0, 0.0, "neutral")]
+    expected = {k: v["messages"] for k, v in windows.recompute(CONFIG, rows).items() if k[2] + 300 + 20 <= T0 + 10_000}
+    got = {(a.topic, a.window, a.start.timestamp()): a.messages for a in out.aggregates}
+    assert {k: got.get(k, 0) for k in expected} == expected
+    assert set(got) <= set(expected)
 
 
 def test_rule_file_errors_name_the_rule_and_field(tmp_path):
