@@ -76,6 +76,7 @@ class WindowProcessor:
         self._last_advance_wall: dict[int, float] = {}
         self._heard_wall: dict[int, dict[str, float]] = {}  # partition -> upstream partition -> last heard
         self.tracked: dict[int, int] = {}  # partition -> names with their own windows
+        self.names: dict[int, list[str]] = {}  # partition -> those names (their metrics go when it moves)
         # True while upstream stages (in this worker or another of the group) have messages they
         # have not processed yet.
         self.upstream_pending = lambda: False
@@ -231,6 +232,7 @@ class WindowProcessor:
             if closed:
                 self._put(f"t/{name}", partition, state)
         self.tracked[partition] = len(keep)
+        self.names[partition] = keep
         if keep != meta["topics"]:
             meta["topics"] = keep
             self._put(f"p/{partition}", partition, meta)

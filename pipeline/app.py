@@ -208,6 +208,14 @@ def create_app(settings: Settings) -> faust.App:
     async def on_assigned(app, assigned, **kwargs):
         gaps.reset()
 
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app, revoked, **kwargs):
+        # Names whose window partition moves to another worker are reported by that worker now.
+        for tp in revoked:
+            if tp.topic == window_topic.get_topic_name():
+                metrics.forget_names(windows_stage.names.pop(tp.partition, []))
+                windows_stage.tracked.pop(tp.partition, None)
+
     sink = ElasticsearchSink(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
     # Loading a new bundle takes seconds: on its own thread, so scoring goes on meanwhile.

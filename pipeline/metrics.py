@@ -148,9 +148,20 @@ def record_windows(closed, alerts, late: int, forgotten: list[str], tracked: int
     for bound, count in (out_of_bounds or {}).items():
         EVENT_TIME_OUT_OF_BOUNDS.labels(bound).inc(count)
     TRACKED_TOPICS.set(tracked)
+    forget_names(forgotten)
+
+
+def forget_names(names) -> None:
+    """Drops the per-name series of names this worker no longer tracks (idle, or their partition
+    moved to another worker), so label sets stay bounded and no stale value lingers."""
+    names = set(names)
+    if not names:
+        return
     for gauge in (TOPIC_SENTIMENT, TOPIC_NEGATIVE_RATIO, TOPIC_MESSAGES):
-        for labels in [lv for lv in _label_values(gauge) if lv[0] in forgotten]:
+        for labels in [lv for lv in _label_values(gauge) if lv[0] in names]:
             gauge.remove(*labels)
+    for labels in [lv for lv in _label_values(ALERT_ACTIVE) if lv[1] in names]:
+        ALERT_ACTIVE.remove(*labels)
 
 
 def _label_values(gauge) -> list[tuple[str, ...]]:

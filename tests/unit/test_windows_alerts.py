@@ -330,3 +330,24 @@ def test_a_resolved_alert_removes_its_active_series():
     assert ("burst", "ZZTEST", "page") in active()
     metrics.record_windows([], [SimpleNamespace(**{**vars(firing), "status": "resolved"})], 0, [], 0)
     assert ("burst", "ZZTEST", "page") not in active()
+
+
+def test_names_that_move_to_another_worker_leave_no_series_behind():
+    from types import SimpleNamespace
+
+    from pipeline import metrics
+
+    store = Store()
+    proc = processor(store)
+    feed(proc, store, [item("MOVES", T0 + 1, off=1), item("MOVES", T0 + 200, off=2)])
+    assert proc.names[0] == ["MOVES"]
+    window = SimpleNamespace(
+        topic="MOVES", spec=CONFIG.specs[0], messages=1, sentiment_mean=0.1, shares={"negative": 0}
+    )
+    firing = SimpleNamespace(rule="burst", topic="MOVES", severity="page", status="firing")
+    metrics.record_windows([window], [firing], 0, [], 1)
+    assert any(lv[0] == "MOVES" for lv in metrics._label_values(metrics.TOPIC_MESSAGES))
+
+    metrics.forget_names(proc.names.pop(0))  # what the worker does when the partition is revoked
+    for gauge in (metrics.TOPIC_MESSAGES, metrics.TOPIC_SENTIMENT, metrics.ALERT_ACTIVE):
+        assert not any("MOVES" in lv for lv in metrics._label_values(gauge))
