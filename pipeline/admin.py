@@ -72,6 +72,47 @@ def _group_offsets(admin, settings: Settings, partitions, timeout_s: float = 20.
             time.sleep(0.5)
 
 
+class ReadableProbe:
+    """Whether a partition holds a record that a consumer can read between two offsets.
+
+    A transactional producer upstream leaves a commit or abort marker after each transaction,
+    at an offset no consumer ever receives, and a read_committed consumer skips aborted records
+    too: a run of offsets without messages is then no lost data, and no reason to wait for one.
+    The answer comes from reading the range with a read_committed consumer of its own: True (a
+    record is there), False (nothing readable: markers, aborted records, or compaction) or None
+    (not known in time: an open transaction holds the range)."""
+
+    def __init__(self, settings: Settings, timeout_s: float = 3.0):
+        self.settings, self.timeout_s = settings, timeout_s
+        self._consumer = None
+
+    def readable(self, topic: str, partition: int, start: int, end: int) -> bool | None:
+        from kafka import TopicPartition
+
+        if end <= start:
+            return False
+        if self._consumer is None:
+            self._consumer = kafka_consumer(
+                self.settings, isolation_level="read_committed", enable_auto_commit=False, group_id=None
+            )
+        tp = TopicPartition(topic, partition)
+        self._consumer.assign([tp])
+        self._consumer.seek(tp, start)
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            records = self._consumer.poll(timeout_ms=100, max_records=1).get(tp, [])
+            if records:
+                return records[0].offset < end
+            if self._consumer.position(tp) >= end:
+                return False
+        return None
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+        self._consumer = None
+
+
 class GroupProgress:
     """End and committed offsets of the consumer group on some topics, with clients kept open
     for repeated reads (the worker asks every second)."""
@@ -82,6 +123,8 @@ class GroupProgress:
         self.settings, self.topics, self.coordinator_wait_s = settings, topics, coordinator_wait_s
         self.timeout_ms = int(timeout_s * 1000) if timeout_s else None
         self._admin = self._consumer = None
+        self.probe = ReadableProbe(settings)
+        self._unreadable: dict[tuple[str, int], tuple[int | None, int]] = {}  # tp -> (committed, end) known empty
 
     def states(self) -> list[PartitionState]:
         from kafka import TopicPartition
@@ -103,14 +146,25 @@ class GroupProgress:
         return states
 
     def lagging(self) -> bool:
-        """True while some partition holds messages the group has not processed (committed) yet."""
-        return any(s.lag > 0 for s in self.states())
+        """True while some partition holds messages the group has not processed (committed) yet.
+        Offsets past the committed one that hold nothing readable (transaction markers) are no lag."""
+        return any(s.lag > 0 and self._holds_messages(s) for s in self.states())
+
+    def _holds_messages(self, state: PartitionState) -> bool:
+        key, span = (state.topic, state.partition), (state.committed, state.end)
+        if self._unreadable.get(key) == span:
+            return False
+        readable = self.probe.readable(state.topic, state.partition, state.committed or 0, state.end)
+        if readable is False:
+            self._unreadable[key] = span
+        return readable is not False
 
     def close(self) -> None:
         for client in (self._admin, self._consumer):
             if client is not None:
                 client.close()
         self._admin = self._consumer = None
+        self.probe.close()
 
 
 def group_state(settings: Settings, topics: list[str] | None = None) -> list[PartitionState]:

@@ -32,8 +32,8 @@ from pathlib import Path
 import faust
 from aiokafka.errors import KafkaError
 
-from . import metrics
-from .admin import GroupProgress
+from . import faustcompat, metrics
+from .admin import GroupProgress, ReadableProbe
 from .aggregation import WindowOutputs, WindowProcessor
 from .alerts import load_rules
 from .bundle import open_bundle
@@ -127,6 +127,7 @@ def create_app(settings: Settings) -> faust.App:
     if settings.model_bundle is None:
         raise ValueError("FINSENT_MODEL_BUNDLE is not set: point it at a bundle written by `finsent export`")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    faustcompat.use_read_committed()  # aborted upstream transactions are never scored
     app = faust.App(
         settings.consumer_group,
         broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(",")],
@@ -197,7 +198,15 @@ def create_app(settings: Settings) -> faust.App:
 
     model = ModelHolder(settings)
     upstream_topics = {raw_topic.get_topic_name(), valid_topic.get_topic_name()}
-    gaps = OffsetGaps(app, upstream_topics | {window_topic.get_topic_name()})
+    # Transaction markers upstream leave runs of offsets with nothing to read (see ReadableProbe).
+    probe = ReadableProbe(settings)
+    probe_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offset-probe")
+
+    async def readable(tp, start: int, end: int) -> bool | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(probe_executor, probe.readable, tp.topic, tp.partition, start, end)
+
+    gaps = OffsetGaps(app, upstream_topics | {window_topic.get_topic_name()}, readable=readable)
     # Upstream partitions other workers own are pending too while the group has not committed
     # them to their end: a source silent because a rebalance moved it is stalled, not idle.
     progress = GroupProgress(settings, sorted(upstream_topics), coordinator_wait_s=2.0, timeout_s=5.0)
@@ -603,13 +612,22 @@ class OffsetGaps:
     hole at the end, when the stage has waited ``quiet_s`` while its partition holds more), the
     stage seeks back to the hole (again after a second, as the consumer can drop the re-read too)
     and sets aside the messages past it: they are not acknowledged, and come again after the seek.
-    After ``attempts`` seeks a hole is accepted only if the broker has deleted those offsets
-    (retention); finsent's stream topics have no transaction markers or compaction."""
+    A hole that holds nothing readable (transaction markers, aborted transactions: ``readable``
+    asks the broker, see admin.ReadableProbe) is accepted at once; otherwise, after ``attempts``
+    seeks, only if the broker has deleted those offsets (retention). An accepted hole is handed to
+    faust as a gap, so its committed offset moves past it."""
 
     def __init__(
-        self, app: faust.App, topics: set[str], attempts: int = 5, interval_s: float = 1.0, quiet_s: float = 3.0
+        self,
+        app: faust.App,
+        topics: set[str],
+        attempts: int = 5,
+        interval_s: float = 1.0,
+        quiet_s: float = 3.0,
+        readable=None,
     ):
         self.app, self.topics = app, topics
+        self.readable = readable  # async (tp, start, end) -> bool | None, or None: assume readable
         self.max_attempts, self.interval_s, self.quiet_s = attempts, interval_s, quiet_s
         self.expected: dict = {}  # tp -> next offset, advanced only without holes
         self.tries: dict = {}  # tp -> (hole start, seeks so far, monotonic time of the last)
@@ -742,6 +760,28 @@ class OffsetGaps:
         else:
             await consumer.seek(tp, offset)
 
+    async def _unreadable(self, tp, start: int, end: int) -> bool:
+        if self.readable is None:
+            return False
+        try:
+            return await self.readable(tp, start, end) is False
+        except Exception as exc:  # the broker unreachable: unknown, so treat it as a real hole
+            log.info(
+                "%s[%d]: cannot tell whether offsets %d-%d are readable (%r)",
+                tp.topic,
+                tp.partition,
+                start,
+                end - 1,
+                exc,
+            )
+            return False
+
+    async def _accept(self, tp, start: int, end: int) -> None:
+        """Accepts offsets ``start``..``end - 1`` as holding nothing to process: faust may commit
+        past them (it otherwise stops committing at the first offset it never acknowledged)."""
+        self.tries.pop(tp, None)
+        await faustcompat.add_gap(self.app, tp, start, end)
+
     async def _deleted(self, tp, offset: int) -> bool:
         return await self._read_log_start(tp) and self.log_start[tp] > offset
 
@@ -750,10 +790,16 @@ class OffsetGaps:
         start, tries, last = self.tries.get(tp, (None, 0, 0.0))
         if start != want:
             tries, last = 0, 0.0
+            if await self._unreadable(tp, want, offset):
+                await self._accept(tp, want, offset)
+                return False
         if tries >= self.max_attempts:
             # Only data the broker no longer has (retention) is given up on; otherwise keep
             # asking: a partition paused by backpressure (e.g. while Elasticsearch is down) is
             # re-read only once it flows again, which can take minutes.
+            if await self._unreadable(tp, want, offset):  # e.g. a transaction that was open at first
+                await self._accept(tp, want, offset)
+                return False
             if await self._deleted(tp, want):
                 log.error(
                     "%s[%d]: offsets %d-%d were deleted by retention before they were read; continuing without them",
@@ -762,7 +808,7 @@ class OffsetGaps:
                     want,
                     offset - 1,
                 )
-                self.tries.pop(tp, None)
+                await self._accept(tp, want, offset)
                 return False
             tries = self.max_attempts - 1
         if time.monotonic() - last >= self.interval_s:

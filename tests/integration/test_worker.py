@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipeline import windows
+from pipeline.admin import GroupProgress, ensure_topics
 from pipeline.bundle import write_manifest
+from pipeline.clients import kafka_producer
 from pipeline.stack.elasticsearch import Elasticsearch as ElasticsearchService
 
 from .harness import Pipeline, wait_for
@@ -217,6 +219,17 @@ def test_stopping_the_worker_while_elasticsearch_is_down_loses_nothing(pipeline:
     assert sorted(ids) == sorted(m["id"] for m in messages)
 
 
+def minute_windows(pipeline: Pipeline, config, cutoff_s: float) -> tuple[dict, dict]:
+    """The 1-minute windows of ``window_comparison`` (the 15-minute ones close long after a test)."""
+    expected, got = pipeline.window_comparison(config, cutoff_s)
+    return {k: v for k, v in expected.items() if k[1] == "1m"}, {k: v for k, v in got.items() if k[1] == "1m"}
+
+
+def windows_closed(pipeline: Pipeline, config, cutoff_s: float) -> bool:
+    expected, got = minute_windows(pipeline, config, cutoff_s)
+    return set(expected) <= set(got)
+
+
 def hostile_head() -> dict[str, bytes]:
     """One payload of each class that once stalled a partition or emptied its windows."""
     day_ahead = (datetime.now(UTC) + timedelta(days=1)).isoformat()
@@ -244,7 +257,6 @@ def test_hostile_payloads_at_the_head_of_a_partition_stall_nothing_and_leave_win
         extra_env={
             "FINSENT_UNKNOWN_FIELDS": "keep",
             "FINSENT_WINDOW_TUMBLING_S": "60",
-            "FINSENT_WINDOW_HOPPING_S": "0",
             "FINSENT_WINDOW_LATENESS_S": "20",
             "FINSENT_WINDOW_IDLE_S": "3",
         },
@@ -274,19 +286,73 @@ def test_hostile_payloads_at_the_head_of_a_partition_stall_nothing_and_leave_win
 
         # Every window of the normal traffic equals a recomputation: the future-dated records moved
         # no stream time and opened no window.
-        config = windows.WindowConfig.from_seconds(60, 0, 60, lateness_s=20)
+        config = windows.WindowConfig.from_seconds(60, 900, 60, lateness_s=20)
         cutoff = (now - timedelta(minutes=4)).timestamp()
-        wait_for(
-            lambda: (
-                set(pipeline.window_comparison(config, cutoff)[0]) <= set(pipeline.window_comparison(config, cutoff)[1])
-            ),
-            120,
-            "the normal traffic's windows",
-        )
-        expected, got = pipeline.window_comparison(config, cutoff)
+        wait_for(lambda: windows_closed(pipeline, config, cutoff), 120, "the normal traffic's windows")
+        expected, got = minute_windows(pipeline, config, cutoff)
         assert expected and {k: v["messages"] for k, v in expected.items()} == {k: got[k]["messages"] for k in expected}
         assert not {k for k in got if k[0] in ("YFAR", "AHEAD")}
         assert sum(a["late_records"] for a in got.values()) == 0
         assert worker.process.poll() is None, "the worker died"
+    finally:
+        pipeline.stop_all()
+
+
+def test_transactional_producers_upstream_committed_read_aborted_skipped_and_nothing_stalls(
+    local_stack, tiny_bundle, tmp_path, unique
+):
+    """A transactional producer leaves a marker after each transaction: offsets no consumer
+    receives. Committed transactions are scored, aborted ones never; markers (one last, at the end
+    of each partition) stall no partition, no commit and no window."""
+    pipeline = Pipeline(
+        name=f"x{unique}",
+        bundle=tiny_bundle,
+        workdir=tmp_path,
+        partitions=2,
+        extra_env={
+            "FINSENT_WINDOW_TUMBLING_S": "60",
+            "FINSENT_WINDOW_LATENESS_S": "20",
+            "FINSENT_WINDOW_IDLE_S": "3",
+        },
+    )
+    ensure_topics(pipeline.settings)
+    now = datetime.now(UTC)
+    producer = kafka_producer(pipeline.settings, transactional_id=f"tx-{unique}")
+    producer.init_transactions()
+    worker = pipeline.start_worker()
+    committed, aborted = [], []
+    try:
+        for t in range(8):
+            ids = [f"tx{t}-{i}" for i in range(25)]
+            producer.begin_transaction()
+            for n, message_id in enumerate(ids):
+                at = now - timedelta(minutes=20) + timedelta(seconds=2 * (25 * t + n))
+                message = {"id": message_id, "text": f"Profit rose {n} % in round {t}", "tickers": [["AAPL", "NOK"][n % 2]]}
+                producer.send(
+                    pipeline.env["FINSENT_TOPIC_RAW"], json.dumps({**message, "published_at": at.isoformat()}).encode()
+                )
+            if t % 3 == 2:
+                producer.abort_transaction()
+                aborted += ids
+            else:  # the last transaction commits: each partition ends on a commit marker
+                producer.commit_transaction()
+                committed += ids
+        producer.close()
+
+        assert sorted(pipeline.wait_indexed(len(committed))) == sorted(committed)
+        # The group commits past every marker, so nothing upstream looks pending any more.
+        progress = GroupProgress(pipeline.settings, pipeline.upstream_topics())
+        try:
+            wait_for(lambda: not progress.lagging(), 60, "the group's offsets to pass the transaction markers")
+        finally:
+            progress.close()
+        config = windows.WindowConfig.from_seconds(60, 900, 60, lateness_s=20)
+        cutoff = (now - timedelta(minutes=3)).timestamp()
+        wait_for(lambda: windows_closed(pipeline, config, cutoff), 120, "every window before the cutoff")
+        expected, got = minute_windows(pipeline, config, cutoff)
+        assert expected and {k: v["messages"] for k, v in expected.items()} == {k: got[k]["messages"] for k in expected}
+        assert sorted(pipeline.indexed_ids()) == sorted(committed)  # no aborted record, even later
+        assert worker.metric("finsent_messages_total", outcome="scored") == len(committed)
+        assert worker.metric("finsent_messages_total", outcome="dead_letter") == 0
     finally:
         pipeline.stop_all()
