@@ -17,6 +17,7 @@ import json
 import shutil
 import ssl
 import subprocess
+import urllib.error
 import urllib.request
 from base64 import b64encode
 from dataclasses import dataclass
@@ -275,6 +276,36 @@ class SecuredElasticsearch(Elasticsearch):
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
+    def set_file_user(self, name: str, password: str) -> None:
+        """Adds a superuser to the file realm, or changes its password; the node re-reads its
+        users file within seconds (the integration-test distribution has no native realm)."""
+        users = self.real_dir / "config" / "users"
+        exists = users.exists() and any(line.split(":")[0] == name for line in users.read_text().splitlines())
+        tool = str(self.install_dir / "bin" / "elasticsearch-users")
+        command = (
+            [tool, "passwd", name, "-p", password]
+            if exists
+            else [tool, "useradd", name, "-p", password, "-r", "superuser"]
+        )
+        done = subprocess.run(command, env=self.environment(), capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise StackError(f"elasticsearch-users failed: {done.stdout}\n{done.stderr}")
+        user = self.run_as()
+        if user is not None:
+            subprocess.run(["chown", "-R", f"{user}:{user}", str(self.real_dir / "config")], check=True)
+
+    def authenticates(self, name: str, password: str) -> bool:
+        context = ssl.create_default_context(cafile=str(self.certs.ca))
+        auth = b64encode(f"{name}:{password}".encode()).decode()
+        request = urllib.request.Request(
+            self.url + "/_security/_authenticate", headers={"Authorization": f"Basic {auth}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context):
+                return True
+        except urllib.error.HTTPError:
+            return False
+
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
         context = ssl.create_default_context(cafile=str(self.certs.ca))
         auth = b64encode(f"{ES_USER}:{ES_PASSWORD}".encode()).decode()
@@ -284,8 +315,11 @@ class SecuredElasticsearch(Elasticsearch):
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:
-            return json.loads(response.read())
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # say what Elasticsearch answered
+            raise AssertionError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:500]!r}") from None
 
     def _get(self, path: str) -> dict | None:
         try:

@@ -203,7 +203,8 @@ def test_a_rotated_elasticsearch_password_pauses_the_stream_and_dead_letters_not
     nothing dead-lettered); once its secret file holds the new password, the stream resumes."""
     _, es = secured
     user, old_password, new_password = f"rot{unique}", "first-pw-5521", "second-pw-7730"
-    es.request("POST", f"/_security/user/{user}", {"password": old_password, "roles": ["superuser"]})
+    es.set_file_user(user, old_password)
+    wait_for(lambda: es.authenticates(user, old_password), 60, "the node to know the new user")
     secret = tmp_path / "es_password"
     secret.write_text(old_password + "\n")
     env = {
@@ -219,7 +220,8 @@ def test_a_rotated_elasticsearch_password_pauses_the_stream_and_dead_letters_not
     try:
         pipeline.produce(messages[:20])
         pipeline.wait_indexed(20)
-        es.request("POST", f"/_security/user/{user}/_password", {"password": new_password})
+        es.set_file_user(user, new_password)  # rotated under the running worker
+        wait_for(lambda: not es.authenticates(user, old_password), 60, "the node to refuse the old password")
         pipeline.produce(messages[20:])
         wait_for(lambda: worker.metric("finsent_es_backpressure") == 1, 60, "backpressure after the rotation")
         es.request("POST", f"/{pipeline.name}-scored/_refresh")  # as the admin: the worker's password is stale

@@ -327,7 +327,11 @@ def test_transactional_producers_upstream_committed_read_aborted_skipped_and_not
             producer.begin_transaction()
             for n, message_id in enumerate(ids):
                 at = now - timedelta(minutes=20) + timedelta(seconds=2 * (25 * t + n))
-                message = {"id": message_id, "text": f"Profit rose {n} % in round {t}", "tickers": [["AAPL", "NOK"][n % 2]]}
+                message = {
+                    "id": message_id,
+                    "text": f"Profit rose {n} % in round {t}",
+                    "tickers": [["AAPL", "NOK"][n % 2]],
+                }
                 producer.send(
                     pipeline.env["FINSENT_TOPIC_RAW"], json.dumps({**message, "published_at": at.isoformat()}).encode()
                 )
