@@ -24,13 +24,11 @@ import json
 import logging
 import signal
 import time
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import faust
-from aiokafka.errors import KafkaError
 
 from . import faustcompat, metrics
 from .admin import GroupProgress, ReadableProbe
@@ -41,7 +39,7 @@ from .classify import Classifier
 from .clients import redact
 from .config import Settings
 from .decode import Decoded, Origin, dead_letter, decode, too_large
-from .dedup import fingerprint
+from .dedup import Expiry, fingerprint, fingerprint_partition
 from .enrich import CompanyDictionary, enrich, routing_key
 from .schemas import LABELS, DeadLetter, ScoredRecord, ValidatedMessage
 from .sinks.elasticsearch import ElasticsearchSink, index_name
@@ -172,6 +170,8 @@ def create_app(settings: Settings) -> faust.App:
     deadletter_topic = topic(settings.topic_deadletter)
     # fingerprint -> first copy seen: {"id", "at", "label", "probabilities"}
     dedup_table = app.Table("finsent-dedup", default=None, partitions=partitions)
+    expiry = Expiry(settings.dedup_horizon_s)  # which of its entries are past the horizon
+    dedup_index = {"stale": True}  # the restored table is not in the expiry index yet
     # One item per (scored record, topic/ticker), keyed by the name: its windows live in one partition.
     window_topic = topic(f"{settings.consumer_group}.windows")
     aggregates_topic = topic(settings.topic_aggregates)
@@ -206,7 +206,7 @@ def create_app(settings: Settings) -> faust.App:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(probe_executor, probe.readable, tp.topic, tp.partition, start, end)
 
-    gaps = OffsetGaps(app, upstream_topics | {window_topic.get_topic_name()}, readable=readable)
+    gaps = faustcompat.OffsetGaps(app, upstream_topics | {window_topic.get_topic_name()}, readable=readable)
     # Upstream partitions other workers own are pending too while the group has not committed
     # them to their end: a source silent because a rebalance moved it is stalled, not idle.
     progress = GroupProgress(settings, sorted(upstream_topics), coordinator_wait_s=2.0, timeout_s=5.0)
@@ -216,6 +216,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs):
         gaps.reset()
+        expiry.clear()
+        dedup_index["stale"] = True
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
@@ -247,7 +249,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic)
     async def decode_stage(stream):
         async for events in stream.take_events(settings.max_batch * 4, within=within):
-            _hold(events)
+            faustcompat.hold(events)
             deliveries = []
             for event in await gaps.in_order(events):
                 message = event.message
@@ -266,7 +268,7 @@ def create_app(settings: Settings) -> faust.App:
                 key = fingerprint(result.message.text).encode()
                 deliveries.append(await valid_topic.send(key=key, value=value))
             await asyncio.gather(*deliveries)  # delivered before take_events acks the batch
-            _release(events)
+            faustcompat.release(events)
             gaps.done(events)
             _record_lag(app, events)
 
@@ -276,16 +278,43 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(settings.max_batch, within=within):
             # Held until its outputs are acknowledged: if the worker stops, or Kafka/Elasticsearch
             # fail in a way retries don't cover, the batch stays uncommitted and is redelivered.
-            _hold(events)
+            faustcompat.hold(events)
             batch = await gaps.in_order(events)  # from here the stage counts as busy
             if not state["template"]:
                 await sink.install_template()  # waits out an Elasticsearch outage at start
                 state["template"] = True
             if batch:
                 await _classify_with_retries(batch, loop)
-            _release(events)
+                _expire_dedup_entries(batch)
+            faustcompat.release(events)
             gaps.done(events)
             _record_lag(app, events)
+
+    def _expire_dedup_entries(events) -> None:
+        """Deletes the de-duplication entries of the batch's partitions that outlived the
+        horizon (a delete needs an event of the entry's partition for its changelog write)."""
+        now_s = time.time()
+        for event in {e.message.partition: e for e in events}.values():
+            faustcompat.set_current_event(event)
+            for key, at in expiry.due(event.message.partition, now_s):
+                entry = dedup_table.get(key)
+                if entry is not None and entry.get("at") == at:  # not written again since
+                    dedup_table.pop(key, None)
+                    metrics.DEDUP_EXPIRED.inc()
+        metrics.DEDUP_ENTRIES.set(len(expiry))
+
+    @app.timer(interval=5.0)
+    async def index_restored_dedup_entries():
+        """After an assignment, the restored table's entries join the expiry index once."""
+        if not dedup_index["stale"] or getattr(app, "in_recovery", False) or getattr(app, "rebalancing", False):
+            return
+        dedup_index["stale"] = False
+        expiry.clear()  # the table is the truth: entries noted since the assignment are in it too
+        for key, entry in dedup_table.items():
+            if isinstance(entry, dict) and "at" in entry:
+                partition = entry["p"] if "p" in entry else fingerprint_partition(key, partitions)
+                expiry.note(partition, key, entry["at"])
+        metrics.DEDUP_ENTRIES.set(len(expiry))
 
     async def _classify_with_retries(batch, loop) -> None:
         """A failure may be transient (an executor, RocksDB or GPU out of memory): the batch is
@@ -347,7 +376,7 @@ def create_app(settings: Settings) -> faust.App:
         redelivered: set[int] = set()
         first_in_batch: dict[str, int] = {}
         for i, (event, valid, fp) in enumerate(items):
-            _set_current_event(event)
+            faustcompat.set_current_event(event)
             seen = dedup_table.get(fp)
             fresh = seen and now_s - seen["at"] <= settings.dedup_horizon_s
             first = first_in_batch.get(fp)
@@ -440,8 +469,9 @@ def create_app(settings: Settings) -> faust.App:
                     await window_topic.send(key=name.encode(), value=json.dumps({**source, "topic": name}).encode())
                 )
             if i in scores:
-                _set_current_event(event)
-                dedup_table[fp] = scores[i]
+                faustcompat.set_current_event(event)
+                dedup_table[fp] = {**scores[i], "p": event.message.partition}
+                expiry.note(event.message.partition, fp, scores[i]["at"])
             outcome = "duplicate" if record.duplicate_of else "scored"
             metrics.MESSAGES.labels(outcome).inc()
             live.on_scored(1)
@@ -455,20 +485,20 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(window_topic)
     async def window_stage(stream):
         async for events in stream.take_events(settings.max_batch * 4, within=within):
-            _hold(events)
+            faustcompat.hold(events)
             generation = app.consumer_generation_id
             out, last_event = WindowOutputs(), {}
             for event in await gaps.in_order(events):
                 partition = event.message.partition
                 last_event[partition] = event
-                _set_current_event(event)  # table reads go to this partition's store
+                faustcompat.set_current_event(event)  # table reads go to this partition's store
                 item = json.loads(event.value)
                 if "tick" in item:
                     windows_stage.tick(partition, time.time())
                 else:
                     windows_stage.record(partition, item, time.time(), out)
             for partition, event in last_event.items():
-                _set_current_event(event)
+                faustcompat.set_current_event(event)
                 windows_stage.close_partition(partition, out)
             # Shielded: once outputs are on their way, the state that says so is stored too, even
             # if shutdown cancels the agent meanwhile (else a restart would repeat the alerts).
@@ -505,7 +535,7 @@ def create_app(settings: Settings) -> faust.App:
             log.info("rebalance during a window batch: its %d items will be read again", len(events))
             return
         for key, (partition, value) in windows_stage.writes().items():
-            _set_current_event(last_event[partition])
+            faustcompat.set_current_event(last_event[partition])
             if value is None:
                 window_table.pop(key, None)
             else:
@@ -514,7 +544,7 @@ def create_app(settings: Settings) -> faust.App:
             out.closed, out.alerts, out.late, out.forgotten, sum(windows_stage.tracked.values()), out.out_of_bounds
         )
         live.on_windows(out.aggregates, out.alerts, out.forgotten)
-        _release(events)
+        faustcompat.release(events)
         gaps.done(events)
 
     @app.timer(interval=1.0)
@@ -583,252 +613,10 @@ def create_app(settings: Settings) -> faust.App:
             {"status": "ok", "model_version": model.classifier.model_version, "provider": model.classifier.provider}
         )
 
-    # OffsetGaps orders each stage's partitions itself; faust's own filter would undo its seeks.
-    app.consumer._read_offset = _NoReadOffsets()
+    faustcompat.disable_read_offset_filter(app)
     # The Elasticsearch client and the executor are not closed on shutdown: agents may still be
     # finishing a batch then, and a closed client would turn a clean stop into errors.
     return app
-
-
-class _NoReadOffsets(dict):
-    """Stands in for faust's consumer ``_read_offset``. faust drops every message whose offset is
-    below the last one it read, and counts a jump past unread offsets as a legitimate gap that
-    it may commit past. After OffsetGaps seeks back to a hole, messages fetched before the seek
-    move that mark ahead again, so the re-read was dropped and the hole committed: messages lost
-    (the fault drill saw runs of ~900). Reading "nothing read yet" for every partition turns both
-    off; OffsetGaps skips copies of processed offsets and never acknowledges past a hole."""
-
-    def __getitem__(self, tp):
-        return None
-
-
-class OffsetGaps:
-    """Keeps each stage reading every partition in offset order, without holes.
-
-    With faust-streaming 0.15, in the first seconds after a worker (re)starts, the consumer now
-    and then hands a stream the offsets after a run but not the run itself: those messages would be
-    neither processed nor committed until the next restart, and processing what follows first
-    would make their records late for their windows. At the first message past a hole (or, for a
-    hole at the end, when the stage has waited ``quiet_s`` while its partition holds more), the
-    stage seeks back to the hole (again after a second, as the consumer can drop the re-read too)
-    and sets aside the messages past it: they are not acknowledged, and come again after the seek.
-    A hole that holds nothing readable (transaction markers, aborted transactions: ``readable``
-    asks the broker, see admin.ReadableProbe) is accepted at once; otherwise, after ``attempts``
-    seeks, only if the broker has deleted those offsets (retention). An accepted hole is handed to
-    faust as a gap, so its committed offset moves past it."""
-
-    def __init__(
-        self,
-        app: faust.App,
-        topics: set[str],
-        attempts: int = 5,
-        interval_s: float = 1.0,
-        quiet_s: float = 3.0,
-        readable=None,
-    ):
-        self.app, self.topics = app, topics
-        self.readable = readable  # async (tp, start, end) -> bool | None, or None: assume readable
-        self.max_attempts, self.interval_s, self.quiet_s = attempts, interval_s, quiet_s
-        self.expected: dict = {}  # tp -> next offset, advanced only without holes
-        self.tries: dict = {}  # tp -> (hole start, seeks so far, monotonic time of the last)
-        self.last_seen: dict = {}  # tp -> monotonic time of its last message
-        self.busy: set[str] = set()  # topics whose stage is inside a batch
-        self.log_start: dict = {}  # tp -> earliest offset the broker has, for partitions never committed
-        self.assigned_at = time.monotonic()
-
-    def reset(self) -> None:  # a new assignment starts from the committed offsets
-        self.expected.clear()
-        self.tries.clear()
-        self.last_seen.clear()
-        self.log_start.clear()
-        self.assigned_at = time.monotonic()
-
-    def _next(self, tp) -> int | None:
-        """The offset the stage must read next: after a new assignment, the committed offset the
-        consumer was sent back to (the first message handed over after a rebalance can lie past
-        it); where the group has committed nothing yet, the start of the log (the consumer reads
-        from the earliest offset then, and can skip a run there too: a fresh group once lost 5
-        items of one window that way); None while that is not known."""
-        if tp in self.expected:
-            return self.expected[tp]
-        committed = self.app.consumer._committed_offset.get(tp)
-        return committed if committed is not None else self.log_start.get(tp)
-
-    async def _start(self, tp) -> int | None:
-        """``_next``, asking the broker for the log start of a partition never committed."""
-        want = self._next(tp)
-        if want is None and not await self._read_log_start(tp):
-            return None
-        return self._next(tp)
-
-    async def _read_log_start(self, tp) -> bool:
-        try:
-            earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp)
-        except (TimeoutError, KafkaError, AssertionError, KeyError):
-            return False
-        if earliest is None:
-            return False
-        self.log_start[tp] = earliest
-        return True
-
-    def _settled(self) -> bool:
-        """Not inside a rebalance or a table recovery: positions are where the consumer put them."""
-        app = self.app
-        return (
-            not getattr(app, "rebalancing", False)
-            and not getattr(app, "in_recovery", False)
-            and app.flow_control.is_active()
-        )
-
-    def pending(self, topics: set[str]) -> bool:
-        """Whether any assigned partition of ``topics`` holds messages not processed yet (a batch
-        in progress counts)."""
-        if self.busy & topics:
-            return True
-        consumer = self.app.consumer
-        for tp in consumer.assignment():
-            if tp.topic not in topics:
-                continue
-            highwater = _highwater(self.app, tp)
-            if highwater is None:  # not fetched yet (just assigned, or paused): assume it holds more
-                return True
-            position = self._next(tp)
-            if position is not None and highwater > position:
-                return True
-        return False
-
-    def done(self, events) -> None:
-        self.busy.difference_update(event.message.tp.topic for event in events)
-
-    async def watch(self) -> None:
-        """A hole at the end of what was sent shows no later message: when a stage has waited
-        ``quiet_s`` for input while its partition's high watermark is past the next offset, seek
-        back too. A partition that has had no message at all since the assignment is only sought
-        back, never declared a real hole: its stage may just not have started yet."""
-        if not self._settled():
-            return
-        now = time.monotonic()
-        for tp in self.app.consumer.assignment():
-            if tp.topic not in self.topics or tp.topic in self.busy:
-                continue
-            if now - self.last_seen.get(tp, self.assigned_at) < self.quiet_s:
-                continue
-            want = await self._start(tp)
-            if want is None:
-                continue
-            highwater = _highwater(self.app, tp)
-            if highwater is None or highwater <= want:
-                continue
-            if not await self._hole(tp, want, highwater) and tp in self.expected:
-                self.expected[tp] = highwater
-            self.last_seen[tp] = now  # give the re-read time to arrive
-
-    async def in_order(self, events) -> list:
-        """The events to process now; the others (past a hole) are set aside, unacknowledged."""
-        keep, blocked = [], set()
-        now = time.monotonic()
-        for event in events:
-            tp, offset = event.message.tp, event.message.offset
-            self.last_seen[tp] = now
-            self.busy.add(tp.topic)
-            want = await self._start(tp)
-            if tp not in blocked and (want is None or offset == want):
-                self.expected[tp] = offset + 1
-                keep.append(event)
-                continue
-            if tp not in blocked and offset < want:
-                # Already processed by this worker (the consumer delivered it twice, as it does
-                # around a restart): processing it again would only re-send what is already out.
-                continue
-            if tp not in blocked and not await self._hole(tp, want, offset):
-                self.expected[tp] = offset + 1  # a real hole: accept it
-                keep.append(event)
-                continue
-            blocked.add(tp)
-            # Never acknowledged: its offset is committed only once its re-read copy is processed.
-            event.message.incref()
-            self.app.consumer._unacked_messages.discard(event.message)
-        return keep
-
-    async def _seek(self, tp, offset: int) -> None:
-        consumer = self.app.consumer
-        thread = getattr(consumer, "_thread", None)
-        if thread is not None and hasattr(thread, "seek_wait"):
-            # In the consumer's own thread: faust's plain seek calls aiokafka from this one, which
-            # races its fetcher (seen as a KeyError that crashed the worker in the fault drill).
-            await thread.seek_wait({tp: offset})
-        else:
-            await consumer.seek(tp, offset)
-
-    async def _unreadable(self, tp, start: int, end: int) -> bool:
-        if self.readable is None:
-            return False
-        try:
-            return await self.readable(tp, start, end) is False
-        except Exception as exc:  # the broker unreachable: unknown, so treat it as a real hole
-            log.info(
-                "%s[%d]: cannot tell whether offsets %d-%d are readable (%r)",
-                tp.topic,
-                tp.partition,
-                start,
-                end - 1,
-                exc,
-            )
-            return False
-
-    async def _accept(self, tp, start: int, end: int) -> None:
-        """Accepts offsets ``start``..``end - 1`` as holding nothing to process: faust may commit
-        past them (it otherwise stops committing at the first offset it never acknowledged)."""
-        self.tries.pop(tp, None)
-        await faustcompat.add_gap(self.app, tp, start, end)
-
-    async def _deleted(self, tp, offset: int) -> bool:
-        return await self._read_log_start(tp) and self.log_start[tp] > offset
-
-    async def _hole(self, tp, want: int, offset: int) -> bool:
-        """Seeks back to a hole when due; False once the hole is accepted as real."""
-        start, tries, last = self.tries.get(tp, (None, 0, 0.0))
-        if start != want:
-            tries, last = 0, 0.0
-            if await self._unreadable(tp, want, offset):
-                await self._accept(tp, want, offset)
-                return False
-        if tries >= self.max_attempts:
-            # Only data the broker no longer has (retention) is given up on; otherwise keep
-            # asking: a partition paused by backpressure (e.g. while Elasticsearch is down) is
-            # re-read only once it flows again, which can take minutes.
-            if await self._unreadable(tp, want, offset):  # e.g. a transaction that was open at first
-                await self._accept(tp, want, offset)
-                return False
-            if await self._deleted(tp, want):
-                log.error(
-                    "%s[%d]: offsets %d-%d were deleted by retention before they were read; continuing without them",
-                    tp.topic,
-                    tp.partition,
-                    want,
-                    offset - 1,
-                )
-                await self._accept(tp, want, offset)
-                return False
-            tries = self.max_attempts - 1
-        if time.monotonic() - last >= self.interval_s:
-            if tries == 0:
-                metrics.OFFSET_GAPS.labels(tp.topic).inc()
-            (log.warning if tries == 0 else log.info)(
-                "%s[%d]: offsets %d-%d were skipped by the consumer; reading them again",
-                tp.topic,
-                tp.partition,
-                want,
-                offset - 1,
-            )
-            self.tries[tp] = (want, tries + 1, time.monotonic())
-            try:
-                await self._seek(tp, want)
-            except (AssertionError, KeyError, ValueError):  # revoked meanwhile: its new owner reads it
-                log.info("%s[%d] is no longer assigned; not seeking", tp.topic, tp.partition)
-            except (TimeoutError, KafkaError) as exc:  # the next attempt tries again
-                log.warning("%s[%d]: seeking to %d failed (%r)", tp.topic, tp.partition, want, exc)
-        return True
 
 
 class PoisonBatch(Exception):
@@ -889,46 +677,15 @@ def _scored_record(
     )
 
 
-def _set_current_event(event) -> None:
-    """Table writes go to the changelog partition of the 'current event'; a batch from
-    take_events mixes partitions, so point the context at each event before touching the table."""
-    from faust.streams import _current_event
-
-    _current_event.set(weakref.ref(event))
-
-
-def _hold(events) -> None:
-    """take_events acknowledges a batch whenever its loop body is left, also when the body was
-    cut short (shutdown cancels it; the event loop closes the generator). An extra reference on
-    each message keeps that acknowledgement from becoming final until ``_release``."""
-    for event in events:
-        event.message.incref()
-
-
-def _release(events) -> None:
-    """The batch's outputs are acknowledged: drop the extra reference, so take_events' own
-    acknowledgement marks the offsets committable."""
-    for event in events:
-        event.message.decref()
-
-
 def _record_lag(app: faust.App, events) -> None:
     last: dict = {}
     for event in events:
         tp = event.message.tp
         last[tp] = max(last.get(tp, -1), event.message.offset)
     for tp, offset in last.items():
-        highwater = _highwater(app, tp)
+        highwater = faustcompat.end_offset(app, tp)
         if highwater is not None:
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset - 1))
-
-
-def _highwater(app: faust.App, tp) -> int | None:
-    """The partition's end offset, or None when unknown or no longer assigned (mid-rebalance)."""
-    try:
-        return app.consumer.highwater(tp)
-    except (AssertionError, KeyError):
-        return None
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -1,12 +1,22 @@
 """The one adapter between finsent and faust-streaming / aiokafka internals.
 
 Everything here leans on faust-streaming 0.15 and aiokafka behaviour that is not public API, so
-it is pinned: importing this module checks the faust-streaming version. What it works around:
+it is pinned: importing this module checks the faust-streaming version. The stages use it for:
+holding a batch until its outputs are acknowledged (``hold``/``release``: take_events acks a
+batch whenever its loop body is left, even when cut short), pointing table writes at an event's
+partition (``set_current_event``), reading each partition in order without holes
+(``OffsetGaps``), and a partition's end offset (``end_offset``). What it works around:
 
 - Isolation level: faust reads ``read_uncommitted`` unless ``processing_guarantee`` is
   exactly-once, so records of *aborted* upstream transactions would be scored. finsent's
   consumer reads ``read_committed`` (``use_read_committed``), like every consumer that must not
   see aborted data.
+- Skipped runs of offsets: right after an assignment, and when flow control pauses a partition,
+  faust's consumer can hand a stream the messages after a run but not the run, and its
+  read-offset filter then drops the re-read and counts the jump as a gap it may commit past
+  (offsets lost). ``OffsetGaps`` turns that filter off (``disable_read_offset_filter``), seeks back
+  in the consumer's own thread (a seek from the event loop races aiokafka's fetcher) and never
+  acknowledges past a hole.
 - Offset gaps: faust stops committing at an offset it never acknowledged, so a transaction
   marker or a compacted offset upstream stalls its commits (robinhood/faust#401,
   faust-streaming/faust#312 and #606); ``add_gap`` hands such runs to faust's own gap list.
@@ -14,7 +24,16 @@ it is pinned: importing this module checks the faust-streaming version. What it 
 
 from __future__ import annotations
 
+import logging
+import time
+import weakref
+
 import faust
+from aiokafka.errors import KafkaError
+
+from . import metrics
+
+log = logging.getLogger("finsent.worker")
 
 SUPPORTED = ("0.15.",)
 if not faust.__version__.startswith(SUPPORTED):
@@ -49,3 +68,280 @@ async def add_gap(app: faust.App, tp, start: int, end: int) -> None:
     add = getattr(app.consumer, "_add_gap", None)
     if add is not None:
         await add(tp, start, end)
+
+
+def disable_read_offset_filter(app: faust.App) -> None:
+    """OffsetGaps orders each stage's partitions itself; faust's own filter would undo its seeks."""
+    app.consumer._read_offset = _NoReadOffsets()
+
+
+class _NoReadOffsets(dict):
+    """Stands in for faust's consumer ``_read_offset``. faust drops every message whose offset is
+    below the last one it read, and counts a jump past unread offsets as a legitimate gap that
+    it may commit past. After OffsetGaps seeks back to a hole, messages fetched before the seek
+    move that mark ahead again, so the re-read was dropped and the hole committed: messages lost
+    (the fault drill saw runs of ~900). Reading "nothing read yet" for every partition turns both
+    off; OffsetGaps skips copies of processed offsets and never acknowledges past a hole."""
+
+    def __getitem__(self, tp):
+        return None
+
+
+class OffsetGaps:
+    """Keeps each stage reading every partition in offset order, without holes.
+
+    With faust-streaming 0.15, in the first seconds after a worker (re)starts, the consumer now
+    and then hands a stream the offsets after a run but not the run itself: those messages would be
+    neither processed nor committed until the next restart, and processing what follows first
+    would make their records late for their windows. At the first message past a hole (or, for a
+    hole at the end, when the stage has waited ``quiet_s`` while its partition holds more), the
+    stage seeks back to the hole (again after a second, as the consumer can drop the re-read too)
+    and sets aside the messages past it: they are not acknowledged, and come again after the seek.
+    A hole that holds nothing readable (transaction markers, aborted transactions: ``readable``
+    asks the broker, see admin.ReadableProbe) is accepted at once; otherwise, after ``attempts``
+    seeks, only if the broker has deleted those offsets (retention). An accepted hole is handed to
+    faust as a gap, so its committed offset moves past it."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        topics: set[str],
+        attempts: int = 5,
+        interval_s: float = 1.0,
+        quiet_s: float = 3.0,
+        readable=None,
+    ):
+        self.app, self.topics = app, topics
+        self.readable = readable  # async (tp, start, end) -> bool | None, or None: assume readable
+        self.max_attempts, self.interval_s, self.quiet_s = attempts, interval_s, quiet_s
+        self.expected: dict = {}  # tp -> next offset, advanced only without holes
+        self.tries: dict = {}  # tp -> (hole start, seeks so far, monotonic time of the last)
+        self.last_seen: dict = {}  # tp -> monotonic time of its last message
+        self.busy: set[str] = set()  # topics whose stage is inside a batch
+        self.log_start: dict = {}  # tp -> earliest offset the broker has, for partitions never committed
+        self.assigned_at = time.monotonic()
+
+    def reset(self) -> None:  # a new assignment starts from the committed offsets
+        self.expected.clear()
+        self.tries.clear()
+        self.last_seen.clear()
+        self.log_start.clear()
+        self.assigned_at = time.monotonic()
+
+    def _next(self, tp) -> int | None:
+        """The offset the stage must read next: after a new assignment, the committed offset the
+        consumer was sent back to (the first message handed over after a rebalance can lie past
+        it); where the group has committed nothing yet, the start of the log (the consumer reads
+        from the earliest offset then, and can skip a run there too: a fresh group once lost 5
+        items of one window that way); None while that is not known."""
+        if tp in self.expected:
+            return self.expected[tp]
+        committed = self.app.consumer._committed_offset.get(tp)
+        return committed if committed is not None else self.log_start.get(tp)
+
+    async def _start(self, tp) -> int | None:
+        """``_next``, asking the broker for the log start of a partition never committed."""
+        want = self._next(tp)
+        if want is None and not await self._read_log_start(tp):
+            return None
+        return self._next(tp)
+
+    async def _read_log_start(self, tp) -> bool:
+        try:
+            earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp)
+        except (TimeoutError, KafkaError, AssertionError, KeyError):
+            return False
+        if earliest is None:
+            return False
+        self.log_start[tp] = earliest
+        return True
+
+    def _settled(self) -> bool:
+        """Not inside a rebalance or a table recovery: positions are where the consumer put them."""
+        app = self.app
+        return (
+            not getattr(app, "rebalancing", False)
+            and not getattr(app, "in_recovery", False)
+            and app.flow_control.is_active()
+        )
+
+    def pending(self, topics: set[str]) -> bool:
+        """Whether any assigned partition of ``topics`` holds messages not processed yet (a batch
+        in progress counts)."""
+        if self.busy & topics:
+            return True
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            if tp.topic not in topics:
+                continue
+            highwater = end_offset(self.app, tp)
+            if highwater is None:  # not fetched yet (just assigned, or paused): assume it holds more
+                return True
+            position = self._next(tp)
+            if position is not None and highwater > position:
+                return True
+        return False
+
+    def done(self, events) -> None:
+        self.busy.difference_update(event.message.tp.topic for event in events)
+
+    async def watch(self) -> None:
+        """A hole at the end of what was sent shows no later message: when a stage has waited
+        ``quiet_s`` for input while its partition's high watermark is past the next offset, seek
+        back too. A partition that has had no message at all since the assignment is only sought
+        back, never declared a real hole: its stage may just not have started yet."""
+        if not self._settled():
+            return
+        now = time.monotonic()
+        for tp in self.app.consumer.assignment():
+            if tp.topic not in self.topics or tp.topic in self.busy:
+                continue
+            if now - self.last_seen.get(tp, self.assigned_at) < self.quiet_s:
+                continue
+            want = await self._start(tp)
+            if want is None:
+                continue
+            highwater = end_offset(self.app, tp)
+            if highwater is None or highwater <= want:
+                continue
+            if not await self._hole(tp, want, highwater) and tp in self.expected:
+                self.expected[tp] = highwater
+            self.last_seen[tp] = now  # give the re-read time to arrive
+
+    async def in_order(self, events) -> list:
+        """The events to process now; the others (past a hole) are set aside, unacknowledged."""
+        keep, blocked = [], set()
+        now = time.monotonic()
+        for event in events:
+            tp, offset = event.message.tp, event.message.offset
+            self.last_seen[tp] = now
+            self.busy.add(tp.topic)
+            want = await self._start(tp)
+            if tp not in blocked and (want is None or offset == want):
+                self.expected[tp] = offset + 1
+                keep.append(event)
+                continue
+            if tp not in blocked and offset < want:
+                # Already processed by this worker (the consumer delivered it twice, as it does
+                # around a restart): processing it again would only re-send what is already out.
+                continue
+            if tp not in blocked and not await self._hole(tp, want, offset):
+                self.expected[tp] = offset + 1  # a real hole: accept it
+                keep.append(event)
+                continue
+            blocked.add(tp)
+            # Never acknowledged: its offset is committed only once its re-read copy is processed.
+            event.message.incref()
+            self.app.consumer._unacked_messages.discard(event.message)
+        return keep
+
+    async def _seek(self, tp, offset: int) -> None:
+        consumer = self.app.consumer
+        thread = getattr(consumer, "_thread", None)
+        if thread is not None and hasattr(thread, "seek_wait"):
+            # In the consumer's own thread: faust's plain seek calls aiokafka from this one, which
+            # races its fetcher (seen as a KeyError that crashed the worker in the fault drill).
+            await thread.seek_wait({tp: offset})
+        else:
+            await consumer.seek(tp, offset)
+
+    async def _unreadable(self, tp, start: int, end: int) -> bool:
+        if self.readable is None:
+            return False
+        try:
+            return await self.readable(tp, start, end) is False
+        except Exception as exc:  # the broker unreachable: unknown, so treat it as a real hole
+            log.info(
+                "%s[%d]: cannot tell whether offsets %d-%d are readable (%r)",
+                tp.topic,
+                tp.partition,
+                start,
+                end - 1,
+                exc,
+            )
+            return False
+
+    async def _accept(self, tp, start: int, end: int) -> None:
+        """Accepts offsets ``start``..``end - 1`` as holding nothing to process: faust may commit
+        past them (it otherwise stops committing at the first offset it never acknowledged)."""
+        self.tries.pop(tp, None)
+        await add_gap(self.app, tp, start, end)
+
+    async def _deleted(self, tp, offset: int) -> bool:
+        return await self._read_log_start(tp) and self.log_start[tp] > offset
+
+    async def _hole(self, tp, want: int, offset: int) -> bool:
+        """Seeks back to a hole when due; False once the hole is accepted as real."""
+        start, tries, last = self.tries.get(tp, (None, 0, 0.0))
+        if start != want:
+            tries, last = 0, 0.0
+            if await self._unreadable(tp, want, offset):
+                await self._accept(tp, want, offset)
+                return False
+        if tries >= self.max_attempts:
+            # Only data the broker no longer has (retention) is given up on; otherwise keep
+            # asking: a partition paused by backpressure (e.g. while Elasticsearch is down) is
+            # re-read only once it flows again, which can take minutes.
+            if await self._unreadable(tp, want, offset):  # e.g. a transaction that was open at first
+                await self._accept(tp, want, offset)
+                return False
+            if await self._deleted(tp, want):
+                log.error(
+                    "%s[%d]: offsets %d-%d were deleted by retention before they were read; continuing without them",
+                    tp.topic,
+                    tp.partition,
+                    want,
+                    offset - 1,
+                )
+                await self._accept(tp, want, offset)
+                return False
+            tries = self.max_attempts - 1
+        if time.monotonic() - last >= self.interval_s:
+            if tries == 0:
+                metrics.OFFSET_GAPS.labels(tp.topic).inc()
+            (log.warning if tries == 0 else log.info)(
+                "%s[%d]: offsets %d-%d were skipped by the consumer; reading them again",
+                tp.topic,
+                tp.partition,
+                want,
+                offset - 1,
+            )
+            self.tries[tp] = (want, tries + 1, time.monotonic())
+            try:
+                await self._seek(tp, want)
+            except (AssertionError, KeyError, ValueError):  # revoked meanwhile: its new owner reads it
+                log.info("%s[%d] is no longer assigned; not seeking", tp.topic, tp.partition)
+            except (TimeoutError, KafkaError) as exc:  # the next attempt tries again
+                log.warning("%s[%d]: seeking to %d failed (%r)", tp.topic, tp.partition, want, exc)
+        return True
+
+
+def set_current_event(event) -> None:
+    """Table writes go to the changelog partition of the 'current event'; a batch from
+    take_events mixes partitions, so point the context at each event before touching the table."""
+    from faust.streams import _current_event
+
+    _current_event.set(weakref.ref(event))
+
+
+def hold(events) -> None:
+    """take_events acknowledges a batch whenever its loop body is left, also when the body was
+    cut short (shutdown cancels it; the event loop closes the generator). An extra reference on
+    each message keeps that acknowledgement from becoming final until ``_release``."""
+    for event in events:
+        event.message.incref()
+
+
+def release(events) -> None:
+    """The batch's outputs are acknowledged: drop the extra reference, so take_events' own
+    acknowledgement marks the offsets committable."""
+    for event in events:
+        event.message.decref()
+
+
+def end_offset(app: faust.App, tp) -> int | None:
+    """The partition's end offset, or None when unknown or no longer assigned (mid-rebalance)."""
+    try:
+        return app.consumer.highwater(tp)
+    except (AssertionError, KeyError):
+        return None

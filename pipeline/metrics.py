@@ -73,6 +73,12 @@ OFFSET_GAPS = Counter(
 SCORING_RETRIES = Counter(
     "finsent_scoring_retries", "Batches (or isolated messages) scored again after a failure.", registry=REGISTRY
 )
+DEDUP_ENTRIES = Gauge(
+    "finsent_dedup_entries", "De-duplication entries this worker holds (within the horizon).", registry=REGISTRY
+)
+DEDUP_EXPIRED = Counter(
+    "finsent_dedup_expired", "De-duplication entries deleted once past the horizon.", registry=REGISTRY
+)
 MODEL_SWAPS = Counter("finsent_model_swaps", "Model bundles hot-swapped in.", registry=REGISTRY)
 
 # Per topic/ticker, from the last closed window (label values bounded by FINSENT_WINDOW_MAX_TOPICS).

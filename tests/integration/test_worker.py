@@ -360,3 +360,32 @@ def test_transactional_producers_upstream_committed_read_aborted_skipped_and_not
         assert worker.metric("finsent_messages_total", outcome="dead_letter") == 0
     finally:
         pipeline.stop_all()
+
+
+def test_dedup_entries_expire_after_the_horizon_so_the_store_stays_bounded(local_stack, tiny_bundle, tmp_path, unique):
+    pipeline = Pipeline(
+        name=f"e{unique}", bundle=tiny_bundle, workdir=tmp_path, extra_env={"FINSENT_DEDUP_HORIZON_S": "5"}
+    )
+
+    def wave(name: str, n: int) -> list[bytes]:
+        return [json.dumps({"id": f"{name}-{i}", "text": f"Unit {i} of wave {name} grew"}).encode() for i in range(n)]
+
+    worker = pipeline.start_worker()
+    try:
+        pipeline.produce(wave("a", 400))
+        pipeline.wait_indexed(400)
+        wait_for(lambda: worker.metric("finsent_dedup_entries") == 400, 30, "the first wave's entries")
+        time.sleep(6)  # past the horizon
+        # A copy of a first-wave text is new again; a copy within the horizon is still a duplicate.
+        second = wave("b", 400) + [
+            json.dumps({"id": "again", "text": "Unit 7 of wave a grew"}).encode(),
+            json.dumps({"id": "copy", "text": "Unit 3 of wave b grew"}).encode(),
+        ]
+        pipeline.produce(second)
+        pipeline.wait_indexed(802)
+        wait_for(lambda: worker.metric("finsent_dedup_expired_total") >= 400, 30, "the first wave to expire")
+        assert worker.metric("finsent_dedup_entries") <= 401  # the second wave (and "again") only
+        scored = {r["id"]: r for r in pipeline.read_topic("FINSENT_TOPIC_SCORED", 802)}
+        assert scored["again"]["duplicate_of"] is None and scored["copy"]["duplicate_of"] == "b-3"
+    finally:
+        pipeline.stop_all()

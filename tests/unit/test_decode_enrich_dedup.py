@@ -144,3 +144,26 @@ def test_ticker_and_topic_names_are_bounded(names, detail):
         result = decode(json.dumps({"text": "x", field: names}).encode(), ORIGIN)
         assert isinstance(result, DeadLetter) and result.reason == "invalid_field" and detail in result.detail
     assert isinstance(decode(json.dumps({"text": "x", "tickers": ["A" * 64]}).encode(), ORIGIN), Decoded)
+
+
+def test_dedup_entries_expire_after_the_horizon_oldest_first_per_partition():
+    from pipeline.dedup import Expiry
+
+    expiry = Expiry(horizon_s=60)
+    for i in range(10):
+        expiry.note(i % 2, f"fp{i}", 1000.0 + i)
+    assert expiry.due(0, now_s=1000 + 59) == []
+    assert expiry.due(0, now_s=1000 + 65) == [("fp0", 1000.0), ("fp2", 1002.0), ("fp4", 1004.0)]
+    assert expiry.due(1, now_s=1000 + 65, limit=2) == [("fp1", 1001.0), ("fp3", 1003.0)]
+    assert len(expiry) == 5
+    expiry.clear()
+    assert len(expiry) == 0
+
+
+def test_an_entry_written_without_its_partition_is_found_where_the_producer_put_it():
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from pipeline.dedup import fingerprint, fingerprint_partition
+
+    key = fingerprint("Nokia wins a network deal")
+    assert fingerprint_partition(key, 4) == DefaultPartitioner()(key.encode(), [0, 1, 2, 3], [0, 1, 2, 3])

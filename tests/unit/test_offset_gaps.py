@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from faust.types import TP
 
-from pipeline.app import OffsetGaps
+from pipeline.faustcompat import OffsetGaps
 
 RAW = TP("raw", 0)
 
@@ -29,6 +29,7 @@ class Consumer:
         self._highwater = highwater
         self._unacked_messages: set = set()
         self.seeks: list[tuple[TP, int]] = []
+        self.gaps: list[tuple[TP, int, int]] = []  # runs handed to faust to commit past
 
     def assignment(self):
         return set(self._highwater)
@@ -38,6 +39,9 @@ class Consumer:
 
     async def seek(self, tp, offset):
         self.seeks.append((tp, offset))
+
+    async def _add_gap(self, tp, start, end):
+        self.gaps.append((tp, start, end))
 
     async def earliest_offsets(self, *tps):
         return {tp: self.earliest for tp in tps}
@@ -148,3 +152,32 @@ def test_a_partition_not_fetched_yet_counts_as_pending():
     # right after a restart) for an idle one: event time would jump and later records be late.
     gaps, consumer = make(committed={RAW: 5}, highwater={RAW: None})
     assert gaps.pending({"raw"})
+
+
+def readable_except(*runs):
+    """A stand-in for the broker probe: offsets inside ``runs`` hold transaction markers."""
+
+    async def readable(tp, start, end):
+        return not any(a <= start and end <= b for a, b in runs)
+
+    return readable
+
+
+def test_a_run_of_transaction_markers_is_accepted_at_once_and_committed_past():
+    gaps, consumer = make(committed={RAW: 0}, readable=readable_except((3, 4)))
+    assert offsets(run(gaps.in_order(events(0, 1, 2, 4, 5)))) == [0, 1, 2, 4, 5]
+    assert consumer.seeks == [] and consumer.gaps == [(RAW, 3, 4)]
+
+
+def test_markers_at_the_end_of_a_quiet_partition_are_not_pending():
+    gaps, consumer = make(committed={RAW: 0}, highwater={RAW: 4}, quiet_s=0, readable=readable_except((3, 4)))
+    run(gaps.in_order(events(0, 1, 2)))
+    gaps.done(events(0))
+    run(gaps.watch())
+    assert consumer.seeks == [] and consumer.gaps == [(RAW, 3, 4)] and not gaps.pending({"raw"})
+
+
+def test_a_hole_with_readable_records_is_still_read_again():
+    gaps, consumer = make(committed={RAW: 0}, readable=readable_except((3, 4)))
+    assert offsets(run(gaps.in_order(events(0, 1, 5)))) == [0, 1]  # 2-4 hold a record: not markers only
+    assert consumer.seeks == [(RAW, 2)] and consumer.gaps == []
