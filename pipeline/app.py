@@ -41,6 +41,7 @@ from .config import Settings
 from .decode import Decoded, Origin, dead_letter, decode, too_large
 from .dedup import Expiry, fingerprint, fingerprint_partition
 from .enrich import CompanyDictionary, enrich, routing_key
+from .retries import BatchFailed, process_with_retries
 from .schemas import LABELS, DeadLetter, ScoredRecord, ValidatedMessage
 from .sinks.elasticsearch import ElasticsearchSink, index_name
 from .web import PAGE, LiveView
@@ -49,8 +50,6 @@ log = logging.getLogger("finsent.worker")
 # How long the window stage waits for the consumer group's committed offsets when they cannot be
 # read before it judges upstream silence by this worker's own partitions alone.
 GROUP_PROGRESS_PATIENCE_S = 60.0
-# Waits before scoring a failed batch again; then it is scored message by message.
-SCORING_RETRY_DELAYS_S = (0.5, 2.0, 5.0)
 
 
 def _broker_credentials(settings: Settings):
@@ -317,46 +316,26 @@ def create_app(settings: Settings) -> faust.App:
         metrics.DEDUP_ENTRIES.set(len(expiry))
 
     async def _classify_with_retries(batch, loop) -> None:
-        """A failure may be transient (an executor, RocksDB or GPU out of memory): the batch is
-        tried again with backoff; if it keeps failing, message by message, so that only a message
-        that fails on its own is dead-lettered."""
-        if await _attempts(batch, loop, SCORING_RETRY_DELAYS_S) is None:
-            return
-        log.error("scoring a batch of %d keeps failing; isolating its messages", len(batch))
-        for event in batch:
-            failure = await _attempts([event], loop, SCORING_RETRY_DELAYS_S[:1])
-            if failure is None:
-                continue
-            try:
-                valid = ValidatedMessage.model_validate_json(event.value)
-                origin = Origin(
-                    valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms
-                )
-            except ValueError:
-                message = event.message
-                origin = Origin(message.topic, message.partition, message.offset)
-            letter = dead_letter(event.value or b"", origin, "processing_error", str(failure))
-            await (await send_dead_letter(letter))
+        async def classify(events) -> None:
+            await _classify_batch(events, loop)
 
-    async def _attempts(events, loop, delays) -> PoisonBatch | None:
-        """None once ``events`` are classified and delivered, else the last of the failures."""
-        for delay_s in (*delays, None):
-            try:
-                await _classify_batch(events, loop)
-                return None
-            except PoisonBatch as exc:
-                if delay_s is None:
-                    return exc
-                metrics.SCORING_RETRIES.inc()
-                log.warning("scoring %d message(s) failed (%s); again in %.1fs", len(events), exc, delay_s)
-                await asyncio.sleep(delay_s)
-        return None
+        await process_with_retries(batch, classify, _dead_letter_unscorable, on_retry=metrics.SCORING_RETRIES.inc)
+
+    async def _dead_letter_unscorable(event, failure: BatchFailed) -> None:
+        try:
+            valid = ValidatedMessage.model_validate_json(event.value)
+            origin = Origin(valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms)
+        except ValueError:
+            message = event.message
+            origin = Origin(message.topic, message.partition, message.offset)
+        letter = dead_letter(event.value or b"", origin, "processing_error", str(failure))
+        await (await send_dead_letter(letter))
 
     async def _classify_batch(events, loop) -> None:
         try:
             items, records, scores = await _score_batch(events, loop)
         except Exception as exc:
-            raise PoisonBatch(f"{type(exc).__name__}: {exc}") from exc
+            raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
         await _deliver(items, records, scores)
 
     async def _score_batch(events, loop):
@@ -617,10 +596,6 @@ def create_app(settings: Settings) -> faust.App:
     # The Elasticsearch client and the executor are not closed on shutdown: agents may still be
     # finishing a batch then, and a closed client would turn a clean stop into errors.
     return app
-
-
-class PoisonBatch(Exception):
-    """Scoring (not writing) a batch failed: some message in it cannot be processed."""
 
 
 def _validated(result: Decoded, origin: Origin) -> ValidatedMessage:
