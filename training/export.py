@@ -19,9 +19,9 @@ from pipeline.classify import Classifier
 from pipeline.schemas import LABELS
 
 from .data import LABEL_TO_ID, load_datasets, split
-from .evaluate import classification_metrics
+from .inference import predict_logits
+from .metrics import classification_metrics
 from .model import SentimentClassifier
-from .train import predict_logits
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -11,7 +11,7 @@ import json
 import random
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,35 +20,11 @@ import torch
 from pipeline.progress import Progress
 from pipeline.schemas import LABELS
 
+from .config import TrainConfig
 from .data import LABEL_TO_ID, Example, load_datasets, split
-from .evaluate import classification_metrics
+from .inference import predict_logits
+from .metrics import classification_metrics
 from .model import SentimentClassifier, default_base_model
-
-
-@dataclass
-class TrainConfig:
-    datasets: list[str]
-    output: str
-    base_model: str = ""
-    epochs: int = 2
-    seed: int = 0  # weight initialisation and data order
-    split_seed: int = 0  # train/dev/test split: fixed, so runs with other seeds are scored on the same test set
-    max_length: int = 64
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    class_weights: bool = False
-    label_smoothing: float = 0.0
-    layer_lr_decay: float = 1.0  # each encoder layer below the top learns at this times the rate above it
-    patience: int = 2
-    max_examples: int | None = None  # cap the training set (smoke runs, tests)
-    max_steps: int | None = None  # stop after this many optimiser steps in total
-    skip_bad_rows: bool = False
-    text_column: str = "text"  # for generic CSV/JSONL files
-    label_column: str = "label"
-    extra: dict = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -88,24 +64,6 @@ def batches(examples: list[Example], tokenizer, batch_size: int, max_length: int
         )
         labels = torch.tensor([LABEL_TO_ID[e.label] for e in chunk])
         yield encoded, labels
-
-
-@torch.no_grad()
-def predict_logits(model, tokenizer, texts: list[str], max_length: int, device, batch_size: int = 64) -> np.ndarray:
-    model.eval()
-    out = []
-    # Sort by length so each batch pads little; restore the order at the end.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        encoded = tokenizer(
-            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        ).to(device)
-        out.append(model(**encoded).float().cpu().numpy())
-    logits = np.concatenate(out) if out else np.zeros((0, len(LABELS)), dtype=np.float32)
-    result = np.empty_like(logits)
-    result[order] = logits
-    return result
 
 
 def train(config: TrainConfig) -> Path:

@@ -14,8 +14,9 @@ from pipeline.bundle import BundleError, open_bundle
 from pipeline.classify import Classifier
 from pipeline.schemas import LABELS
 from tests.conftest import TINY_INT8_AGREEMENT
+from training.config import TrainConfig
 from training.export import ExportError, export
-from training.train import TrainConfig, train
+from training.train import train
 
 
 def test_loss_falls_and_checkpoints_are_written(tiny_run: Path):

@@ -1,0 +1,26 @@
+"""Logits of a torch checkpoint for a list of texts (dev metrics, export parity, evaluation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.schemas import LABELS
+
+
+@torch.no_grad()
+def predict_logits(model, tokenizer, texts: list[str], max_length: int, device, batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    out = []
+    # Sort by length so each batch pads little; restore the order at the end.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        encoded = tokenizer(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
+        out.append(model(**encoded).float().cpu().numpy())
+    logits = np.concatenate(out) if out else np.zeros((0, len(LABELS)), dtype=np.float32)
+    result = np.empty_like(logits)
+    result[order] = logits
+    return result
