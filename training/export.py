@@ -6,8 +6,10 @@ into place only when parity holds, so a failed export never leaves a bundle behi
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -71,38 +73,125 @@ def _optimise(raw: Path, config, fp32_path: Path, fp16_path: Path) -> None:
     fp16.save_model_to_file(str(fp16_path))
 
 
-# INT8 recipes, fastest first; export keeps the first that passes parity. Measured on the FPB test
-# split (MiniLM, 2 cores, two trained models): embeddings in fp32 + per-channel weights agree with
-# fp32 on 98.8-99.0 % of labels at ~2.2x fp32 speed; also keeping the FFN output projections
-# (activation outliers) in fp32: 98.8-99.1 % at ~1.6x; also the attention output projections:
-# 99.2 % at ~1.35x. Quantising everything per-tensor agreed on only ~96.9 %.
+# INT8 recipes, tried in order; export keeps the first that passes parity. Static (calibrated)
+# recipes come first: their activation scales are fixed at export, so a text gets the same scores
+# whatever batch it is in (dynamic quantisation computes scales per call, from the whole batch).
+# Dynamic recipes, measured on the FPB test split (MiniLM, 2 cores, two trained models):
+# embeddings in fp32 + per-channel weights agree with fp32 on 98.8-99.0 % of labels at ~2.2x fp32
+# speed; also keeping the FFN output projections (activation outliers) in fp32: 98.8-99.1 % at
+# ~1.6x; also the attention output projections: 99.2 % at ~1.35x.
 INT8_RECIPES = (
+    "static_per_channel",
+    "static_per_channel_fp32_ffn_out",
     "matmul_attention_per_channel",
     "matmul_attention_per_channel_fp32_ffn_out",
     "matmul_attention_per_channel_fp32_ffn_out_attention_out",
 )
+CALIBRATION_EXAMPLES = 256
 
 
-def _quantise(fp32_path: Path, int8_path: Path, recipe: str) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    matmuls = [n.name for n in onnx.load(str(fp32_path), load_external_data=False).graph.node if n.op_type == "MatMul"]
+def _excluded(matmuls: list[str], recipe: str) -> list[str]:
     exclude: list[str] = []
     if "_fp32_ffn_out" in recipe:
         exclude += [n for n in matmuls if n.endswith("output/dense/MatMul") and "attention" not in n]
     if recipe.endswith("_attention_out"):
         exclude += [n for n in matmuls if "attention/output/dense" in n]
+    return exclude
+
+
+def _calibration_batches(tokenizer, texts: list[str], max_length: int, input_names: list[str], batch_size: int = 16):
+    """Training-split texts as ONNX feeds, in batches of similar length (as the worker runs them)."""
+    ordered = sorted(texts, key=len)
+    for start in range(0, len(ordered), batch_size):
+        encoded = tokenizer(
+            ordered[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="np",
+        )
+        yield {name: encoded[name].astype(np.int64) for name in input_names if name in encoded}
+
+
+def _quantise(fp32_path: Path, raw_path: Path, int8_path: Path, recipe: str, calibration) -> None:
+    """A dynamic recipe quantises the fused fp32 graph; a static one the unfused export (ONNX
+    Runtime's calibrator cannot type the fused graph's contrib ops), which ONNX Runtime fuses
+    itself when it loads the QDQ model."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source = raw_path if recipe.startswith("static") else fp32_path
+    matmuls = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node if n.op_type == "MatMul"]
+    exclude = _excluded(matmuls, recipe)
+    if recipe.startswith("static"):
+        _quantise_static(raw_path, int8_path, exclude, calibration)
+        return
     # The fused graph has contrib ops (Attention, SkipLayerNorm) that shape inference can't type.
-    quantize_dynamic(
-        str(fp32_path),
-        str(int8_path),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul", "Attention"],
-        nodes_to_exclude=exclude,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    with _quiet_quantiser():
+        quantize_dynamic(
+            str(fp32_path),
+            str(int8_path),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Attention"],
+            nodes_to_exclude=exclude,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+
+
+def _quantise_static(raw_path: Path, int8_path: Path, exclude: list[str], calibration) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
     )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(list(calibration()))
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    prepared = raw_path.with_name("prepared.onnx")
+    # Symbolic shape inference does not finish on the exported graph; ONNX shape inference does.
+    quant_pre_process(str(raw_path), str(prepared), skip_symbolic_shape=True)
+    try:
+        # MinMax: the percentile and entropy calibrators need equal shapes across calibration
+        # batches, which texts of different lengths do not have.
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["MatMul"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+@contextmanager
+def _quiet_quantiser():
+    """ONNX Runtime's quantiser logs a pre-processing hint on the root logger at every call; the
+    static recipes do pre-process, and the dynamic ones work on a graph the hint does not fit."""
+    root = logging.getLogger()
+
+    def hint(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root.addFilter(hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
 
 
 def export(
@@ -139,8 +228,14 @@ def export(
         _export_onnx(model, tokenizer, raw, opset)
         log("optimising the graph (ONNX Runtime transformer fusions) and converting to fp16")
         _optimise(raw, model.encoder.config, work / VARIANT_FILES["fp32"], work / VARIANT_FILES["fp16"])
-        raw.unlink()
-        _quantise(work / VARIANT_FILES["fp32"], work / VARIANT_FILES["int8"], INT8_RECIPES[0])
+        rng = np.random.default_rng(0)
+        picked = rng.choice(len(parts.train), size=min(CALIBRATION_EXAMPLES, len(parts.train)), replace=False)
+        calibration_texts = [parts.train[int(i)].text for i in picked]
+        input_names = [n for n in ONNX_INPUTS if n in tokenizer("x")]
+
+        def calibration():
+            return _calibration_batches(tokenizer, calibration_texts, meta["max_length"], input_names)
+
         tokenizer.save_pretrained(work)
         (work / "labels.json").write_text(json.dumps(list(LABELS)))
         version = model_version or (
@@ -199,8 +294,8 @@ def export(
                 f"fp32 ONNX differs from torch by {parity['fp32_max_abs_logit_diff']:.2e} > {max_logit_diff:.0e}"
             )
         for recipe in INT8_RECIPES:
-            log(f"quantising to INT8 (dynamic, {recipe})")
-            _quantise(work / VARIANT_FILES["fp32"], work / VARIANT_FILES["int8"], recipe)
+            log(f"quantising to INT8 ({recipe})")
+            _quantise(work / VARIANT_FILES["fp32"], raw, work / VARIANT_FILES["int8"], recipe, calibration)
             variants["int8"] = run("int8")
             metrics["int8"] = classification_metrics(y_true, variants["int8"])
             parity["int8_recipe"] = recipe
@@ -223,6 +318,7 @@ def export(
         if failures:
             raise ExportError("parity failed: " + "; ".join(failures))
 
+        raw.unlink()  # the static recipes' source, not part of the bundle
         manifest["parity"] = parity
         manifest["metrics"] = {
             "test": {

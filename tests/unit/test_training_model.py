@@ -56,6 +56,21 @@ def test_bundle_classifies(tiny_bundle: Path):
     np.testing.assert_allclose(single, fp32.predict_proba(texts), atol=1e-4)
 
 
+def test_static_int8_gives_a_text_the_same_scores_whatever_its_batch(tiny_bundle: Path):
+    bundle = open_bundle(tiny_bundle)
+    assert bundle.manifest["parity"]["int8_recipe"].startswith("static")
+    classifier = Classifier(bundle, variant="int8")
+    text = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn"
+    mates = [
+        [text],
+        [text, "The company laid off 200 workers after a weak quarter " * 3],
+        ["ok", text, "Sales fell", "Net profit was EUR 2 mn"],
+    ]
+    scores = [classifier.predict_proba(batch)[batch.index(text)] for batch in mates]
+    for other in scores[1:]:
+        np.testing.assert_allclose(other, scores[0], atol=1e-6)
+
+
 def test_failed_parity_leaves_no_bundle(tiny_run: Path, tmp_path: Path):
     target = tmp_path / "never"
     with pytest.raises(ExportError, match="INT8 agrees with fp32"):
