@@ -92,8 +92,13 @@ class ReadableProbe:
         if end <= start:
             return False
         if self._consumer is None:
+            # earliest: a start below the log start (retention) must read from there, not jump to the end
             self._consumer = kafka_consumer(
-                self.settings, isolation_level="read_committed", enable_auto_commit=False, group_id=None
+                self.settings,
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+                group_id=None,
+                auto_offset_reset="earliest",
             )
         tp = TopicPartition(topic, partition)
         self._consumer.assign([tp])
