@@ -117,7 +117,7 @@ class WindowProcessor:
             tracked = sum(1 for t in meta["topics"] if t != OTHER)
             if name != OTHER and tracked >= self.per_partition:
                 # Offsets of several upstream partitions mix under one source here: drop them.
-                rerouted = {k: v for k, v in item.items() if k != "o"}
+                rerouted = {k: v for k, v in item.items() if k not in ("o", "ro")}
                 out.reroute.append({**rerouted, "topic": OTHER, "src": f"w{partition}"})
                 return
             meta["topics"] = meta["topics"] + [name]
@@ -252,17 +252,24 @@ class WindowProcessor:
 
 def _delivered_before(state: dict, item: dict) -> bool:
     """Whether ``item`` repeats one this name already received. A name gets at most one item per
-    upstream message, and items from one source arrive in the order of their upstream offset
-    ``o`` (the classify stage reads its partition in order and sends in that order), so after a
-    restart or rebalance re-reads a stretch of it, every item at or below the highest offset
-    received is a repeat, even once its window has closed and its bucket's ids are gone."""
-    mark = state.get("marks", {}).get(item["src"])
-    return mark is not None and "o" in item and item["o"] <= mark
+    upstream message, and items from one source arrive in the order of their offsets (the decode
+    stage reads a raw partition in order and re-keys in that order, the classify stage reads its
+    partition in order and sends in that order), so after a restart or rebalance re-reads a
+    stretch, every item at or below the highest offset received is a repeat, even once its window
+    has closed and its bucket's ids are gone. Two marks per source: ``o``, the offset in the
+    by-fingerprint partition (a classify batch read again), and ``ro``, the raw offset (a raw
+    stretch decoded again after a worker died, whose copies get new by-fingerprint offsets)."""
+    for offset, marks in (("o", "marks"), ("ro", "raw_marks")):
+        mark = state.get(marks, {}).get(item["src"])
+        if mark is not None and offset in item and item[offset] <= mark:
+            return True
+    return False
 
 
 def _note_delivery(state: dict, item: dict) -> None:
-    if "o" in item:
-        state["marks"][item["src"]] = max(item["o"], state["marks"].get(item["src"], item["o"]))
+    for offset, marks in (("o", "marks"), ("ro", "raw_marks")):
+        if offset in item:
+            state[marks][item["src"]] = max(item[offset], state[marks].get(item["src"], item[offset]))
 
 
 def _deep_copy(state: dict) -> dict:
@@ -273,6 +280,7 @@ def _deep_copy(state: dict) -> dict:
         "buckets": {k: list(v) for k, v in state["buckets"].items()},
         "seen": {k: dict(v) for k, v in state.get("seen", {}).items()},
         "marks": dict(state.get("marks", {})),
+        "raw_marks": dict(state.get("raw_marks", {})),
         "closed": dict(state.get("closed", {})),
         "frontier": dict(state["frontier"]),
         "baseline": {k: dict(v) for k, v in state["baseline"].items()},

@@ -440,6 +440,7 @@ def create_app(settings: Settings) -> faust.App:
                 "id": record.id,
                 "src": f"{event.message.partition}:{valid.origin_partition}",
                 "o": event.message.offset,
+                "ro": valid.origin_offset,
             }
             if record.clock_skew_s is not None:  # an untrustworthy time must not move stream time
                 metrics.EVENT_TIME_OUT_OF_BOUNDS.labels("future").inc()

@@ -115,7 +115,8 @@ class ClosedWindow:
 
 def new_state() -> dict:
     # closed: spec -> start of the first window not emitted yet (absent until one is); seen: bucket
-    # -> hashed ids counted there; marks: upstream source -> highest offset received
+    # -> hashed ids counted there; marks / raw_marks: upstream source -> highest by-fingerprint /
+    # raw offset received
     # (aggregation.py). Kept in the one state so a batch's effect on a name is stored all at once.
     return {
         "buckets": {},
@@ -127,6 +128,7 @@ def new_state() -> dict:
         "closed": {},
         "seen": {},
         "marks": {},
+        "raw_marks": {},
     }
 
 

@@ -145,6 +145,21 @@ def test_a_repeat_after_its_window_closed_is_a_duplicate_not_a_late_record():
     assert out2.duplicates == 0 and out2.late == 1
 
 
+def test_a_raw_stretch_decoded_again_after_a_worker_died_is_a_duplicate_not_a_late_record():
+    """The survivor decodes the dead worker's uncommitted raw stretch again: the copies carry the
+    same raw offsets but new by-fingerprint offsets, and may come after their windows closed."""
+    store = Store()
+    proc = processor(store)
+    first = [{**item("AAPL", T0 + i, off=i), "ro": 100 + i} for i in range(10)]
+    out = feed(proc, store, first + [{**item("AAPL", T0 + 500, off=10), "ro": 110}])
+    assert out.late == 0 and out.duplicates == 0
+    copies = [{**record, "o": 20 + n, "ro": record["ro"]} for n, record in enumerate(first[4:])]
+    new = {**item("AAPL", T0 + 501, off=30), "ro": 111}
+    again = feed(proc, store, copies + [new])
+    assert again.duplicates == 6 and again.late == 0
+    assert store.data["t/AAPL"]["raw_marks"]["0"] == 111
+
+
 def test_a_name_state_alone_says_what_is_late():
     """The partition's stream time can run ahead of a name's stored state (a SIGKILL can persist
     one table key of a batch and not another): a re-read record whose window this name has not
