@@ -9,7 +9,7 @@ import json
 import logging
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -120,14 +120,16 @@ def _quantise(fp32_path: Path, raw_path: Path, int8_path: Path, recipe: str, cal
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    fp32_path, raw_path, int8_path = fp32_path.resolve(), raw_path.resolve(), int8_path.resolve()
     source = raw_path if recipe.startswith("static") else fp32_path
     matmuls = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node if n.op_type == "MatMul"]
     exclude = _excluded(matmuls, recipe)
     if recipe.startswith("static"):
-        _quantise_static(raw_path, int8_path, exclude, calibration)
+        with _quiet_quantiser(int8_path.parent):
+            _quantise_static(raw_path, int8_path, exclude, calibration)
         return
     # The fused graph has contrib ops (Attention, SkipLayerNorm) that shape inference can't type.
-    with _quiet_quantiser():
+    with _quiet_quantiser(int8_path.parent):
         quantize_dynamic(
             str(fp32_path),
             str(int8_path),
@@ -179,9 +181,11 @@ def _quantise_static(raw_path: Path, int8_path: Path, exclude: list[str], calibr
 
 
 @contextmanager
-def _quiet_quantiser():
+def _quiet_quantiser(workdir: Path):
     """ONNX Runtime's quantiser logs a pre-processing hint on the root logger at every call; the
-    static recipes do pre-process, and the dynamic ones work on a graph the hint does not fit."""
+    static recipes do pre-process, and the dynamic ones work on a graph the hint does not fit.
+    Its symbolic shape inference also drops scratch files into the working directory, so it runs
+    in the export's own work directory."""
     root = logging.getLogger()
 
     def hint(record: logging.LogRecord) -> bool:
@@ -189,7 +193,8 @@ def _quiet_quantiser():
 
     root.addFilter(hint)
     try:
-        yield
+        with chdir(workdir):
+            yield
     finally:
         root.removeFilter(hint)
 
