@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from training.config import TrainConfig
+from training.config import TrainConfig, default_datasets
 
 from .config import DATA_DIR, ConfigError, Settings, load_settings
 
@@ -119,7 +119,13 @@ def stack_down(services: list[str] | None = ServicesArg, config: Path | None = C
 
 @app.command()
 def train(
-    dataset: list[Path] = typer.Option(..., "--dataset", "-d", help="Labelled file(s); repeat to combine."),
+    dataset: list[Path] = typer.Option(
+        None,
+        "--dataset",
+        "-d",
+        help="Labelled file(s); repeat to combine. Default: the default recipe, Financial PhraseBank "
+        "50Agree + the Twitter Financial News sentiment train file from data/.",
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Training directory (best/ and last/ checkpoints)."),
     base_model: str = typer.Option(
         _TRAIN["base_model"],
@@ -156,7 +162,7 @@ def train(
     from training.train import train as run_training
 
     config = TrainConfig(
-        datasets=[str(d) for d in dataset],
+        datasets=[str(d) for d in dataset] if dataset else default_datasets(),
         output=str(output),
         base_model=base_model,
         epochs=epochs,
@@ -377,24 +383,39 @@ def report(
 
 @app.command()
 def demo(
-    data: Path = typer.Option(
-        DATA_DIR, help="Labelled data folder (financial_phrasebank/, twitter_financial_news_sentiment/)."
+    session: Path = typer.Option(
+        None, help="Replay file with times, tickers and labels (default: data/demo/market_session.jsonl)."
     ),
-    messages: int = typer.Option(3000, help="Messages to replay."),
-    rate: float = typer.Option(150.0, help="Messages per second."),
-    spacing: float = typer.Option(0.5, help="Seconds of event time between replayed messages."),
-    epochs: int = typer.Option(1, help="Fine-tuning epochs for the demo model (first run only)."),
+    speedup: float = typer.Option(
+        20.0, help="Event time runs this many times faster than the clock (20: the 40-minute session in 2 min)."
+    ),
+    data: Path = typer.Option(DATA_DIR, help="Labelled data folder, for the quick model (first run only)."),
+    epochs: int = typer.Option(1, help="Fine-tuning epochs for the quick model (first run only)."),
     output: Path = typer.Option(Path("reports")),
     config: Path | None = ConfigOption,
 ) -> None:
-    """Everything in one command: stack, model, worker, a replay with a live view, and a report."""
+    """Everything in one command: stack, model, worker, the market session with a live view, a scorecard
+    of the alerts it scripted, and a report."""
     from .demo import run_demo
+    from .scenario import SESSION_FILE
 
     settings = settings_or_exit(config)
     try:
-        run_demo(settings, data, messages=messages, rate=rate, spacing_s=spacing, epochs=epochs, output=output)
+        run_demo(settings, session or SESSION_FILE, data, speedup=speedup, epochs=epochs, output=output)
     except (FileNotFoundError, RuntimeError) as exc:
         _fail(exc)
+
+
+@app.command()
+def scenario(
+    data: Path = typer.Option(DATA_DIR, help="Labelled data folder (the default recipe's files)."),
+    seed: int = typer.Option(0, help="Volumes, labels and texts drawn with this seed."),
+) -> None:
+    """Regenerate the demo's market session (data/demo/) from the default recipe's test split."""
+    from .scenario import SCRIPT_FILE, SESSION_FILE, generate
+
+    rows = generate(data, seed=seed)
+    console.print(f"{len(rows)} messages: {SESSION_FILE}; script and expected alerts: {SCRIPT_FILE}")
 
 
 @app.command("kibana-import")

@@ -1,10 +1,11 @@
 """``finsent report``: how a model did on a replayed run, as an HTML page with plots and a JSON summary.
 
 Reads the run's scored records from Elasticsearch (or from the scored topic), the alerts raised
-for its topics while it ran, and its dead letters from the dead-letter topic. Reports accuracy,
-macro-F1 and the confusion matrix against the replay's labels, per-topic sentiment timelines
-with alerts marked, throughput over time, the latency histogram with p50/p95/p99, and dead
-letters by reason.
+for its topics while it ran, and its dead letters from the dead-letter topic. Reports the key
+figures, accuracy against the replay's labels (per-class precision/recall, confusion matrix),
+latency p50/p95/p99 with its histogram, throughput over time, 1-minute window charts of the
+tickers that alerted and the busiest ones (alert episodes shaded), the alerts, and dead letters
+by reason; the demo adds its scorecard.
 """
 
 from __future__ import annotations
@@ -151,6 +152,68 @@ def _png(fig) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def minute_windows(scored: list[dict], topic: str, size_s: int = 60) -> list[dict]:
+    """Per ``size_s`` window of event time (empty windows included): messages, mean sentiment
+    score and negative share of the records that name ``topic``."""
+    buckets: dict[int, list[dict]] = {}
+    for r in scored:
+        if topic in r.get("tickers", []) + r.get("topics", []):
+            buckets.setdefault(int(_time(r["published_at"]).timestamp() // size_s), []).append(r)
+    if not buckets:
+        return []
+    rows = []
+    for bucket in range(min(buckets), max(buckets) + 1):
+        records = buckets.get(bucket, [])
+        rows.append(
+            {
+                "start": bucket * size_s,
+                "messages": len(records),
+                "sentiment": float(np.mean([r["sentiment_score"] for r in records])) if records else None,
+                "negative": sum(r["label"] == "negative" for r in records) / len(records) if records else None,
+            }
+        )
+    return rows
+
+
+SEVERITY_COLOURS = {"page": "tab:red", "warning": "tab:orange", "info": "tab:blue"}
+
+
+def _ticker_windows_figure(plt, scored: list[dict], alerts: list[dict], topics: list[str]):
+    """One panel per topic: volume bars, 1-minute mean sentiment, negative share, and each alert
+    episode shaded from the window that fired it to the one that resolved it."""
+    from datetime import UTC
+
+    fig, axes = plt.subplots(len(topics), 1, figsize=(10, 2.2 * len(topics)), sharex=True, squeeze=False)
+    end_of_data = max(_time(r["published_at"]) for r in scored)
+    for ax, topic in zip(axes[:, 0], topics, strict=False):
+        rows = minute_windows(scored, topic)
+        starts = [datetime.fromtimestamp(w["start"], UTC) for w in rows]
+        volume = ax.twinx()
+        volume.bar(starts, [w["messages"] for w in rows], width=1 / 1440 * 0.9, align="edge", color="#bbb", zorder=0)
+        volume.set_ylabel("msgs", color="#888", fontsize=8)
+        volume.tick_params(labelsize=7, colors="#888")
+        ax.set_zorder(volume.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.plot(starts, [w["sentiment"] for w in rows], color="tab:blue", linewidth=1.5, label="mean sentiment")
+        ax.plot(
+            starts, [w["negative"] for w in rows], color="tab:red", linestyle="--", linewidth=1, label="negative share"
+        )
+        ax.axhline(0, color="#ccc", linewidth=0.8)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylabel(topic, rotation=0, ha="right", fontweight="bold")
+        for alert in (a for a in alerts if a["topic"] == topic):
+            began = _time(alert["window_start"])
+            ended = _time(alert["resolved_at"]) if alert.get("resolved_at") else end_of_data
+            colour = SEVERITY_COLOURS.get(alert.get("severity"), "tab:red")
+            ax.axvspan(began, ended, color=colour, alpha=0.18, zorder=0)
+            ax.annotate(alert["rule"], (began, 0.82), color=colour, fontsize=7)
+    axes[0, 0].legend(loc="lower left", fontsize=7, ncols=2)
+    axes[0, 0].set_title(
+        "1-minute windows: mean sentiment, negative share, volume (grey bars); alerts shaded fire to resolve"
+    )
+    return fig
+
+
 def plots(scored: list[dict], alerts: list[dict], summary: dict, output: Path) -> dict[str, str]:
     """name -> base64 PNG (also written next to the report)."""
     import matplotlib
@@ -179,27 +242,12 @@ def plots(scored: list[dict], alerts: list[dict], summary: dict, output: Path) -
         save("confusion_matrix", fig)
 
     counts = Counter(t for r in scored for t in r.get("tickers", []) + r.get("topics", []))
-    topics = [t for t, _ in counts.most_common(TIMELINE_TOPICS)]
+    alerted = {a["topic"] for a in alerts}
+    # Names that alerted first, then the busiest.
+    ranked = sorted(counts, key=lambda t: (t not in alerted, -counts[t], t))
+    topics = ranked[:TIMELINE_TOPICS]
     if topics:
-        fig, axes = plt.subplots(len(topics), 1, figsize=(9, 1.9 * len(topics)), sharex=True, squeeze=False)
-        for ax, topic in zip(axes[:, 0], topics, strict=False):
-            rows = sorted(
-                (_time(r["published_at"]), r["sentiment_score"])
-                for r in scored
-                if topic in r.get("tickers", []) + r.get("topics", [])
-            )
-            times, scores = zip(*rows, strict=False)
-            window = max(1, len(scores) // 30)
-            smooth = np.convolve(scores, np.ones(window) / window, mode="same")
-            ax.scatter(times, scores, s=4, alpha=0.3)
-            ax.plot(times, smooth, linewidth=1.5)
-            ax.set_ylim(-1.05, 1.05)
-            ax.set_ylabel(topic, rotation=0, ha="right")
-            for alert in (a for a in alerts if a["topic"] == topic):
-                ax.axvline(_time(alert["window_start"]), color="red", linewidth=1)
-                ax.annotate(alert["rule"], (_time(alert["window_start"]), 0.9), color="red", fontsize=7)
-        axes[0, 0].set_title("sentiment score per message (line: moving average; red: alerts fired)")
-        save("sentiment_timelines", fig)
+        save("ticker_windows", _ticker_windows_figure(plt, scored, alerts, topics))
 
     processed = sorted(_time(r["processed_at"]).timestamp() for r in scored)
     if len(processed) > 1:
@@ -227,36 +275,126 @@ def plots(scored: list[dict], alerts: list[dict], summary: dict, output: Path) -
     return images
 
 
-def write_report(run_id: str, scored: list[dict], alerts: list[dict], letters: Counter, output: Path) -> Path:
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><tr>{head}</tr>{body}</table>'
+
+
+def _sections(summary: dict, alerts: list[dict], images: dict[str, str], scorecard) -> list[tuple[str, str, str]]:
+    """(anchor, heading, HTML) per report section, in reading order."""
+
+    def img(name: str) -> str:
+        return f'<img alt="{name}" src="data:image/png;base64,{images[name]}">' if name in images else ""
+
+    latency = summary.get("latency_ms", {})
+    figures = [
+        ["messages scored", f"{summary['messages']:,}"],
+        ["labelled", f"{summary['labelled']:,}"],
+        ["accuracy", _pct(summary.get("accuracy"))],
+        ["macro-F1", f"{summary['macro_f1']:.3f}" if "macro_f1" in summary else "–"],
+        ["throughput", f"{summary['throughput_msgs_per_s']:,.1f} msg/s" if "throughput_msgs_per_s" in summary else "–"],
+        ["latency p50 / p99", f"{latency['p50']:,.0f} ms / {latency['p99']:,.0f} ms" if latency else "–"],
+        ["alerts", f"{summary['alerts']:,}"],
+        ["dead letters", f"{sum(summary['dead_letters'].values()):,}"],
+        ["model", ", ".join(f"{m} ({n:,})" for m, n in summary["models"].items())],
+    ]
+    sections = [("summary", "Summary", _table(["", ""], figures, "figures"))]
+    if scorecard is not None:
+        rows = [
+            [
+                r["event"],
+                r["ticker"],
+                r["rule"],
+                f"min {r['scripted'].removesuffix(' min')}",
+                f"min {r['fired_min']:.0f}" if r["fired_at"] else "MISSED",
+                f"min {r['resolved_min']:.0f}" if r.get("resolved_at") else "–",
+            ]
+            for r in scorecard.found
+        ] + [["false alert", a["topic"], a["rule"], "–", a["fired_at"][11:16], ""] for a in scorecard.false_alerts]
+        verdict = "every scripted alert fired, no false alert" if scorecard.passed else "the run missed its script"
+        sections.append(
+            (
+                "scorecard",
+                "Scorecard",
+                f"<p>{verdict}</p>"
+                + _table(["scripted event", "ticker", "rule", "scripted", "fired", "resolved"], rows),
+            )
+        )
+    if "per_class" in summary:
+        per_class = [
+            [label, _pct(m["precision"]), _pct(m["recall"]), f"{m['f1']:.3f}", f"{m['support']:,}"]
+            for label, m in summary["per_class"].items()
+        ]
+        sections.append(
+            (
+                "accuracy",
+                "Accuracy",
+                _table(["class", "precision", "recall", "F1", "support"], per_class) + img("confusion_matrix"),
+            )
+        )
+    if latency:
+        rows = [[q, f"{latency[q]:,.0f} ms"] for q in ("p50", "p95", "p99")]
+        sections.append(
+            ("latency", "Latency (Kafka timestamp to scored record)", _table(["", ""], rows) + img("latency"))
+        )
+    sections.append(("throughput", "Throughput", img("throughput")))
+    sections.append(("tickers", "Tickers", img("ticker_windows")))
+    alert_rows = [
+        [
+            a["topic"],
+            a["rule"],
+            a["severity"],
+            a["window_start"][:16].replace("T", " "),
+            (a.get("resolved_at") or "firing")[:16].replace("T", " "),
+            a["summary"],
+        ]
+        for a in sorted(alerts, key=lambda a: a["window_start"])
+    ]
+    sections.append(
+        (
+            "alerts",
+            "Alerts",
+            _table(["ticker", "rule", "severity", "fired (window)", "resolved", "summary"], alert_rows),
+        )
+    )
+    letters = [[reason, f"{n:,}"] for reason, n in sorted(summary["dead_letters"].items(), key=lambda x: -x[1])]
+    sections.append(
+        ("dead-letters", "Dead letters", _table(["reason", "messages"], letters) if letters else "<p>none</p>")
+    )
+    return sections
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1050px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{padding:3px 12px;border-bottom:1px solid #ddd;text-align:left}
+th{background:#f4f4f4}table.figures td:first-child{color:#666}img{max-width:100%}section{margin-bottom:1.5em}"""
+
+
+def write_report(
+    run_id: str, scored: list[dict], alerts: list[dict], letters: Counter, output: Path, scorecard=None
+) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     summary = {"run_id": run_id, **summarise(scored, alerts, letters)}
     images = plots(scored, alerts, summary, output)
+    if scorecard is not None:
+        summary["scorecard"] = {"passed": scorecard.passed, "found": scorecard.found, "false": scorecard.false_alerts}
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))}</td></tr>"
-        for k, v in summary.items()
-        if k not in ("confusion_matrix", "per_class")
-    )
-    alert_rows = "".join(
-        f"<tr><td>{html.escape(a['topic'])}</td><td>{html.escape(a['rule'])}</td><td>{html.escape(a['severity'])}</td>"
-        f"<td>{html.escape(a['window_start'])}</td><td>{html.escape(a['status'])}</td><td>{html.escape(a['summary'])}</td></tr>"
-        for a in sorted(alerts, key=lambda a: a["window_start"])
-    )
-    pictures = "".join(
-        f'<h2>{name.replace("_", " ")}</h2><img alt="{name}" src="data:image/png;base64,{data}">'
-        for name, data in images.items()
+    body = "".join(
+        f'<section id="{anchor}"><h2>{html.escape(heading)}</h2>{content}</section>'
+        for anchor, heading, content in _sections(summary, alerts, images, scorecard)
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>finsent report {html.escape(run_id)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}td{{padding:2px 10px;border-bottom:1px solid #ddd}}
-img{{max-width:100%}}</style></head><body><h1>finsent report: run {html.escape(run_id)}</h1>
-<table>{rows}</table>{pictures}<h2>alerts</h2><table><tr><th>topic</th><th>rule</th><th>severity</th>
-<th>window</th><th>status</th><th>summary</th></tr>{alert_rows}</table></body></html>"""
+<style>{STYLE}</style></head><body><h1>finsent report: run {html.escape(run_id)}</h1>{body}</body></html>"""
     path = output / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
 
 
-def report(settings: Settings, run_id: str, output: Path, source: str = "elasticsearch") -> Path:
+def report(settings: Settings, run_id: str, output: Path, source: str = "elasticsearch", scorecard=None) -> Path:
     scored = (
         scored_from_elasticsearch(settings, run_id)
         if source == "elasticsearch"
@@ -267,4 +405,4 @@ def report(settings: Settings, run_id: str, output: Path, source: str = "elastic
     topics = {t for r in scored for t in r.get("tickers", []) + r.get("topics", [])}
     times = [_time(r["published_at"]) for r in scored]
     alerts = alerts_from_elasticsearch(settings, topics, min(times), max(times))
-    return write_report(run_id, scored, alerts, dead_letters(settings, run_id), output)
+    return write_report(run_id, scored, alerts, dead_letters(settings, run_id), output, scorecard)

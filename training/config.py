@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+# The default recipe's data: news sentences and finance tweets, so the model reads both kinds of
+# text the monitor sees (split per source and label, see training/data.py).
+DEFAULT_DATASETS = (
+    "financial_phrasebank/Sentences_50Agree.txt",
+    "twitter_financial_news_sentiment/sent_train.csv",
+)
+
+
+def default_datasets(data_dir: Path | str = DATA_DIR) -> list[str]:
+    return [str(Path(data_dir) / name) for name in DEFAULT_DATASETS]
 
 
 @dataclass
 class TrainConfig:
-    datasets: list[str]
     output: str
+    datasets: list[str] = field(default_factory=default_datasets)
     base_model: str = ""
     epochs: int = 2
     seed: int = 0  # weight initialisation and data order

@@ -210,12 +210,15 @@ class Split:
 
 
 def split(dataset: Dataset, seed: int = 0, test_size: float = 0.2, dev_size: float = 0.1) -> Split:
-    """Stratified train/dev/test: ``test_size`` of all, then ``dev_size`` of the rest (the
-    Financial PhraseBank convention: 20 % test, 10 % of the remainder for dev)."""
+    """Train/dev/test stratified by source file and label: ``test_size`` of all, then ``dev_size``
+    of the rest (the Financial PhraseBank convention: 20 % test, 10 % of the remainder for dev).
+    Each source keeps its share and label mix in every part, so per-source test figures hold."""
     from sklearn.model_selection import train_test_split
 
+    def strata(part: list[Example]) -> list[str]:
+        return [f"{e.source}|{e.label}" for e in part]
+
     examples = dataset.examples
-    labels = [e.label for e in examples]
-    rest, test = train_test_split(examples, test_size=test_size, random_state=seed, stratify=labels)
-    train, dev = train_test_split(rest, test_size=dev_size, random_state=seed, stratify=[e.label for e in rest])
+    rest, test = train_test_split(examples, test_size=test_size, random_state=seed, stratify=strata(examples))
+    train, dev = train_test_split(rest, test_size=dev_size, random_state=seed, stratify=strata(rest))
     return Split(train, dev, test, seed)

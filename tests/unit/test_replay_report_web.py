@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from pipeline.replay import ReplayError, default_run_id, messages, read_rows
-from pipeline.report import summarise, write_report
+from pipeline.report import minute_windows, summarise, write_report
 from pipeline.schemas import Alert, RawMessage, WindowAggregate
 from pipeline.web import HISTORY, LiveView
 
@@ -119,6 +119,8 @@ def test_report_summary_and_pictures(tmp_path):
             "severity": "page",
             "status": "resolved",
             "window_start": "2024-05-01T12:00:00Z",
+            "fired_at": "2024-05-01T12:01:00Z",
+            "resolved_at": "2024-05-01T12:03:00Z",
             "summary": "burst",
         }
     ]
@@ -129,10 +131,24 @@ def test_report_summary_and_pictures(tmp_path):
     assert summary["dead_letters"] == {"invalid_json": 2} and summary["alerts"] == 1
     path = write_report("r", records, alerts, Counter({"invalid_json": 2}), tmp_path / "out")
     page = path.read_text()
-    for picture in ("confusion_matrix", "sentiment_timelines", "throughput", "latency"):
+    for picture in ("confusion_matrix", "ticker_windows", "throughput", "latency"):
         assert (path.parent / f"{picture}.png").stat().st_size > 5000
         assert f'alt="{picture}" src="data:image/png;base64,' in page
     assert "negative-burst" in page and json.loads((path.parent / "summary.json").read_text())["run_id"] == "r"
+    # Formatted for people: percentages, per-class table, dead letters as a table row.
+    assert "<td>accuracy</td><td>91.7%</td>" in page
+    assert "<td>negative</td><td>100.0%</td><td>75.0%</td>" in page  # precision, recall
+    assert "<td>invalid_json</td><td>2</td>" in page
+    assert "p50.0" not in page and "{" not in page.split("<body>")[1].split("<script")[0]
+
+
+def test_minute_windows_include_empty_minutes_and_shares():
+    records = [scored(0, "negative", "negative"), scored(1, "positive", "positive"), scored(150, "positive", "positive")]
+    rows = minute_windows(records, "AAPL")
+    assert [r["messages"] for r in rows] == [2, 0, 1]
+    assert rows[0]["negative"] == 0.5 and rows[1]["sentiment"] is None
+    assert rows[0]["sentiment"] == pytest.approx(0.0)
+    assert minute_windows(records, "MSFT") == []
 
 
 def aggregate(topic: str, minute: int, messages: int = 5) -> WindowAggregate:
