@@ -27,7 +27,7 @@ test-integration: setup
 
 # The full fault drill (about 10 min here): 20,000 messages, 3 worker SIGKILLs, a broker restart,
 # Elasticsearch down for 30 s. DRILL_BUNDLE: any bundle (default: the one `make demo` trains); data from data/.
-DRILL_BUNDLE ?= $(HOME)/.cache/finsent/models/demo/bundle
+DRILL_BUNDLE ?= $(HOME)/.cache/finsent/models/quick/bundle
 drill: setup
 	$(PYTHON) -m tests.integration.drill --bundle $(DRILL_BUNDLE) --messages 20000 --kills 3
 

@@ -1,6 +1,6 @@
 """``finsent demo``: the whole product in one command, on this machine.
 
-Starts the local stack, picks a model (``models/default`` when ``make model`` has built it, else a
+Starts the local stack, picks a model (the bundle at ``models/default`` when there is one, else a
 quick one trained once and cached), starts a worker on topics and indices of its own and replays
 the market session (data/demo/: 40 minutes of event time, 20 tickers, three scripted events) at a
 pace one worker keeps up with. The terminal shows the busiest tickers' windows and the alerts as
@@ -42,7 +42,7 @@ def demo_bundle(settings: Settings, data_dir: Path, epochs: int) -> tuple[Path, 
         return DEFAULT_BUNDLE, f"the default model ({DEFAULT_BUNDLE})"
     home = settings.stack_home / "models" / "quick"
     bundle = home / "bundle"
-    described = f"a quick model ({epochs} epoch on {QUICK_EXAMPLES:,} examples; `make model` builds the default one)"
+    described = f"a quick model ({epochs} epoch on {QUICK_EXAMPLES:,} examples; a bundle at models/default is used instead when present)"
     if (bundle / "manifest.json").exists():
         return bundle, described
     from training.config import TrainConfig, default_datasets
@@ -210,6 +210,7 @@ def run_demo(
                 raise RuntimeError(f"the worker did not start; see {log}")
             time.sleep(1)
 
+        _wait_for_assignment(demo_settings, deadline=time.monotonic() + 120)
         first = datetime.fromisoformat(rows[0]["published_at"].replace("Z", "+00:00"))
         seconds = (datetime.fromisoformat(rows[-1]["published_at"].replace("Z", "+00:00")) - first).total_seconds()
         console.print(
@@ -272,6 +273,22 @@ def run_demo(
         started_here = [s.name for s in stack.services(home) if s.name not in already_up]
         if started_here:
             stack.down(home, started_here)
+
+
+def _wait_for_assignment(settings: Settings, deadline: float) -> None:
+    """Until the worker's consumer group is stable with its partitions assigned: messages sent
+    before then wait for the group to form, which would show as seconds of latency."""
+    from .clients import kafka_admin
+
+    admin = kafka_admin(settings)
+    try:
+        while time.monotonic() < deadline:
+            group = admin.describe_groups([settings.consumer_group]).get(settings.consumer_group, {})
+            if group.get("group_state") == "Stable" and group.get("members"):
+                return
+            time.sleep(1)
+    finally:
+        admin.close()
 
 
 def _offset(row: dict, first: datetime) -> float:

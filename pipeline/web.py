@@ -98,8 +98,10 @@ PAGE = """<!doctype html>
 <div>scored <b id="scored">…</b></div><div>updated <b id="updated">never</b></div></div>
 <h2>Active alerts</h2>
 <table id="alerts"><thead><tr><th>severity</th><th>rule</th><th>topic</th><th>since</th><th>summary</th></tr></thead><tbody></tbody></table>
+<h2>Recently resolved</h2>
+<table id="resolved"><thead><tr><th>severity</th><th>rule</th><th>topic</th><th>fired</th><th>resolved</th><th>summary</th></tr></thead><tbody></tbody></table>
 <h2>Tickers and topics (<span id="window"></span> windows)</h2>
-<table id="topics"><thead><tr><th>ticker/topic</th><th>window</th><th>messages</th><th>sentiment</th><th>negative</th><th>trend</th></tr></thead><tbody></tbody></table>
+<table id="topics"><thead><tr><th>ticker/topic</th><th>window</th><th>messages</th><th>sentiment</th><th>negative</th><th>sentiment trend</th><th>volume</th></tr></thead><tbody></tbody></table>
 <script>
 function esc(s){return String(s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]))}
 function spark(values){
@@ -107,6 +109,10 @@ function spark(values){
   const w=120,h=24,step=w/(values.length-1);
   const pts=values.map((x,i)=>x===null?null:`${(i*step).toFixed(1)},${(h/2-(x*h/2)).toFixed(1)}`).filter(Boolean).join(' ');
   return `<svg width="${w}" height="${h}"><line x1="0" y1="${h/2}" x2="${w}" y2="${h/2}" stroke="#ddd"/><polyline fill="none" stroke="#2c3e50" points="${pts}"/></svg>`;
+}
+function bars(values){
+  const top=Math.max(1,...values), w=120, h=24, bw=w/Math.max(values.length,1);
+  return `<svg width="${w}" height="${h}">`+values.map((x,i)=>`<rect x="${(i*bw).toFixed(1)}" y="${(h-x/top*h).toFixed(1)}" width="${(bw-1).toFixed(1)}" height="${(x/top*h).toFixed(1)}" fill="#95a5a6"/>`).join('')+'</svg>';
 }
 async function refresh(){
   try{
@@ -119,10 +125,13 @@ async function refresh(){
     document.querySelector('#alerts tbody').innerHTML=d.active_alerts.map(a=>
       `<tr class="${esc(a.severity)}" data-rule="${esc(a.rule)}" data-topic="${esc(a.topic)}"><td>${esc(a.severity)}</td><td>${esc(a.rule)}</td><td>${esc(a.topic)}</td><td>${esc(a.window_start)}</td><td>${esc(a.summary)}</td></tr>`).join('')
       || '<tr><td colspan="5">none</td></tr>';
+    document.querySelector('#resolved tbody').innerHTML=d.recent_resolved.map(a=>
+      `<tr data-rule="${esc(a.rule)}" data-topic="${esc(a.topic)}"><td>${esc(a.severity)}</td><td>${esc(a.rule)}</td><td>${esc(a.topic)}</td><td>${esc(a.window_start)}</td><td>${esc(a.resolved_at)}</td><td>${esc(a.summary)}</td></tr>`).join('')
+      || '<tr><td colspan="6">none</td></tr>';
     document.querySelector('#topics tbody').innerHTML=d.topics.map(t=>{
       const s=t.latest.sentiment; const cls=s===null?'':(s<0?'neg':'pos');
       return `<tr data-topic="${esc(t.topic)}"><td>${esc(t.topic)}</td><td>${esc(t.latest.start)}</td><td>${t.latest.messages}</td>`+
-             `<td class="${cls}">${s===null?'–':s.toFixed(2)}</td><td>${(t.latest.negative*100).toFixed(0)}%</td><td>${spark(t.trend)}</td></tr>`}).join('');
+             `<td class="${cls}">${s===null?'–':s.toFixed(2)}</td><td>${(t.latest.negative*100).toFixed(0)}%</td><td>${spark(t.trend)}</td><td>${bars(t.volume)}</td></tr>`}).join('');
   }catch(e){document.getElementById('updated').textContent='error: '+e;}
 }
 refresh(); setInterval(refresh, 2000);

@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 from contextlib import chdir, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,17 +50,20 @@ def _export_onnx(model: SentimentClassifier, tokenizer, path: Path, opset: int) 
     )
     names = [n for n in ONNX_INPUTS if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
-    torch.onnx.export(
-        _Exportable(model, names),
-        tuple(sample[n] for n in names),
-        str(path),
-        input_names=names,
-        output_names=["logits"],
-        dynamic_axes=axes,
-        opset_version=opset,
-        do_constant_folding=True,
-        dynamo=False,
-    )
+    # The tracer warns that the attention mask's constant is fixed at trace time: it is (1.0).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            _Exportable(model, names),
+            tuple(sample[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     return names
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,36 @@ from pipeline.bundle import open_bundle
 from pipeline.classify import Classifier
 from pipeline.config import Settings
 from pipeline.schemas import LABELS
+
+
+def render(url: str, profile, screenshot=None) -> str:
+    """The page's DOM after its scripts ran (Chromium flags for a closed, sandbox-less machine);
+    with ``screenshot``, also a full-width PNG of it there."""
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed (deploy/local/setup.sh installs it)"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=8000",
+    ]
+    if screenshot is not None:
+        shot = subprocess.run(
+            [chromium, *flags, f"--screenshot={screenshot}", "--window-size=1200,4000", "--hide-scrollbars", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shot.returncode == 0, shot.stderr[-2000:]
+    result = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 
 
 def free_port() -> int:

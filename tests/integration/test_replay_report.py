@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 from pipeline.replay import replay
 from pipeline.report import report
 
-from .harness import Pipeline
+from .harness import Pipeline, render
 
 
 def test_replay_then_report(local_stack, tiny_bundle, tmp_path, unique, phrasebank):
@@ -35,7 +36,13 @@ def test_replay_then_report(local_stack, tiny_bundle, tmp_path, unique, phraseba
         assert summary["messages"] == summary["labelled"] == 150
         assert 0 <= summary["accuracy"] <= 1 and sum(map(sum, summary["confusion_matrix"])) == 150
         assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
-        page = path.read_text()
-        assert 'alt="confusion_matrix"' in page and 'alt="sentiment_timelines"' in page and "run-" in page
+        # As a reader sees it: headless Chromium renders every section with its pictures.
+        dom = render(path.as_uri(), tmp_path / "chromium-profile", screenshot=tmp_path / "report.png")
+        for section in ("summary", "accuracy", "latency", "throughput", "tickers", "alerts", "dead-letters"):
+            assert f'<section id="{section}">' in dom, section
+        for picture in ("confusion_matrix", "latency", "throughput", "ticker_windows"):
+            assert f'<img alt="{picture}" src="data:image/png;base64,' in dom, picture
+        assert re.search(r"<td>accuracy</td><td>\d+\.\d%</td>", dom)
+        assert (tmp_path / "report.png").stat().st_size > 50_000
     finally:
         pipeline.stop_all()

@@ -5,42 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from .harness import Pipeline, texts_by_prediction, wait_for
-
-
-def render(url: str, profile) -> str:
-    """The page's DOM after its scripts ran (Chromium flags for a closed, sandbox-less machine)."""
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is not installed (deploy/local/setup.sh installs it)"
-    result = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=8000",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+from .harness import Pipeline, render, texts_by_prediction, wait_for
 
 
 @pytest.fixture

@@ -143,7 +143,11 @@ def test_report_summary_and_pictures(tmp_path):
 
 
 def test_minute_windows_include_empty_minutes_and_shares():
-    records = [scored(0, "negative", "negative"), scored(1, "positive", "positive"), scored(150, "positive", "positive")]
+    records = [
+        scored(0, "negative", "negative"),
+        scored(1, "positive", "positive"),
+        scored(150, "positive", "positive"),
+    ]
     rows = minute_windows(records, "AAPL")
     assert [r["messages"] for r in rows] == [2, 0, 1]
     assert rows[0]["negative"] == 0.5 and rows[1]["sentiment"] is None
