@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from . import windows
-from .alerts import Rule, evaluate
+from .alerts import Rule, apply_rules
 from .schemas import Alert, WindowAggregate
 
 OTHER = "other"
@@ -238,16 +238,7 @@ class WindowProcessor:
             self._put(f"p/{partition}", partition, meta)
 
     def _evaluate(self, window: windows.ClosedWindow, state: dict, out: WindowOutputs) -> None:
-        for rule in self.rules:
-            if rule.window != window.spec.name or not rule.applies_to(window.topic):
-                continue
-            new, document = evaluate(rule, window, state["alerts"].get(rule.name))
-            if new is None:
-                state["alerts"].pop(rule.name, None)
-            else:
-                state["alerts"][rule.name] = new
-            if document is not None:
-                out.alerts.append(Alert(**document))
+        out.alerts.extend(Alert(**document) for document in apply_rules(self.rules, window, state["alerts"]))
 
 
 def _delivered_before(state: dict, item: dict) -> bool:

@@ -176,6 +176,23 @@ def evaluate(rule: Rule, window: ClosedWindow, state: dict | None) -> tuple[dict
     return state, _document(rule, window, state)
 
 
+def apply_rules(rules: list[Rule], window: ClosedWindow, states: dict) -> list[dict]:
+    """Evaluates the rules on ``window``'s spec and topic; ``states`` (rule name -> episode state,
+    a topic's window state keeps it) is updated in place. Returns the alert documents raised."""
+    documents = []
+    for rule in rules:
+        if rule.window != window.spec.name or not rule.applies_to(window.topic):
+            continue
+        new, document = evaluate(rule, window, states.get(rule.name))
+        if new is None:
+            states.pop(rule.name, None)
+        else:
+            states[rule.name] = new
+        if document is not None:
+            documents.append(document)
+    return documents
+
+
 def _document(rule: Rule, window: ClosedWindow, state: dict) -> dict:
     """The alert as written to the alerts topic and index (one document per episode, by id)."""
     summary = (

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import windows
-from .alerts import Rule, evaluate, load_rules
+from .alerts import Rule, apply_rules, load_rules
 
 REPO = Path(__file__).resolve().parents[1]
 SESSION_FILE = REPO / "data" / "demo" / "market_session.jsonl"
@@ -171,16 +171,8 @@ def expected_alerts(rows: list[dict], config: windows.WindowConfig, rules: list[
     def close(stream_time: float) -> None:
         for topic, state in states.items():
             for window in windows.close(config, topic, state, stream_time):
-                for rule in rules:
-                    if rule.window != window.spec.name or not rule.applies_to(topic):
-                        continue
-                    new, document = evaluate(rule, window, state["alerts"].get(rule.name))
-                    if new is None:
-                        state["alerts"].pop(rule.name, None)
-                    else:
-                        state["alerts"][rule.name] = new
-                    if document is not None:
-                        fired[document["id"]] = document
+                for document in apply_rules(rules, window, state["alerts"]):
+                    fired[document["id"]] = document
 
     for row in rows:
         t = _seconds(row["published_at"])
