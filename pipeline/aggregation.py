@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from . import windows
 from .alerts import Rule, apply_rules
-from .schemas import Alert, WindowAggregate
+from .schemas import Alert, WindowAggregate, WindowItem
 
 OTHER = "other"
 
@@ -42,7 +42,7 @@ def _iso(seconds: float) -> datetime:
 class WindowOutputs:
     aggregates: list[WindowAggregate] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
-    reroute: list[dict] = field(default_factory=list)  # items to count under OTHER
+    reroute: list[WindowItem] = field(default_factory=list)  # items to count under OTHER
     late: int = 0
     duplicates: int = 0
     out_of_bounds: dict[str, int] = field(default_factory=dict)  # "future" / "too_old" -> records dropped
@@ -72,6 +72,7 @@ class WindowProcessor:
         self.lookup = lookup  # key -> stored value or None (the Faust table's get)
         self.idle_s = idle_s
         self._pending: dict[str, tuple[int, dict | None]] = {}
+        self._copied: set[str] = set()  # names whose pending state is this batch's own copy
         self._last_record_wall: dict[int, float] = {}
         self._last_advance_wall: dict[int, float] = {}
         self._heard_wall: dict[int, dict[str, float]] = {}  # partition -> upstream partition -> last heard
@@ -90,9 +91,21 @@ class WindowProcessor:
     def _put(self, key: str, partition: int, value: dict | None) -> None:
         self._pending[key] = (partition, value)
 
+    def _state(self, name: str, partition: int) -> dict:
+        """The name's state to change in this batch: copied once per batch (the stored one stays
+        as it was until the batch is acknowledged), then changed in place."""
+        key = f"t/{name}"
+        if key in self._copied:
+            return self._pending[key][1]
+        state = _deep_copy(self._get(key) or windows.new_state())
+        self._copied.add(key)
+        self._put(key, partition, state)
+        return state
+
     def writes(self) -> dict[str, tuple[int, dict | None]]:
         """key -> (partition, value or None to delete); clears the cache."""
         pending, self._pending = self._pending, {}
+        self._copied.clear()
         return pending
 
     def _meta(self, partition: int) -> dict:
@@ -101,30 +114,30 @@ class WindowProcessor:
         return dict(meta) if meta else {"stream_time": None, "topics": [], "sources": {}}
 
     # --- events ----------------------------------------------------------------------------------
-    def record(self, partition: int, item: dict, wall_now: float, out: WindowOutputs) -> None:
-        """One scored record for one name: {topic, id, t, score, label, src, o}. ``src`` names the
-        upstream stream it came through, one whose event time runs forward (the worker uses the
-        pair of partitions it crossed: internal by-fingerprint topic and raw topic); ``o`` (optional)
-        is its offset there, which recognises repeats (``_delivered_before``)."""
+    def record(self, partition: int, item: WindowItem, wall_now: float, out: WindowOutputs) -> None:
+        """One scored record for one name. ``item.source`` names the upstream stream it came
+        through, one whose event time runs forward (the worker uses the pair of partitions it
+        crossed: internal by-fingerprint topic and raw topic); its offsets there (optional)
+        recognise repeats (``_delivered_before``)."""
         self._last_record_wall[partition] = self._last_advance_wall[partition] = wall_now
         meta = self._meta(partition)
-        bound = self._out_of_bounds(float(item["t"]), meta["stream_time"], wall_now)
+        t = item.time
+        bound = self._out_of_bounds(t, meta["stream_time"], wall_now)
         if bound:  # never counted, never moves stream time
             out.out_of_bounds[bound] = out.out_of_bounds.get(bound, 0) + 1
             return
-        name = item["topic"]
+        name = item.topic
         if name not in meta["topics"]:
             tracked = sum(1 for t in meta["topics"] if t != OTHER)
             if name != OTHER and tracked >= self.per_partition:
                 # Offsets of several upstream partitions mix under one source here: drop them.
-                rerouted = {k: v for k, v in item.items() if k not in ("o", "ro")}
-                out.reroute.append({**rerouted, "topic": OTHER, "src": f"w{partition}"})
+                update = {"topic": OTHER, "source": f"w{partition}", "offset": None, "raw_offset": None}
+                out.reroute.append(item.model_copy(update=update))
                 return
             meta["topics"] = meta["topics"] + [name]
-        state = _deep_copy(self._get(f"t/{name}") or windows.new_state())
-        t = float(item["t"])
+        state = self._state(name, partition)
         bucket = str(self.config.bucket_of(t))
-        digest = hashlib.blake2b(item["id"].encode(), digest_size=8).hexdigest()
+        digest = hashlib.blake2b(item.id.encode(), digest_size=8).hexdigest()
         if digest in state["seen"].get(bucket, ()) or _delivered_before(state, item):
             out.duplicates += 1  # checked first: a repeat that arrives late is still a repeat
             return
@@ -138,14 +151,13 @@ class WindowProcessor:
             state["late"] = state.get("late", 0) + 1
             out.late += 1
         else:
-            state["seen"][bucket] = {**state["seen"].get(bucket, {}), digest: 1}
-            windows.add(self.config, state, t, float(item["score"]), item["label"])
+            state["seen"].setdefault(bucket, {})[digest] = 1
+            windows.add(self.config, state, t, item.score, item.label)
         _note_delivery(state, item)
         sources = meta["sources"] = dict(meta.get("sources", {}))
-        sources[item["src"]] = max(sources.get(item["src"], t), t)
-        self._heard(partition)[item["src"]] = wall_now
+        sources[item.source] = max(sources.get(item.source, t), t)
+        self._heard(partition)[item.source] = wall_now
         self._advance(partition, meta, wall_now)
-        self._put(f"t/{name}", partition, state)
         self._put(f"p/{partition}", partition, meta)
 
     def _out_of_bounds(self, t: float, stream_time: float | None, wall_now: float) -> str | None:
@@ -210,10 +222,13 @@ class WindowProcessor:
             return
         keep = []
         for name in meta["topics"]:
-            stored = self._get(f"t/{name}")
+            key = f"t/{name}"
+            stored = self._get(key)
             if stored is None:
                 continue
-            state = _deep_copy(stored)
+            # A copy only for names this batch changes: a quiet name is stored again only once
+            # one of its windows closes.
+            state = stored if key in self._copied else _deep_copy(stored)
             closed = windows.close(self.config, name, state, meta["stream_time"])
             first_spec = self.config.specs[0].name
             for window in closed:
@@ -225,12 +240,13 @@ class WindowProcessor:
                     out.aggregates.append(_aggregate(window, late))
                 self._evaluate(window, state, out)
             if windows.idle(state, meta["stream_time"], self.config):
-                self._put(f"t/{name}", partition, None)
+                self._put(key, partition, None)
+                self._copied.discard(key)
                 out.forgotten.append(name)
                 continue
             keep.append(name)
-            if closed:
-                self._put(f"t/{name}", partition, state)
+            if closed and key not in self._copied:
+                self._put(key, partition, state)
         self.tracked[partition] = len(keep)
         self.names[partition] = keep
         if keep != meta["topics"]:
@@ -241,7 +257,7 @@ class WindowProcessor:
         out.alerts.extend(Alert(**document) for document in apply_rules(self.rules, window, state["alerts"]))
 
 
-def _delivered_before(state: dict, item: dict) -> bool:
+def _delivered_before(state: dict, item: WindowItem) -> bool:
     """Whether ``item`` repeats one this name already received. A name gets at most one item per
     upstream message, and items from one source arrive in the order of their offsets (the decode
     stage reads a raw partition in order and re-keys in that order, the classify stage reads its
@@ -250,17 +266,17 @@ def _delivered_before(state: dict, item: dict) -> bool:
     has closed and its bucket's ids are gone. Two marks per source: ``o``, the offset in the
     by-fingerprint partition (a classify batch read again), and ``ro``, the raw offset (a raw
     stretch decoded again after a worker died, whose copies get new by-fingerprint offsets)."""
-    for offset, marks in (("o", "marks"), ("ro", "raw_marks")):
-        mark = state.get(marks, {}).get(item["src"])
-        if mark is not None and offset in item and item[offset] <= mark:
+    for offset, marks in ((item.offset, "marks"), (item.raw_offset, "raw_marks")):
+        mark = state.get(marks, {}).get(item.source)
+        if mark is not None and offset is not None and offset <= mark:
             return True
     return False
 
 
-def _note_delivery(state: dict, item: dict) -> None:
-    for offset, marks in (("o", "marks"), ("ro", "raw_marks")):
-        if offset in item:
-            state[marks][item["src"]] = max(item[offset], state[marks].get(item["src"], item[offset]))
+def _note_delivery(state: dict, item: WindowItem) -> None:
+    for offset, marks in ((item.offset, "marks"), (item.raw_offset, "raw_marks")):
+        if offset is not None:
+            state[marks][item.source] = max(offset, state[marks].get(item.source, offset))
 
 
 def _deep_copy(state: dict) -> dict:

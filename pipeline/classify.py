@@ -10,13 +10,21 @@ CPU with the INT8 model otherwise; both can be overridden.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import json
 import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from .bundle import Bundle
+from . import metrics
+from .bundle import Bundle, open_bundle
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +178,57 @@ class Classifier:
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return softmax(self.logits(texts))
+
+
+class ModelHolder:
+    """The classifier in use; ``maybe_swap`` replaces it between batches when the bundle changes."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.path: Path = settings.model_bundle
+        self.classifier = self._load()
+        self._refused: tuple[str, str] | None = None  # a broken bundle is tried once, not every poll
+
+    def _load(self) -> Classifier:
+        bundle = open_bundle(self.path.resolve())
+        classifier = Classifier(
+            bundle,
+            variant=self.settings.model_variant,
+            providers=self.settings.onnx_providers or None,
+            batch_size=self.settings.max_batch,
+            intra_op_threads=self.settings.inference_threads,
+        )
+        log.info(
+            "model %s loaded from %s: variant %s on %s",
+            bundle.model_version,
+            bundle.path,
+            classifier.variant,
+            classifier.provider,
+        )
+        metrics.set_model_info(bundle.model_version, classifier.provider, classifier.variant)
+        return classifier
+
+    def bundle_on_disk(self) -> tuple[str, str] | None:
+        """(model version, manifest digest) of the bundle the path points at now: a bundle that
+        failed to load is known by its content, and tried again only once that changes."""
+        try:
+            manifest = (self.path.resolve() / "manifest.json").read_bytes()
+            return json.loads(manifest)["model_version"], hashlib.sha256(manifest).hexdigest()
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    async def maybe_swap(self, loop, executor) -> bool:
+        on_disk = self.bundle_on_disk()
+        if on_disk is None or on_disk[0] == self.classifier.model_version or on_disk == self._refused:
+            return False
+        try:
+            classifier = await loop.run_in_executor(executor, self._load)
+        except Exception:  # a broken new bundle must not stop the worker: keep the old model
+            log.exception(
+                "new model bundle at %s could not be loaded; keeping %s", self.path, self.classifier.model_version
+            )
+            self._refused = on_disk
+            return False
+        self.classifier = classifier  # atomic between batches: a batch holds its own reference
+        metrics.MODEL_SWAPS.inc()
+        return True

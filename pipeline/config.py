@@ -154,7 +154,12 @@ class Settings(BaseSettings):
     inference_threads: int | None = Field(default=None, ge=1, le=256)
     state_dir: Path = Field(default_factory=lambda: default_home() / "state")
     max_batch: int = Field(default=64, ge=1, le=4096)  # from benchmarks/end_to_end.py
-    max_wait_ms: int = Field(default=100, ge=1, le=60_000)
+    # How long an idle stage waits to fill a batch; a busy one takes what arrived meanwhile.
+    max_wait_ms: int = Field(default=10, ge=1, le=60_000)
+    # Batches scored and waiting for Kafka and Elasticsearch to acknowledge their outputs.
+    max_batches_in_flight: int = Field(default=2, ge=1, le=64)
+    # The window stage batches longer: each batch writes its names' state once.
+    window_batch_wait_ms: int = Field(default=100, ge=1, le=60_000)
     max_text_chars: int = Field(default=10_000, ge=16, le=1_000_000)
     unknown_fields: Literal["keep", "ignore"] = "ignore"
     dedup_horizon_s: int = Field(default=86_400, ge=0)

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from .schemas import DeadLetter, RawMessage
+from .schemas import DeadLetter, RawMessage, ValidatedMessage
 
 UnknownFields = Literal["keep", "ignore"]
 
@@ -130,3 +130,16 @@ def _decode(payload: bytes | None, origin: Origin, max_text_chars: int, unknown_
     if unknown_fields == "keep":
         extra = {k: v for k, v in data.items() if k not in RawMessage.model_fields} or None
     return Decoded(message, truncated, extra)
+
+
+def validated(result: Decoded, origin: Origin) -> ValidatedMessage:
+    """The message on its way to classification, with where it came from."""
+    return ValidatedMessage(
+        message=result.message,
+        truncated=result.truncated,
+        extra=result.extra,
+        kafka_timestamp_ms=origin.timestamp_ms,
+        origin_topic=origin.topic,
+        origin_partition=origin.partition,
+        origin_offset=origin.offset,
+    )

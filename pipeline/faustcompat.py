@@ -2,10 +2,11 @@
 
 Everything here leans on faust-streaming 0.15 and aiokafka behaviour that is not public API, so
 it is pinned: importing this module checks the faust-streaming version. The stages use it for:
-holding a batch until its outputs are acknowledged (``hold``/``release``: take_events acks a
-batch whenever its loop body is left, even when cut short), pointing table writes at an event's
-partition (``set_current_event``), reading each partition in order without holes
-(``OffsetGaps``), and a partition's end offset (``end_offset``). What it works around:
+taking a batch and acknowledging it only once its outputs are acknowledged (``Intake``: faust's
+``take_events`` acknowledges a batch whenever its loop body is left, even when cut short),
+pointing table writes at an event's partition (``set_current_event``), reading each partition in
+order without holes (``OffsetGaps``), and a partition's end offset (``end_offset``). What it
+works around:
 
 - Isolation level: faust reads ``read_uncommitted`` unless ``processing_guarantee`` is
   exactly-once, so records of *aborted* upstream transactions would be scored. finsent's
@@ -27,6 +28,9 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import faust
 from aiokafka.errors import KafkaError
@@ -117,7 +121,7 @@ class OffsetGaps:
         self.expected: dict = {}  # tp -> next offset, advanced only without holes
         self.tries: dict = {}  # tp -> (hole start, seeks so far, monotonic time of the last)
         self.last_seen: dict = {}  # tp -> monotonic time of its last message
-        self.busy: set[str] = set()  # topics whose stage is inside a batch
+        self.busy: Counter[str] = Counter()  # topic -> its batches taken and not yet done
         self.log_start: dict = {}  # tp -> earliest offset the broker has, for partitions never committed
         self.assigned_at = time.monotonic()
 
@@ -168,7 +172,7 @@ class OffsetGaps:
     def pending(self, topics: set[str]) -> bool:
         """Whether any assigned partition of ``topics`` holds messages not processed yet (a batch
         in progress counts)."""
-        if self.busy & topics:
+        if any(self.busy[topic] for topic in topics):
             return True
         consumer = self.app.consumer
         for tp in consumer.assignment():
@@ -183,7 +187,8 @@ class OffsetGaps:
         return False
 
     def done(self, events) -> None:
-        self.busy.difference_update(event.message.tp.topic for event in events)
+        self.busy.subtract({event.message.tp.topic for event in events})
+        self.busy += Counter()  # drops topics at zero
 
     async def watch(self) -> None:
         """A hole at the end of what was sent shows no later message: when a stage has waited
@@ -194,7 +199,7 @@ class OffsetGaps:
             return
         now = time.monotonic()
         for tp in self.app.consumer.assignment():
-            if tp.topic not in self.topics or tp.topic in self.busy:
+            if tp.topic not in self.topics or self.busy[tp.topic]:
                 continue
             if now - self.last_seen.get(tp, self.assigned_at) < self.quiet_s:
                 continue
@@ -212,10 +217,10 @@ class OffsetGaps:
         """The events to process now; the others (past a hole) are set aside, unacknowledged."""
         keep, blocked = [], set()
         now = time.monotonic()
+        self.busy.update({event.message.tp.topic for event in events})
         for event in events:
             tp, offset = event.message.tp, event.message.offset
             self.last_seen[tp] = now
-            self.busy.add(tp.topic)
             want = await self._start(tp)
             if tp not in blocked and (want is None or offset == want):
                 self.expected[tp] = offset + 1
@@ -324,19 +329,84 @@ def set_current_event(event) -> None:
     _current_event.set(weakref.ref(event))
 
 
-def hold(events) -> None:
-    """take_events acknowledges a batch whenever its loop body is left, also when the body was
+class Batch:
+    """A batch a stage took from its stream. ``events`` are the ones to process now, in offset
+    order (``taken`` also holds those set aside past a hole, see OffsetGaps)."""
+
+    def __init__(self, taken: list, events: list):
+        self.taken, self.events = taken, events
+        self.settled = False  # acknowledged or abandoned
+        self.finished = False  # no longer counted as in progress (OffsetGaps.done)
+
+
+class Intake:
+    """How a stage takes a batch and acknowledges it only once its outputs are acknowledged.
+
+    ``take_events`` acknowledges a batch whenever its loop body is left, also when the body was
     cut short (shutdown cancels it; the event loop closes the generator). An extra reference on
-    each message keeps that acknowledgement from becoming final until ``_release``."""
-    for event in events:
-        event.message.incref()
+    each message, taken here, keeps that acknowledgement from becoming final; ``ack`` drops it,
+    before or after the loop body returns (a stage may deliver a batch after taking the next).
+    faust commits only offsets acknowledged without a gap before them, so a batch left
+    unacknowledged is read again by whoever owns its partition next."""
+
+    def __init__(self, app: faust.App, gaps: OffsetGaps):
+        self.app, self.gaps = app, gaps
+
+    async def take(self, events) -> Batch:
+        for event in events:
+            event.message.incref()
+        return Batch(list(events), await self.gaps.in_order(events))
+
+    def ack(self, batch: Batch) -> None:
+        """The batch's outputs are acknowledged: its offsets may be committed."""
+        if batch.settled:
+            return
+        batch.settled = True
+        for event in batch.taken:
+            event.ack()  # the final acknowledgement when take_events has already given its own
+        self._finish(batch)
+        _record_lag(self.app, batch.events)
+
+    def abandon(self, batch: Batch) -> None:
+        """Leaves the batch unacknowledged: it is read again (after a restart or rebalance)."""
+        batch.settled = True
+        self._finish(batch)
+
+    def _finish(self, batch: Batch) -> None:
+        if not batch.finished:
+            batch.finished = True
+            self.gaps.done(batch.taken)
+
+    @asynccontextmanager
+    async def batch(self, events) -> AsyncIterator[Batch]:
+        """``async with intake.batch(events) as batch``: acknowledged when the block completes,
+        unless it called ``abandon``; left unacknowledged when the block raises or is cancelled."""
+        batch = await self.take(events)
+        try:
+            yield batch
+        except BaseException:
+            self._finish(batch)  # a shielded delivery may still acknowledge it
+            raise
+        self.ack(batch)
+
+    def generation(self) -> int:
+        """Changes with every rebalance of the group."""
+        return self.app.consumer_generation_id
+
+    def assigned(self, topic: str) -> list[int]:
+        """The partitions of ``topic`` this worker owns now."""
+        return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
 
 
-def release(events) -> None:
-    """The batch's outputs are acknowledged: drop the extra reference, so take_events' own
-    acknowledgement marks the offsets committable."""
+def _record_lag(app: faust.App, events) -> None:
+    last: dict = {}
     for event in events:
-        event.message.decref()
+        tp = event.message.tp
+        last[tp] = max(last.get(tp, -1), event.message.offset)
+    for tp, offset in last.items():
+        highwater = end_offset(app, tp)
+        if highwater is not None:
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset - 1))
 
 
 def end_offset(app: faust.App, tp) -> int | None:

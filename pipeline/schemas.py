@@ -191,6 +191,44 @@ class ValidatedMessage(BaseModel):
     origin_offset: int
 
 
+class WindowItem(BaseModel):
+    """One scored record for one topic/ticker on the internal window topic, keyed by that name.
+
+    Short wire names: there is one item per record and name. ``source`` names the upstream stream
+    whose event time runs forward (by-fingerprint partition ``:`` raw partition); ``offset`` and
+    ``raw_offset`` are the record's offsets there, which recognise a repeat exactly."""
+
+    model_config = ConfigDict(populate_by_name=True, frozen=True)
+
+    topic: str
+    id: str
+    time: float = Field(alias="t")  # event time, epoch seconds
+    score: float
+    label: Label
+    source: str = Field(alias="src")
+    offset: int | None = Field(default=None, alias="o")
+    raw_offset: int | None = Field(default=None, alias="ro")
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+class WindowTick(BaseModel):
+    """A wall-clock heartbeat the worker writes into each window partition it owns."""
+
+    tick: float
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def parse_window_event(value: bytes) -> WindowItem | WindowTick:
+    """Raises ``pydantic.ValidationError`` for anything else (the topic is internal: a bug)."""
+    if value.startswith(b'{"tick"'):
+        return WindowTick.model_validate_json(value)
+    return WindowItem.model_validate_json(value)
+
+
 class WindowAggregate(BaseModel):
     """One closed window of one topic/ticker (aggregates topic and index; ``id`` makes it idempotent)."""
 

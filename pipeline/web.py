@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from . import metrics
+
 HISTORY = 15  # tumbling windows kept per topic for the trend
 RECENT_ALERTS = 20
 
@@ -137,3 +139,26 @@ async function refresh(){
 refresh(); setInterval(refresh, 2000);
 </script></body></html>
 """
+
+
+def add_pages(app, model, live: LiveView) -> None:
+    """The worker's web pages on its Faust web server: metrics, health, the live view."""
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        body, content_type = metrics.exposition()
+        return web.bytes(body, content_type=content_type.split(";")[0])
+
+    @app.page("/")
+    async def live_page(web, request):
+        return web.html(PAGE)
+
+    @app.page("/api/live")
+    async def live_api(web, request):
+        classifier = model.classifier
+        return web.json(live.snapshot(classifier.model_version, classifier.provider, classifier.variant))
+
+    @app.page("/healthz")
+    async def health_page(web, request):
+        classifier = model.classifier
+        return web.json({"status": "ok", "model_version": classifier.model_version, "provider": classifier.provider})

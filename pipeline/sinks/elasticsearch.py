@@ -151,6 +151,7 @@ class ElasticsearchSink:
         self.index = scored_index(settings)
         self.client = self._client(settings)
         self._retired: set[asyncio.Task] = set()
+        self._template_installed = False
 
     @staticmethod
     def _client(settings: Settings) -> AsyncElasticsearch:
@@ -176,6 +177,12 @@ class ElasticsearchSink:
         task = asyncio.ensure_future(_close_later(old, 30.0))
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
+
+    async def ensure_template(self) -> None:
+        """Installs the index templates once per worker (waits out an Elasticsearch outage)."""
+        if not self._template_installed:
+            await self.install_template()
+            self._template_installed = True
 
     async def install_template(self) -> None:
         for suffix, mappings in INDICES.items():

@@ -180,7 +180,7 @@ def test_a_broken_new_bundle_is_tried_once_not_on_every_poll(tiny_bundle: Path, 
     import json
     import shutil
 
-    from pipeline.app import ModelHolder
+    from pipeline.classify import ModelHolder
     from pipeline.config import load_settings
 
     link = tmp_path / "current"

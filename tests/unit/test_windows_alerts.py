@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pipeline import windows
 from pipeline.aggregation import OTHER, WindowOutputs, WindowProcessor
 from pipeline.alerts import Rule, RuleError, load_rules, parse_duration
-from pipeline.schemas import LABELS
+from pipeline.schemas import LABELS, WindowItem
 
 CONFIG = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20, baseline_min_windows=3)
 T0 = 1_700_000_040  # a minute boundary
@@ -49,10 +49,14 @@ def feed(proc: WindowProcessor, store: Store, items: list[dict], batch: int = 7)
     out = WindowOutputs()
     for i in range(0, len(items), batch):
         for item in items[i : i + batch]:
-            proc.record(0, item, WALL, out)
+            proc.record(0, as_window_item(item), WALL, out)
         proc.close_partition(0, out)
         store.apply(proc)
     return out
+
+
+def as_window_item(item: dict | WindowItem) -> WindowItem:
+    return item if isinstance(item, WindowItem) else WindowItem.model_validate(item)
 
 
 def item(topic: str, t: float, label: str = "neutral", score: float = 0.0, off: int = 0, src: str = "0") -> dict:
@@ -181,8 +185,8 @@ def test_names_beyond_the_limit_are_counted_as_other():
     store = Store()
     proc = processor(store, max_topics=2)
     out = feed(proc, store, [item(name, T0 + i, off=i) for i, name in enumerate(["A", "B", "C", "D"])])
-    assert [r["topic"] for r in out.reroute] == [OTHER, OTHER]
-    assert {r["id"] for r in out.reroute} == {"C-0-2", "D-0-3"}
+    assert [r.topic for r in out.reroute] == [OTHER, OTHER]
+    assert {r.id for r in out.reroute} == {"C-0-2", "D-0-3"}
     assert store.data["p/0"]["topics"] == ["A", "B"]
     feed(proc, store, out.reroute)  # the stage reads them back
     assert store.data["p/0"]["topics"] == ["A", "B", OTHER]
@@ -254,7 +258,7 @@ def test_idle_partition_closes_its_last_windows_on_ticks():
     store = Store()
     proc = processor(store)
     out = WindowOutputs()
-    proc.record(0, item("AAPL", T0 + 1, off=1), wall_now=T0 + 1000.0, out=out)
+    proc.record(0, as_window_item(item("AAPL", T0 + 1, off=1)), wall_now=T0 + 1000.0, out=out)
     proc.close_partition(0, out)
     assert not out.aggregates
     for wall in (1003.0, 1010.0, 1060.0, 1090.0):  # idle after 5 s; stream time follows the clock

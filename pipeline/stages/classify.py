@@ -1,0 +1,265 @@
+"""Classify stage: by-fingerprint topic -> scored topic, Elasticsearch and window items.
+
+Scoring and delivery overlap: while batch N's records go to Elasticsearch and Kafka, batch N+1
+is scored. Deliveries run one at a time in batch order (each partition's outputs keep their
+input order), at most ``max_batches_in_flight`` batches are scored and not yet delivered, and a
+batch's offsets are acknowledged only once Kafka and Elasticsearch have acknowledged its outputs:
+the worker is at-least-once and, with ``_id`` = message id, exactly-once in effect in
+Elasticsearch. Batches are adaptive: the stage takes whatever arrived while it was busy (up to
+``max_batch``), waiting at most ``max_wait_ms`` more when it finds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .. import faustcompat, metrics
+from ..classify import ModelHolder
+from ..config import Settings
+from ..decode import Origin, dead_letter, too_large
+from ..dedup import Expiry, fingerprint_partition
+from ..enrich import CompanyDictionary, routing_key
+from ..faustcompat import Batch, Intake
+from ..retries import BatchFailed, process_with_retries
+from ..schemas import ScoredRecord, ValidatedMessage
+from ..scoring import Scores, first_scores, plan_batch, scored_records, window_items
+from ..sinks.elasticsearch import ElasticsearchSink
+from ..web import LiveView
+from .dead_letters import DeadLetters
+
+
+class FirstScores:
+    """The de-duplication table (changelog-backed: it survives restarts and rebalances):
+    fingerprint -> the scores of the first copy seen, deleted once past the horizon."""
+
+    def __init__(self, table, horizon_s: float, partitions: int):
+        self.table, self.partitions = table, partitions
+        self.expiry = Expiry(horizon_s)  # which entries are past the horizon
+        self.stale = True  # the restored table is not in the expiry index yet
+
+    def lookup(self, events, keys: list[str]) -> dict[str, Scores | None]:
+        found = {}
+        for event, key in zip(events, keys, strict=True):
+            faustcompat.set_current_event(event)  # reads go to the event's partition first
+            found[key] = self.table.get(key)
+        return found
+
+    def put(self, event, key: str, scores: Scores) -> None:
+        faustcompat.set_current_event(event)
+        self.table[key] = {**scores, "p": event.message.partition}
+        self.expiry.note(event.message.partition, key, scores["at"])
+
+    def expire(self, events) -> None:
+        """Deletes the entries of the batch's partitions that outlived the horizon (a delete
+        needs an event of the entry's partition for its changelog write)."""
+        now_s = time.time()
+        for event in {e.message.partition: e for e in events}.values():
+            faustcompat.set_current_event(event)
+            for key, at in self.expiry.due(event.message.partition, now_s):
+                entry = self.table.get(key)
+                if entry is not None and entry.get("at") == at:  # not written again since
+                    self.table.pop(key, None)
+                    metrics.DEDUP_EXPIRED.inc()
+        metrics.DEDUP_ENTRIES.set(len(self.expiry))
+
+    def on_assigned(self) -> None:
+        self.expiry.clear()
+        self.stale = True
+
+    def index_restored(self) -> None:
+        """After an assignment (and its recovery), the restored entries join the expiry index once."""
+        self.stale = False
+        self.expiry.clear()  # the table is the truth: entries noted since the assignment are in it too
+        for key, entry in self.table.items():
+            if isinstance(entry, dict) and "at" in entry:
+                partition = entry["p"] if "p" in entry else fingerprint_partition(key, self.partitions)
+                self.expiry.note(partition, key, entry["at"])
+        metrics.DEDUP_ENTRIES.set(len(self.expiry))
+
+
+@dataclass
+class Scored:
+    """A scored batch, ready to deliver: no output written yet."""
+
+    events: list
+    messages: list[tuple[ValidatedMessage, str]]
+    records: list[ScoredRecord]
+
+
+class InOrder:
+    """Runs ``deliver`` for each item on one task, in order; at most ``limit`` items accepted
+    and not yet delivered. A delivery that raises stops it: ``put`` and ``join`` raise then."""
+
+    def __init__(self, deliver, limit: int):
+        self.deliver, self.slots = deliver, asyncio.Semaphore(limit)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.task: asyncio.Task | None = None
+
+    async def put(self, item) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(self._run())
+        await self._unless_failed(self.slots.acquire())
+        self.queue.put_nowait(item)
+
+    async def join(self) -> None:
+        if self.task is not None:
+            await self._unless_failed(self.queue.join())
+
+    def stop(self) -> None:
+        """Undelivered items stay unacknowledged: they are read again after a restart."""
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _unless_failed(self, awaitable) -> None:
+        waiting = asyncio.ensure_future(awaitable)
+        await asyncio.wait({waiting, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            waiting.cancel()
+            self.task.result()  # raises the delivery's error
+            raise RuntimeError("delivery task ended")
+        waiting.result()
+
+    async def _run(self) -> None:
+        while True:
+            item = await self.queue.get()
+            try:
+                await self.deliver(item)
+            finally:
+                self.queue.task_done()
+                self.slots.release()
+
+
+class ClassifyStage:
+    def __init__(
+        self,
+        settings: Settings,
+        intake: Intake,
+        model: ModelHolder,
+        first: FirstScores,
+        sink: ElasticsearchSink,
+        topics,  # .scored, .windows
+        dead_letters: DeadLetters,
+        dictionary: CompanyDictionary,
+        live: LiveView,
+    ):
+        self.settings, self.intake, self.model, self.first = settings, intake, model, first
+        self.sink, self.topics, self.dead_letters = sink, topics, dead_letters
+        self.dictionary, self.live = dictionary, live
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+
+    async def run(self, stream) -> None:
+        deliveries = InOrder(self._deliver_batch, self.settings.max_batches_in_flight)
+        within = self.settings.max_wait_ms / 1000
+        try:
+            async for events in stream.take_events(self.settings.max_batch, within=within):
+                batch = await self.intake.take(events)
+                await self.sink.ensure_template()
+                try:
+                    scored = await self._score(batch.events)
+                except BatchFailed:  # one at a time from here, keeping the output order
+                    await deliveries.join()
+                    await self._with_retries(batch)
+                    continue
+                await deliveries.put((batch, scored))
+        finally:
+            deliveries.stop()
+
+    async def _deliver_batch(self, item: tuple[Batch, Scored]) -> None:
+        batch, scored = item
+        await self._deliver(scored)
+        self.intake.ack(batch)
+        self.first.expire(batch.events)
+
+    async def _with_retries(self, batch: Batch) -> None:
+        async def attempt(events) -> None:
+            await self._deliver(await self._score(events))
+
+        on_retry = metrics.SCORING_RETRIES.inc
+        await process_with_retries(batch.events, attempt, self._dead_letter_unscorable, on_retry=on_retry)
+        self.intake.ack(batch)
+        self.first.expire(batch.events)
+
+    async def _dead_letter_unscorable(self, event, failure: BatchFailed) -> None:
+        try:
+            valid = ValidatedMessage.model_validate_json(event.value)
+            origin = Origin(valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms)
+        except ValueError:
+            message = event.message
+            origin = Origin(message.topic, message.partition, message.offset)
+        letter = dead_letter(event.value or b"", origin, "processing_error", str(failure))
+        await (await self.dead_letters.send(letter))
+
+    async def _score(self, events) -> Scored:
+        """De-duplicate, classify and build records; the first copies' scores are stored at once,
+        so the next batch finds them."""
+        try:
+            classifier = self.model.classifier  # one model for the whole batch
+            now_s = time.time()
+            keys = [e.key.decode() if isinstance(e.key, bytes) else str(e.key) for e in events]
+            messages = [(ValidatedMessage.model_validate_json(e.value), k) for e, k in zip(events, keys, strict=True)]
+            plan = plan_batch(messages, self.first.lookup(events, keys).get, now_s, self.settings.dedup_horizon_s)
+            probabilities = None
+            if plan.to_score:
+                texts = [messages[i][0].message.text for i in plan.to_score]
+                started = time.perf_counter()
+                loop = asyncio.get_running_loop()
+                probabilities = await loop.run_in_executor(self.executor, classifier.predict_proba, texts)
+                metrics.INFERENCE.observe(time.perf_counter() - started)
+                metrics.BATCH_SIZE.observe(len(texts))
+            scores = first_scores(plan, messages, probabilities, now_s, classifier.model_version)
+            records = scored_records(
+                plan,
+                messages,
+                scores,
+                datetime.now(UTC),
+                classifier.model_version,
+                self.dictionary,
+                self.settings.max_clock_skew_s,
+            )
+        except Exception as exc:
+            raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
+        for i, entry in scores.items():
+            self.first.put(events[i], messages[i][1], entry)
+        return Scored(list(events), messages, records)
+
+    async def _deliver(self, scored: Scored) -> None:
+        """Elasticsearch first (its rejections become dead letters), then Kafka; returns once both ack."""
+        values = [record.model_dump_json().encode() for record in scored.records]
+        rejected = {
+            record.id: ("too_large", problem)
+            for record, value in zip(scored.records, values, strict=True)
+            if (problem := too_large(value, "the scored record"))
+        }
+        documents = [r.model_dump(mode="json") for r in scored.records if r.id not in rejected]
+        rejected |= {r.doc_id: ("es_rejected", r.reason) for r in await self.sink.write(documents)}
+        deliveries = []
+        for event, (valid, _key), record, value in zip(
+            scored.events, scored.messages, scored.records, values, strict=True
+        ):
+            if record.id in rejected:
+                origin = Origin(
+                    valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms
+                )
+                deliveries.append(await self.dead_letters.send(dead_letter(value, origin, *rejected[record.id])))
+                continue
+            key = routing_key(record.tickers, record.topics, record.source).encode()
+            deliveries.append(await self.topics.scored.send(key=key, value=value))
+            for item in window_items(record, valid, event.message.partition, event.message.offset):
+                deliveries.append(await self.topics.windows.send(key=item.topic.encode(), value=item.encode()))
+            self._count(record)
+        await asyncio.gather(*deliveries)
+
+    def _count(self, record: ScoredRecord) -> None:
+        metrics.MESSAGES.labels("duplicate" if record.duplicate_of else "scored").inc()
+        self.live.on_scored(1)
+        if record.truncated:
+            metrics.TRUNCATED.inc()
+        if record.clock_skew_s is not None:
+            metrics.EVENT_TIME_OUT_OF_BOUNDS.labels("future").inc()
+        metrics.END_TO_END.labels("published").observe(record.latency_ms / 1000)
+        if record.kafka_latency_ms is not None:
+            metrics.END_TO_END.labels("kafka").observe(record.kafka_latency_ms / 1000)
