@@ -3,10 +3,12 @@
     python benchmarks/end_to_end.py --bundle BUNDLE --data data/twitter_financial_news_sentiment/sent_train.csv
 
 In one run, on the same messages: (1) the bare ONNX Runtime rate (the worker's Classifier,
-INT8 on CPU, in this process); (2) one worker draining a pre-filled raw topic: sustained
-scored messages/s between 10 % and 90 % of the backlog, checking every message lands in
+INT8 on CPU, in this process); (2) one worker draining a pre-filled raw topic: the sustained
+rate from 10 % of the backlog scored until every stage (the window stage too) has drained it,
+beside the scoring rate alone (10 % to 90 % scored), checking every message lands in
 Elasticsearch exactly once; (3) produce -> scored latency (Kafka timestamp to processed_at)
-with traffic paced at half the sustained rate; (4) the worker's peak memory. Starts the local
+with traffic paced at 25 %, 50 % and 80 % of that sustained rate, p50/p95/p99 each; (4) the
+worker's peak memory. Starts the local
 stack if needed. Writes JSON and a latency histogram PNG next to --out.
 """
 
@@ -44,8 +46,12 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--messages", type=int, default=6000)
-    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of each load phase")
+    parser.add_argument(
+        "--loads", type=float, nargs="+", default=[0.25, 0.5, 0.8], help="load phases, as shares of sustained"
+    )
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. FINSENT_MAX_BATCH=32")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/end_to_end.json"))
     args = parser.parse_args()
 
@@ -66,7 +72,10 @@ def main() -> None:
     del classifier
 
     workdir = Path(tempfile.mkdtemp(prefix="finsent-bench-"))
-    pipeline = Pipeline(name=f"bench{run}", bundle=args.bundle, workdir=workdir, partitions=args.partitions)
+    extra_env = dict(pair.split("=", 1) for pair in args.worker_env)
+    pipeline = Pipeline(
+        name=f"bench{run}", bundle=args.bundle, workdir=workdir, partitions=args.partitions, extra_env=extra_env
+    )
     try:
         # (2) sustained throughput draining a backlog.
         payloads = [
@@ -75,50 +84,51 @@ def main() -> None:
         pipeline.produce(payloads)
         worker = pipeline.start_worker()
         samples: list[tuple[float, float]] = []
+        windows_topic = f"{pipeline.env['FINSENT_CONSUMER_GROUP']}.windows"
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             count = worker.metric("finsent_messages_total", outcome="scored") + worker.metric(
                 "finsent_messages_total", outcome="duplicate"
             )
             samples.append((time.monotonic(), count))
-            if count >= len(texts):
+            # Drained: every message scored and the window stage caught up too (ticks aside).
+            if count >= len(texts) and window_backlog(worker, windows_topic) <= 2 * args.partitions:
                 break
             time.sleep(0.25)
         (t10, c10), (t90, c90) = (next(s for s in samples if s[1] >= f * len(texts)) for f in (0.1, 0.9))
-        sustained = (c90 - c10) / (t90 - t10)
+        scored_rate = (c90 - c10) / (t90 - t10)
+        # The rate every stage keeps up with: from 10 % scored until the windows are drained too.
+        sustained = (len(texts) - c10) / (samples[-1][0] - t10)
         ids = pipeline.wait_indexed(len(texts), timeout_s=300)
         print(
-            f"pipeline sustained: {sustained:.0f} msg/s ({sustained / bare_rate:.0%} of bare); "
+            f"pipeline sustained: {sustained:.0f} msg/s, every stage drained ({sustained / bare_rate:.0%} of bare); "
+            f"scoring alone {scored_rate:.0f} msg/s ({scored_rate / bare_rate:.0%}); "
             f"indexed {len(ids)} of {len(texts)}, distinct {len(set(ids))}",
             flush=True,
         )
 
-        # (3) latency at half the sustained rate.
-        rate = sustained / 2
-        n = int(rate * args.latency_seconds)
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(bootstrap_servers="127.0.0.1:9092", acks=1, linger_ms=0)
-        t0 = time.monotonic()
-        for i in range(n):
-            target = t0 + i / rate
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            producer.send(
-                pipeline.env["FINSENT_TOPIC_RAW"],
-                json.dumps({"id": f"l{run}-{i}", "text": texts[i % len(texts)] + f" #{i}", "source": "bench"}).encode(),
+        # (3) produce -> scored latency at shares of the sustained rate, one phase after another.
+        phases = {}
+        for share in args.loads:
+            rate = sustained * share
+            prefix = f"l{run}-{int(share * 100)}-"
+            n = pace(pipeline, texts, prefix, rate, args.latency_seconds)
+            expected = len(texts) + sum(p["messages"] for p in phases.values()) + n
+            pipeline.wait_indexed(expected, timeout_s=300)
+            latencies = kafka_latencies(pipeline, prefix)
+            phases[f"{share:.0%}"] = {
+                "share_of_sustained": share,
+                "rate_msgs_per_s": rate,
+                "messages": n,
+                "latency_ms": {q: float(np.percentile(latencies, int(q[1:]))) for q in ("p50", "p95", "p99")},
+                "samples": latencies.tolist(),
+            }
+            figures = phases[f"{share:.0%}"]["latency_ms"]
+            print(
+                f"latency at {share:.0%} of sustained ({rate:.0f} msg/s, {n} messages): "
+                + ", ".join(f"{q} {v:.0f} ms" for q, v in figures.items()),
+                flush=True,
             )
-        producer.flush()
-        pipeline.wait_indexed(len(texts) + n, timeout_s=300)
-        es = pipeline.es()
-        hits = es.search(
-            index=f"{pipeline.name}-scored",
-            size=10_000,
-            query={"prefix": {"id": f"l{run}-"}},
-            source=["kafka_latency_ms"],
-        )["hits"]["hits"]
-        latencies = np.array([h["_source"]["kafka_latency_ms"] for h in hits])
         peak = peak_rss_mb(worker.process.pid)
         result = {
             "messages": len(texts),
@@ -127,39 +137,70 @@ def main() -> None:
             "bare_onnx_msgs_per_s": bare_rate,
             "pipeline_msgs_per_s": sustained,
             "pipeline_over_bare": sustained / bare_rate,
+            "scoring_msgs_per_s": scored_rate,
             "indexed": len(ids),
             "indexed_distinct": len(set(ids)),
-            "latency_rate_msgs_per_s": rate,
-            "latency_messages": int(len(latencies)),
-            "latency_ms": {
-                "p50": float(np.percentile(latencies, 50)),
-                "p95": float(np.percentile(latencies, 95)),
-                "p99": float(np.percentile(latencies, 99)),
-            },
+            "latency": {k: {f: v for f, v in p.items() if f != "samples"} for k, p in phases.items()},
             "worker_peak_rss_mb": peak,
         }
         print(json.dumps(result, indent=2))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
-        plot(latencies, result, args.out.with_suffix(".png"))
+        plot(phases, sustained, args.out.with_suffix(".png"))
     finally:
         pipeline.stop_all()
 
 
-def plot(latencies: np.ndarray, result: dict, path: Path) -> None:
+def pace(pipeline: Pipeline, texts: list[str], prefix: str, rate: float, seconds: float) -> int:
+    """Sends ``rate`` messages a second for ``seconds`` (each text made unique); returns the count."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers="127.0.0.1:9092", acks=1, linger_ms=0)
+    n = int(rate * seconds)
+    t0 = time.monotonic()
+    for i in range(n):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        text = f"{texts[i % len(texts)]} #{prefix}{i}"
+        producer.send(pipeline.env["FINSENT_TOPIC_RAW"], json.dumps({"id": f"{prefix}{i}", "text": text}).encode())
+    producer.flush()
+    producer.close()
+    return n
+
+
+def window_backlog(worker, topic: str) -> float:
+    """Window items not yet processed, over the window topic's partitions."""
+    total = 0.0
+    for line in (worker.metrics_text() or "").splitlines():
+        if line.startswith("finsent_consumer_lag_messages{") and f'topic="{topic}"' in line:
+            total += float(line.rpartition(" ")[2])
+    return total
+
+
+def kafka_latencies(pipeline: Pipeline, prefix: str) -> np.ndarray:
+    hits = pipeline.es().search(
+        index=f"{pipeline.name}-scored", size=10_000, query={"prefix": {"id": prefix}}, source=["kafka_latency_ms"]
+    )["hits"]["hits"]
+    return np.array([h["_source"]["kafka_latency_ms"] for h in hits])
+
+
+def plot(phases: dict, sustained: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
-    ax.hist(latencies, bins=50, color="#4477aa")
-    for row, (name, value) in enumerate(result["latency_ms"].items()):
-        ax.axvline(value, color="black", linestyle="--", linewidth=0.8)
-        ax.text(value, ax.get_ylim()[1] * (0.92 - 0.08 * row), f" {name} {value:.0f} ms", fontsize=8)
-    ax.set_xlabel("produce -> scored latency (ms)")
-    ax.set_ylabel("messages")
-    ax.set_title(f"one worker at {result['latency_rate_msgs_per_s']:.0f} msg/s (half its sustained rate)")
+    fig, axes = plt.subplots(1, len(phases), figsize=(4.2 * len(phases), 3.4), dpi=120, sharey=False)
+    for ax, (name, phase) in zip(np.atleast_1d(axes), phases.items(), strict=True):
+        ax.hist(phase["samples"], bins=40, color="#4477aa")
+        for row, (q, value) in enumerate(phase["latency_ms"].items()):
+            ax.axvline(value, color="black", linestyle="--", linewidth=0.8)
+            ax.text(value, ax.get_ylim()[1] * (0.92 - 0.08 * row), f" {q} {value:.0f} ms", fontsize=8)
+        ax.set_xlabel("produce -> scored latency (ms)")
+        ax.set_title(f"{name} of sustained ({phase['rate_msgs_per_s']:.0f} msg/s)")
+    np.atleast_1d(axes)[0].set_ylabel("messages")
+    fig.suptitle(f"one worker, sustained {sustained:.0f} msg/s")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

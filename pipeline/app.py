@@ -76,6 +76,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_linger=settings.producer_linger_ms / 1000,
         processing_guarantee="at_least_once",
         broker_commit_every=1000,
         broker_commit_interval=1.0,
@@ -226,8 +227,4 @@ def _dictionary(settings: Settings) -> CompanyDictionary:
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Blocks running one worker until it is stopped (SIGTERM/SIGINT)."""
-    from faust.worker import Worker
-
-    app = create_app(settings)
-    worker = Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    faustcompat.run(create_app(settings), loglevel)

@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,6 +105,8 @@ class Classifier:
         self.batch_size = batch_size
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle inference threads spinning for work would take the CPU the worker's event loop needs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         self.session = self._session(options, provider_options)
@@ -180,6 +183,12 @@ class Classifier:
         return softmax(self.logits(texts))
 
 
+def worker_inference_threads() -> int:
+    """All cores but one: the worker's event loop (decoding, writes, windows) needs the other,
+    and an inference thread that loses its core stalls the parallel sections of every other."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 class ModelHolder:
     """The classifier in use; ``maybe_swap`` replaces it between batches when the bundle changes."""
 
@@ -196,7 +205,7 @@ class ModelHolder:
             variant=self.settings.model_variant,
             providers=self.settings.onnx_providers or None,
             batch_size=self.settings.max_batch,
-            intra_op_threads=self.settings.inference_threads,
+            intra_op_threads=self.settings.inference_threads or worker_inference_threads(),
         )
         log.info(
             "model %s loaded from %s: variant %s on %s",

@@ -151,13 +151,16 @@ class Settings(BaseSettings):
     model_bundle: Path | None = None
     model_variant: Literal["int8", "fp32", "fp16"] | None = None  # default: fp16 on GPU, int8 on CPU
     onnx_providers: Annotated[list[str], NoDecode] = []  # default: TensorRT/CUDA when present, else CPU
-    inference_threads: int | None = Field(default=None, ge=1, le=256)
+    inference_threads: int | None = Field(default=None, ge=1, le=256)  # default: all cores but one
     state_dir: Path = Field(default_factory=lambda: default_home() / "state")
     max_batch: int = Field(default=64, ge=1, le=4096)  # from benchmarks/end_to_end.py
     # How long an idle stage waits to fill a batch; a busy one takes what arrived meanwhile.
     max_wait_ms: int = Field(default=10, ge=1, le=60_000)
     # Batches scored and waiting for Kafka and Elasticsearch to acknowledge their outputs.
     max_batches_in_flight: int = Field(default=2, ge=1, le=64)
+    # How long the worker's producer waits to fill a request: a few ms of latency for far fewer
+    # requests (each costs the worker, the broker and the next stage's fetches CPU).
+    producer_linger_ms: float = Field(default=5.0, ge=0, le=1000)
     # The window stage batches longer: each batch writes its names' state once.
     window_batch_wait_ms: int = Field(default=100, ge=1, le=60_000)
     max_text_chars: int = Field(default=10_000, ge=16, le=1_000_000)

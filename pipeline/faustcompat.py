@@ -415,3 +415,15 @@ def end_offset(app: faust.App, tp) -> int | None:
         return app.consumer.highwater(tp)
     except (AssertionError, KeyError):
         return None
+
+
+def run(app: faust.App, loglevel: str) -> None:
+    """Runs a worker until it is stopped. Without faust's terminal spinner: to spin it on every
+    log record, faust's Worker sets the root logger to DEBUG whenever the level is WARNING or
+    above, so every debug call in faust and aiokafka (several per message sent) built a record
+    that was then thrown away - about a seventh of the event loop's time under load."""
+    from faust.worker import Worker
+
+    worker = Worker(app, loglevel=loglevel, quiet=True)
+    worker.spinner = None
+    worker.execute_from_commandline()

@@ -1,18 +1,20 @@
 """Classify stage: by-fingerprint topic -> scored topic, Elasticsearch and window items.
 
-Scoring and delivery overlap: while batch N's records go to Elasticsearch and Kafka, batch N+1
-is scored. Deliveries run one at a time in batch order (each partition's outputs keep their
-input order), at most ``max_batches_in_flight`` batches are scored and not yet delivered, and a
-batch's offsets are acknowledged only once Kafka and Elasticsearch have acknowledged its outputs:
-the worker is at-least-once and, with ``_id`` = message id, exactly-once in effect in
-Elasticsearch. Batches are adaptive: the stage takes whatever arrived while it was busy (up to
-``max_batch``), waiting at most ``max_wait_ms`` more when it finds nothing.
+Taking, scoring and delivery overlap: while batch N's records go to Elasticsearch and Kafka,
+batch N+1 is scored and the stream keeps fetching. Batches are adaptive: the scorer takes
+everything that arrived while it was busy (up to ``max_batch``), so an idle worker scores a
+message at once and a busy one in full batches. Deliveries run one at a time in batch order
+(each partition's outputs keep their input order), at most ``max_batches_in_flight`` batches wait
+for theirs, and a batch's offsets are acknowledged only once Kafka and Elasticsearch have
+acknowledged its outputs: the worker is at-least-once and, with ``_id`` = message id,
+exactly-once in effect in Elasticsearch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,47 +92,69 @@ class Scored:
     records: list[ScoredRecord]
 
 
-class InOrder:
-    """Runs ``deliver`` for each item on one task, in order; at most ``limit`` items accepted
-    and not yet delivered. A delivery that raises stops it: ``put`` and ``join`` raise then."""
+class Worker:
+    """One task that runs ``step`` over and over; a step that raises stops it, and ``guard``
+    then raises that error to whoever waits on the worker (no silent stall)."""
 
-    def __init__(self, deliver, limit: int):
-        self.deliver, self.slots = deliver, asyncio.Semaphore(limit)
-        self.queue: asyncio.Queue = asyncio.Queue()
+    def __init__(self, step):
+        self.step = step
         self.task: asyncio.Task | None = None
 
-    async def put(self, item) -> None:
+    def start(self) -> None:
         if self.task is None:
             self.task = asyncio.create_task(self._run())
-        await self._unless_failed(self.slots.acquire())
-        self.queue.put_nowait(item)
 
-    async def join(self) -> None:
-        if self.task is not None:
-            await self._unless_failed(self.queue.join())
+    async def _run(self) -> None:
+        while True:
+            await self.step()
 
-    def stop(self) -> None:
-        """Undelivered items stay unacknowledged: they are read again after a restart."""
-        if self.task is not None:
-            self.task.cancel()
-
-    async def _unless_failed(self, awaitable) -> None:
+    async def guard(self, awaitable):
         waiting = asyncio.ensure_future(awaitable)
         await asyncio.wait({waiting, self.task}, return_when=asyncio.FIRST_COMPLETED)
         if not waiting.done():
             waiting.cancel()
-            self.task.result()  # raises the delivery's error
-            raise RuntimeError("delivery task ended")
-        waiting.result()
+            self.task.result()  # raises the worker's error
+            raise RuntimeError("worker task ended")
+        return waiting.result()
 
-    async def _run(self) -> None:
-        while True:
-            item = await self.queue.get()
-            try:
-                await self.deliver(item)
-            finally:
-                self.queue.task_done()
-                self.slots.release()
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+class Pending:
+    """Batches taken from the stream and not yet scored, in order. The stream's loop only puts
+    (and waits while ``max_events`` are pending: backpressure), so faust keeps fetching while
+    the scorer works; the scorer takes everything pending, up to ``max_batch`` events."""
+
+    def __init__(self, max_events: int):
+        self.max_events = max_events
+        self.batches: deque[Batch] = deque()
+        self.events = 0
+        self.changed = asyncio.Condition()
+
+    async def put(self, batch: Batch) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.events < self.max_events)
+            self.batches.append(batch)
+            self.events += len(batch.events)
+            self.changed.notify_all()
+
+    async def take(self, max_batch: int) -> list[Batch]:
+        async with self.changed:
+            await self.changed.wait_for(lambda: bool(self.batches))
+            taken = [self.batches.popleft()]
+            size = len(taken[0].events)
+            while self.batches and size + len(self.batches[0].events) <= max_batch:
+                size += len(self.batches[0].events)
+                taken.append(self.batches.popleft())
+            self.events -= size
+            self.changed.notify_all()
+            return taken
+
+    async def join(self) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: not self.batches)
 
 
 class ClassifyStage:
@@ -152,36 +176,57 @@ class ClassifyStage:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
     async def run(self, stream) -> None:
-        deliveries = InOrder(self._deliver_batch, self.settings.max_batches_in_flight)
-        within = self.settings.max_wait_ms / 1000
+        """Three steps, each on its own task: this loop takes batches from the stream, the scorer
+        scores what is pending, the deliverer writes each scored batch's outputs and acknowledges
+        it, in order. Overlapping them keeps a batch from waiting on the previous one's writes."""
+        settings = self.settings
+        pending = Pending(max_events=settings.max_batch * settings.max_batches_in_flight)
+        scored: asyncio.Queue[tuple[list[Batch], Scored]] = asyncio.Queue(maxsize=settings.max_batches_in_flight)
+
+        async def score() -> None:
+            batches = await pending.take(settings.max_batch)
+            await self.sink.ensure_template()
+            events = [event for batch in batches for event in batch.events]
+            try:
+                result = await self._score(events)
+            except BatchFailed:  # one at a time from here, keeping the output order
+                await deliverer.guard(scored.join())
+                await self._with_retries(events)
+                self._acknowledge(batches)
+                return
+            await deliverer.guard(scored.put((batches, result)))
+
+        async def deliver() -> None:
+            batches, result = await scored.get()
+            try:
+                await self._deliver(result)
+                self._acknowledge(batches)
+            finally:
+                scored.task_done()
+
+        scorer, deliverer = Worker(score), Worker(deliver)
+        scorer.start()
+        deliverer.start()
+        within = settings.max_wait_ms / 1000
         try:
-            async for events in stream.take_events(self.settings.max_batch, within=within):
+            async for events in stream.take_events(settings.max_batch, within=within):
                 batch = await self.intake.take(events)
-                await self.sink.ensure_template()
-                try:
-                    scored = await self._score(batch.events)
-                except BatchFailed:  # one at a time from here, keeping the output order
-                    await deliveries.join()
-                    await self._with_retries(batch)
-                    continue
-                await deliveries.put((batch, scored))
-        finally:
-            deliveries.stop()
+                await scorer.guard(deliverer.guard(pending.put(batch)))
+        finally:  # undelivered batches stay unacknowledged: they are read again after a restart
+            scorer.stop()
+            deliverer.stop()
 
-    async def _deliver_batch(self, item: tuple[Batch, Scored]) -> None:
-        batch, scored = item
-        await self._deliver(scored)
-        self.intake.ack(batch)
-        self.first.expire(batch.events)
+    def _acknowledge(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            self.intake.ack(batch)
+        self.first.expire([event for batch in batches for event in batch.events])
 
-    async def _with_retries(self, batch: Batch) -> None:
-        async def attempt(events) -> None:
-            await self._deliver(await self._score(events))
+    async def _with_retries(self, events: list) -> None:
+        async def attempt(some) -> None:
+            await self._deliver(await self._score(some))
 
         on_retry = metrics.SCORING_RETRIES.inc
-        await process_with_retries(batch.events, attempt, self._dead_letter_unscorable, on_retry=on_retry)
-        self.intake.ack(batch)
-        self.first.expire(batch.events)
+        await process_with_retries(events, attempt, self._dead_letter_unscorable, on_retry=on_retry)
 
     async def _dead_letter_unscorable(self, event, failure: BatchFailed) -> None:
         try:
