@@ -63,31 +63,7 @@ def create_app(settings: Settings) -> faust.App:
         raise ValueError("FINSENT_MODEL_BUNDLE is not set: point it at a bundle written by `finsent export`")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     faustcompat.use_read_committed()  # aborted upstream transactions are never scored
-    app = faust.App(
-        settings.consumer_group,
-        broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(",")],
-        broker_credentials=_broker_credentials(settings),
-        store="rocksdb://",
-        datadir=str(settings.state_dir),
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        web_bind=settings.web_host,
-        topic_partitions=settings.topic_partitions,
-        topic_replication_factor=settings.topic_replication_factor,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        producer_linger=settings.producer_linger_ms / 1000,
-        processing_guarantee="at_least_once",
-        broker_commit_every=1000,
-        broker_commit_interval=1.0,
-        # A worker that dies without leaving the group holds its partitions until this expires.
-        broker_session_timeout=settings.kafka_session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
-        stream_wait_empty=False,
-        # Topics carry bytes we encode ourselves; tables use JSON.
-        key_serializer="json",
-        value_serializer="json",
-    )
+    app = _faust_app(settings)
     topics = _topics(app, settings)
     # fingerprint -> the first copy's scores; t/<name>, p/<partition>: window state (aggregation.py)
     dedup_table = app.Table("finsent-dedup", default=None, partitions=settings.topic_partitions)
@@ -155,6 +131,35 @@ def create_app(settings: Settings) -> faust.App:
     faustcompat.disable_read_offset_filter(app)
     # The Elasticsearch client and the executors are not closed on shutdown: agents may still be
     # finishing a batch then, and a closed client would turn a clean stop into errors.
+    return app
+
+
+def _faust_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=_broker_credentials(settings),
+        store="rocksdb://",
+        datadir=str(settings.state_dir),
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger=settings.producer_linger_ms / 1000,
+        processing_guarantee="at_least_once",
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        # A worker that dies without leaving the group holds its partitions until this expires.
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout_s / 3),
+        stream_wait_empty=False,
+        # Topics carry bytes we encode ourselves; tables use JSON.
+        key_serializer="json",
+        value_serializer="json",
+    )
     return app
 
 

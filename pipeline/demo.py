@@ -174,8 +174,6 @@ def run_demo(
     output: Path = Path("reports"),
 ) -> Path | None:
     from .admin import ensure_topics
-    from .replay import replay
-    from .report import alerts_from_elasticsearch, report
 
     if not session.is_file():
         raise FileNotFoundError(f"demo session not found at {session} (pass --session, or run `finsent scenario`)")
@@ -193,73 +191,10 @@ def run_demo(
         env = _worker_env(settings, name, bundle)
         demo_settings = _settings_of(env)
         ensure_topics(demo_settings)
-        log = home / "demo-worker.log"
-        console.print(f"worker: starting (log {log}) …")
-        with open(log, "ab") as handle:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
-                env=env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        url = f"http://{demo_settings.web_host}:{demo_settings.web_port}/"
-        deadline = time.monotonic() + 180
-        while _live(url) is None:
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the worker did not start; see {log}")
-            time.sleep(1)
-
+        worker, url = _start_worker(env, demo_settings, home / "demo-worker.log")
         _wait_for_assignment(demo_settings, deadline=time.monotonic() + 120)
-        first = datetime.fromisoformat(rows[0]["published_at"].replace("Z", "+00:00"))
-        seconds = (datetime.fromisoformat(rows[-1]["published_at"].replace("Z", "+00:00")) - first).total_seconds()
-        console.print(
-            f"replay: {len(rows):,} messages, {seconds / 60:.0f} minutes of event time in {seconds / speedup:.0f} s "
-            f"({speedup:g}x, about {len(rows) / (seconds / speedup):.0f} msg/s)"
-        )
-        progress: dict = {"total": len(rows), "sent": 0}
-        offsets = [_offset(r, first) for r in rows]
-        began = time.monotonic()
-        closed_at = None
-
-        def send():
-            result = replay(demo_settings, session, speedup=speedup, run_id=name, fmt="jsonl", progress=False)
-            progress.update(sent=result.sent, done=True)
-
-        threading.Thread(target=send, daemon=True).start()
-        with Live(_view(None, url, progress, model), console=console, refresh_per_second=2) as live:
-            while time.monotonic() - began < seconds / speedup + 240:
-                elapsed = (time.monotonic() - began) * speedup
-                progress["event_time"] = (
-                    f"{datetime.fromtimestamp(first.timestamp() + min(elapsed, seconds), UTC):%H:%M}"
-                )
-                if not progress.get("done"):
-                    progress["sent"] = bisect.bisect_right(offsets, elapsed)
-                state = _live(url)
-                live.update(_view(state, url, progress, model))
-                if progress.get("done") and state and state["scored_total"] >= progress["sent"]:
-                    if closed_at is None and _last_minute_closed(state, rows[-1]["published_at"]):
-                        closed_at = time.monotonic()
-                    # Then a little longer for alerts the last windows resolve.
-                    if closed_at and (not state["active_alerts"] or time.monotonic() - closed_at > 15):
-                        break
-                time.sleep(1)
-        times = [datetime.fromisoformat(r["published_at"].replace("Z", "+00:00")) for r in rows]
-        topics = {t for r in rows for t in r["tickers"]}
-        alerts = scenario.latest_episodes(alerts_from_elasticsearch(demo_settings, topics, min(times), max(times)))
-        card = scenario.score(alerts, start=first)
-        console.print(scorecard_table(card))
-        path = report(demo_settings, name, output / name, scorecard=card)
-        summary = json.loads((path.parent / "summary.json").read_text())
-        latency = summary.get("latency_ms", {})
-        console.print(
-            f"run {name}: {summary['messages']:,} scored, accuracy {summary.get('accuracy', float('nan')):.1%}, "
-            f"macro-F1 {summary.get('macro_f1', float('nan')):.3f}, latency p50 {latency.get('p50', 0):,.0f} ms / "
-            f"p99 {latency.get('p99', 0):,.0f} ms, {len(card.found) - sum(not r['fired_at'] for r in card.found)} of "
-            f"{len(card.found)} scripted alerts, {len(card.false_alerts)} false"
-        )
-        console.print(f"report: [bold]{path}[/bold]")
-        return path
+        _watch(demo_settings, session, rows, name, speedup, url, model)
+        return _score_and_report(demo_settings, rows, name, output)
     except KeyboardInterrupt:
         console.print("interrupted: stopping")
         return None
@@ -273,6 +208,85 @@ def run_demo(
         started_here = [s.name for s in stack.services(home) if s.name not in already_up]
         if started_here:
             stack.down(home, started_here)
+
+
+def _start_worker(env: dict, settings: Settings, log: Path) -> tuple[subprocess.Popen, str]:
+    """Starts the demo's worker and waits until its web view answers."""
+    console.print(f"worker: starting (log {log}) …")
+    with open(log, "ab") as handle:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warning"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://{settings.web_host}:{settings.web_port}/"
+    deadline = time.monotonic() + 180
+    while _live(url) is None:
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the worker did not start; see {log}")
+        time.sleep(1)
+    return worker, url
+
+
+def _watch(settings: Settings, session: Path, rows: list[dict], name: str, speedup: float, url: str, model: str):
+    """Replays the session on a thread and shows the live view until its last windows closed."""
+    from .replay import replay
+
+    first = datetime.fromisoformat(rows[0]["published_at"].replace("Z", "+00:00"))
+    seconds = (datetime.fromisoformat(rows[-1]["published_at"].replace("Z", "+00:00")) - first).total_seconds()
+    console.print(
+        f"replay: {len(rows):,} messages, {seconds / 60:.0f} minutes of event time in {seconds / speedup:.0f} s "
+        f"({speedup:g}x, about {len(rows) / (seconds / speedup):.0f} msg/s)"
+    )
+    progress: dict = {"total": len(rows), "sent": 0}
+    offsets = [_offset(r, first) for r in rows]
+    began = time.monotonic()
+    closed_at = None
+
+    def send():
+        result = replay(settings, session, speedup=speedup, run_id=name, fmt="jsonl", progress=False)
+        progress.update(sent=result.sent, done=True)
+
+    threading.Thread(target=send, daemon=True).start()
+    with Live(_view(None, url, progress, model), console=console, refresh_per_second=2) as live:
+        while time.monotonic() - began < seconds / speedup + 240:
+            elapsed = (time.monotonic() - began) * speedup
+            progress["event_time"] = f"{datetime.fromtimestamp(first.timestamp() + min(elapsed, seconds), UTC):%H:%M}"
+            if not progress.get("done"):
+                progress["sent"] = bisect.bisect_right(offsets, elapsed)
+            state = _live(url)
+            live.update(_view(state, url, progress, model))
+            if progress.get("done") and state and state["scored_total"] >= progress["sent"]:
+                if closed_at is None and _last_minute_closed(state, rows[-1]["published_at"]):
+                    closed_at = time.monotonic()
+                # Then a little longer for alerts the last windows resolve.
+                if closed_at and (not state["active_alerts"] or time.monotonic() - closed_at > 15):
+                    break
+            time.sleep(1)
+
+
+def _score_and_report(settings: Settings, rows: list[dict], name: str, output: Path) -> Path:
+    from .report import alerts_from_elasticsearch, report
+
+    first = datetime.fromisoformat(rows[0]["published_at"].replace("Z", "+00:00"))
+    times = [datetime.fromisoformat(r["published_at"].replace("Z", "+00:00")) for r in rows]
+    topics = {t for r in rows for t in r["tickers"]}
+    alerts = scenario.latest_episodes(alerts_from_elasticsearch(settings, topics, min(times), max(times)))
+    card = scenario.score(alerts, start=first)
+    console.print(scorecard_table(card))
+    path = report(settings, name, output / name, scorecard=card)
+    summary = json.loads((path.parent / "summary.json").read_text())
+    latency = summary.get("latency_ms", {})
+    console.print(
+        f"run {name}: {summary['messages']:,} scored, accuracy {summary.get('accuracy', float('nan')):.1%}, "
+        f"macro-F1 {summary.get('macro_f1', float('nan')):.3f}, latency p50 {latency.get('p50', 0):,.0f} ms / "
+        f"p99 {latency.get('p99', 0):,.0f} ms, {len(card.found) - sum(not r['fired_at'] for r in card.found)} of "
+        f"{len(card.found)} scripted alerts, {len(card.false_alerts)} false"
+    )
+    console.print(f"report: [bold]{path}[/bold]")
+    return path
 
 
 def _wait_for_assignment(settings: Settings, deadline: float) -> None:

@@ -21,6 +21,12 @@ works around:
 - Offset gaps: faust stops committing at an offset it never acknowledged, so a transaction
   marker or a compacted offset upstream stalls its commits (robinhood/faust#401,
   faust-streaming/faust#312 and #606); ``add_gap`` hands such runs to faust's own gap list.
+- Batch acknowledgement: ``take_events`` (faust-streaming/faust#392) acknowledges its events in
+  a ``finally`` when the loop body is left, also when a shutdown cut it short, and ``noack``
+  does not change that (faust-streaming/faust#189); ``Intake`` holds an extra reference per
+  message until the batch's outputs are acknowledged.
+- Logging: the Worker's terminal spinner sets the root logger to DEBUG at level WARNING and
+  above (see faust-streaming/faust#495 for its output); ``run`` turns the spinner off.
 """
 
 from __future__ import annotations

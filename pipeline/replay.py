@@ -112,20 +112,47 @@ def read_rows(
     if not path.is_file():
         raise ReplayError(f"{path}: no such file")
     fmt = fmt or detect_format(path)
+    if fmt == "phrasebank":
+        return _phrasebank_rows(path)
     bad: Counter = Counter()
     rows: list[ReplayRow] = []
-    if fmt == "phrasebank":
-        for number, raw in enumerate(path.read_bytes().decode("latin-1").splitlines(), start=1):
-            text, sep, label = raw.rpartition("@")
-            if not raw.strip():
-                continue
-            try:
-                if not sep or not text.strip():
-                    raise ValueError("no text@label")
-                rows.append(ReplayRow(number, text.strip(), _label(label, False)))
-            except ValueError as exc:
-                bad[str(exc).split(" '")[0]] += 1
-        return rows, bad
+    handle, records = _open_records(path, fmt, text_column)
+    with handle:
+        try:
+            for number, record in records:
+                row = _row(number, record, fmt, text_column, label_column, time_column)
+                if isinstance(row, ReplayRow):
+                    rows.append(row)
+                elif row:
+                    bad[row] += 1
+        except UnicodeDecodeError:
+            raise ReplayError(f"{path}: not UTF-8 (around row {len(rows) + sum(bad.values()) + 2})") from None
+    if rows and all(r.published_at is not None for r in rows):
+        rows.sort(key=lambda r: r.published_at)
+    else:
+        for r in rows:
+            r.published_at = None
+    return rows, bad
+
+
+def _phrasebank_rows(path: Path) -> tuple[list[ReplayRow], Counter]:
+    bad: Counter = Counter()
+    rows: list[ReplayRow] = []
+    for number, raw in enumerate(path.read_bytes().decode("latin-1").splitlines(), start=1):
+        text, sep, label = raw.rpartition("@")
+        if not raw.strip():
+            continue
+        try:
+            if not sep or not text.strip():
+                raise ValueError("no text@label")
+            rows.append(ReplayRow(number, text.strip(), _label(label, False)))
+        except ValueError as exc:
+            bad[str(exc).split(" '")[0]] += 1
+    return rows, bad
+
+
+def _open_records(path: Path, fmt: str, text_column: str):
+    """(open file, iterator of (row number, CSV row dict or JSONL line))."""
     if fmt in ("twitter", "csv"):
         handle = open(path, encoding="utf-8", errors="strict", newline="")
         reader = csv.DictReader(handle)
@@ -137,61 +164,39 @@ def read_rows(
         if text_column not in header:
             handle.close()
             raise ReplayError(f"{path}:1: no {text_column!r} column (columns: {', '.join(header)})")
-        records = ((reader.line_num, row) for row in reader)
-    elif fmt == "jsonl":
+        return handle, ((reader.line_num, row) for row in reader)
+    if fmt == "jsonl":
         handle = open(path, "rb")
-        records = ((n, line) for n, line in enumerate(handle, start=1))
-    else:
-        raise ReplayError(f"{path}: unknown format {fmt!r}")
-    with handle:
+        return handle, ((n, line) for n, line in enumerate(handle, start=1))
+    raise ReplayError(f"{path}: unknown format {fmt!r}")
+
+
+def _row(number: int, record, fmt: str, text_column: str, label_column: str, time_column: str | None):
+    """A ReplayRow, the reason the record is bad, or None for a blank line."""
+    if fmt == "jsonl":
+        if not record.strip():
+            return None
         try:
-            for number, record in records:
-                if fmt == "jsonl":
-                    if not record.strip():
-                        continue
-                    try:
-                        record = json.loads(record)
-                    except (UnicodeDecodeError, json.JSONDecodeError):
-                        bad["invalid JSON"] += 1
-                        continue
-                    if not isinstance(record, dict):
-                        bad["not an object"] += 1
-                        continue
-                text = record.get(text_column)
-                if not isinstance(text, str) or not text.strip():
-                    bad["empty text"] += 1
-                    continue
-                try:
-                    label = record.get(label_column)
-                    label = _label(label, fmt == "twitter") if label not in (None, "") else None
-                except ValueError:
-                    bad["unknown label"] += 1
-                    continue
-                column = time_column or next((c for c in TIME_COLUMNS if record.get(c) not in (None, "")), None)
-                try:
-                    published = _time(record[column]) if column and record.get(column) not in (None, "") else None
-                except (ValueError, OverflowError, OSError):
-                    bad["invalid time"] += 1
-                    continue
-                rows.append(
-                    ReplayRow(
-                        number,
-                        text.strip(),
-                        label,
-                        published,
-                        _names(record.get("tickers")),
-                        _names(record.get("topics")),
-                        record.get("source") or None,
-                    )
-                )
-        except UnicodeDecodeError:
-            raise ReplayError(f"{path}: not UTF-8 (around row {len(rows) + sum(bad.values()) + 2})") from None
-    if rows and all(r.published_at is not None for r in rows):
-        rows.sort(key=lambda r: r.published_at)
-    else:
-        for r in rows:
-            r.published_at = None
-    return rows, bad
+            record = json.loads(record)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return "invalid JSON"
+        if not isinstance(record, dict):
+            return "not an object"
+    text = record.get(text_column)
+    if not isinstance(text, str) or not text.strip():
+        return "empty text"
+    try:
+        label = record.get(label_column)
+        label = _label(label, fmt == "twitter") if label not in (None, "") else None
+    except ValueError:
+        return "unknown label"
+    column = time_column or next((c for c in TIME_COLUMNS if record.get(c) not in (None, "")), None)
+    try:
+        published = _time(record[column]) if column and record.get(column) not in (None, "") else None
+    except (ValueError, OverflowError, OSError):
+        return "invalid time"
+    tickers, topics = _names(record.get("tickers")), _names(record.get("topics"))
+    return ReplayRow(number, text.strip(), label, published, tickers, topics, record.get("source") or None)
 
 
 def messages(

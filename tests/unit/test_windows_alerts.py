@@ -370,3 +370,27 @@ def test_names_that_move_to_another_worker_leave_no_series_behind():
     metrics.forget_names(proc.names.pop(0))  # what the worker does when the partition is revoked
     for gauge in (metrics.TOPIC_MESSAGES, metrics.TOPIC_SENTIMENT, metrics.ALERT_ACTIVE):
         assert not any("MOVES" in lv for lv in metrics._label_values(gauge))
+
+
+def test_a_names_state_is_copied_once_per_batch(monkeypatch):
+    """The stored state stays untouched until the batch is acknowledged, and a batch of many
+    items for one name copies it once, not once per item."""
+    import pipeline.aggregation as aggregation
+
+    copies = []
+    real = aggregation._deep_copy
+    monkeypatch.setattr(aggregation, "_deep_copy", lambda state: copies.append(1) or real(state))
+    store = Store()
+    proc = processor(store)
+    feed(proc, store, [item("AAPL", T0 + i, off=i) for i in range(5)], batch=5)
+    stored = store.data["t/AAPL"]
+    before = repr(stored)
+    copies.clear()
+    out = WindowOutputs()
+    for i in range(5, 55):
+        proc.record(0, as_window_item(item("AAPL", T0 + i, off=i)), WALL, out)
+    proc.close_partition(0, out)
+    assert len(copies) == 1
+    assert repr(store.data["t/AAPL"]) == before  # nothing written before the write-back
+    store.apply(proc)
+    assert sum(store.data["t/AAPL"]["buckets"][b][0] for b in store.data["t/AAPL"]["buckets"]) >= 50
