@@ -101,6 +101,8 @@ class Classifier:
         length_slack: float | None = None,
     ):
         self.bundle = bundle
+        # Fitted on the dev split at export (manifest ``temperature``); 1.0 for older bundles.
+        self.temperature = float(bundle.manifest.get("temperature", 1.0))
         self.variant, provider_options = choose_runtime(variant, providers)
         self.batch_size = batch_size
         options = ort.SessionOptions()
@@ -180,7 +182,8 @@ class Classifier:
             start = end
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
-        return softmax(self.logits(texts))
+        """Calibrated probabilities: softmax(logits / temperature)."""
+        return softmax(self.logits(texts) / self.temperature)
 
 
 def worker_inference_threads() -> int:

@@ -127,7 +127,7 @@ def evaluate(
         if not is_bundle:
             raise ValueError(f"{model_path} is a checkpoint: evaluate it with --variant torch, or export it first")
         classifier = Classifier(bundle, variant=variant, batch_size=batch_size)
-        logits = classifier.logits(texts)
+        logits = classifier.logits(texts) / classifier.temperature  # the probabilities the worker writes
     elapsed = time.perf_counter() - started
 
     metrics = classification_metrics(y_true, logits)

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from pipeline.bundle import VARIANT_FILES, Bundle, sha256_of, write_manifest
-from pipeline.classify import Classifier
+from pipeline.classify import Classifier, softmax
 from pipeline.schemas import LABELS
 
 from .data import LABEL_TO_ID, load_datasets, split
 from .inference import predict_logits
-from .metrics import classification_metrics
+from .metrics import classification_metrics, expected_calibration_error, fit_temperature
 from .model import SentimentClassifier
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -92,6 +92,7 @@ INT8_RECIPES = (
     "matmul_attention_per_channel_fp32_ffn_out_attention_out",
 )
 CALIBRATION_EXAMPLES = 256
+CALIBRATION_DEV_LIMIT = 4000  # dev examples the temperature is fitted on
 
 
 def _excluded(matmuls: list[str], recipe: str) -> list[str]:
@@ -201,6 +202,22 @@ def _quiet_quantiser(workdir: Path):
             yield
     finally:
         root.removeFilter(hint)
+
+
+def _calibrate(model, tokenizer, max_length: int, dev, y_test, test_logits: np.ndarray, log) -> tuple[float, dict]:
+    """Temperature fitted on the dev split (never the test split), and the test ECE before and after."""
+    dev = dev[:CALIBRATION_DEV_LIMIT]
+    dev_logits = predict_logits(model, tokenizer, [e.text for e in dev], max_length, torch.device("cpu"))
+    temperature = fit_temperature(dev_logits, [LABEL_TO_ID[e.label] for e in dev])
+    y_test = np.asarray(y_test)
+    report = {
+        "temperature": temperature,
+        "dev_examples": len(dev),
+        "test_ece_before": expected_calibration_error(softmax(test_logits), y_test),
+        "test_ece_after": expected_calibration_error(softmax(test_logits / temperature), y_test),
+    }
+    log("calibration: " + json.dumps(report))
+    return temperature, report
 
 
 def export(
@@ -328,6 +345,9 @@ def export(
             raise ExportError("parity failed: " + "; ".join(failures))
 
         raw.unlink()  # the static recipes' source, not part of the bundle
+        manifest["temperature"], manifest["calibration"] = _calibrate(
+            model, tokenizer, meta["max_length"], parts.dev, y_true, variants["fp32"], log
+        )
         manifest["parity"] = parity
         manifest["metrics"] = {
             "test": {

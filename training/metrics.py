@@ -21,6 +21,29 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
     return float(ece)
 
 
+def negative_log_likelihood(logits: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> float:
+    probs = softmax(np.asarray(logits, dtype=np.float64) / temperature)
+    return float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None)).mean())
+
+
+def fit_temperature(logits: np.ndarray, y_true, low: float = 0.05, high: float = 20.0) -> float:
+    """The temperature T that minimises the negative log-likelihood of softmax(logits / T) on
+    held-out examples (Guo et al. 2017): one number, so labels never change, only confidence.
+    Golden-section search on log T (the NLL is unimodal in it); 1.0 without examples."""
+    y_true = np.asarray(y_true)
+    if len(y_true) == 0:
+        return 1.0
+    a, b = np.log(low), np.log(high)
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(80):
+        c, d = b - ratio * (b - a), a + ratio * (b - a)
+        if negative_log_likelihood(logits, y_true, np.exp(c)) < negative_log_likelihood(logits, y_true, np.exp(d)):
+            b = d
+        else:
+            a = c
+    return float(np.exp((a + b) / 2))
+
+
 def classification_metrics(y_true, logits: np.ndarray) -> dict:
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 

@@ -97,3 +97,23 @@ def test_missing_file_and_skip_bad_rows(tmp_path: Path):
     examples = load_file(path, skip_bad_rows=True, bad_rows=bad)
     assert [e.text for e in examples] == ["Good one", "Good two"]
     assert sum(bad.values()) == 2 and any("unknown label" in reason for reason in bad)
+
+
+def test_temperature_fit_recovers_an_overconfident_models_scale_and_lowers_calibration_error():
+    import numpy as np
+
+    from pipeline.classify import softmax
+    from training.metrics import expected_calibration_error, fit_temperature, negative_log_likelihood
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=4000)
+    true_logits = rng.normal(size=(4000, 3))
+    true_logits[np.arange(4000), y] += 1.5
+    # Labels drawn from the calibrated model, logits reported 3x too sharp.
+    y = np.array([rng.choice(3, p=p) for p in softmax(true_logits)])
+    sharp = true_logits * 3.0
+    t = fit_temperature(sharp, y)
+    assert 2.5 < t < 3.5
+    assert negative_log_likelihood(sharp, y, t) < negative_log_likelihood(sharp, y)
+    assert expected_calibration_error(softmax(sharp / t), y) < expected_calibration_error(softmax(sharp), y) / 2
+    assert fit_temperature(sharp[:0], y[:0]) == 1.0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.bundle import BundleError, open_bundle
-from pipeline.classify import Classifier
+from pipeline.classify import Classifier, softmax
 from pipeline.schemas import LABELS
 from tests.conftest import TINY_INT8_AGREEMENT
 from training.config import TrainConfig
@@ -38,6 +38,16 @@ def test_bundle_has_every_file_and_parity(tiny_bundle: Path):
     assert manifest["parity"]["fp32_max_abs_logit_diff"] <= 1e-3
     assert manifest["parity"]["int8_label_agreement"] >= TINY_INT8_AGREEMENT
     assert manifest["training_data"][0]["sha256"]
+    # Calibrated on dev: the temperature the classifier applies, with the test ECE before and after.
+    calibration = manifest["calibration"]
+    assert manifest["temperature"] == calibration["temperature"] > 0
+    assert calibration["dev_examples"] > 0
+    assert 0 <= calibration["test_ece_before"] <= 1 and 0 <= calibration["test_ece_after"] <= 1
+    classifier = Classifier(bundle, variant="fp32")
+    texts = ["Operating profit rose", "Sales fell"]
+    np.testing.assert_allclose(
+        classifier.predict_proba(texts), softmax(classifier.logits(texts) / manifest["temperature"]), rtol=1e-6
+    )
     # INT8 is the small one.
     assert (tiny_bundle / "model.int8.onnx").stat().st_size < 0.75 * (tiny_bundle / "model.onnx").stat().st_size
 
