@@ -101,7 +101,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=5.0)
     async def index_restored_dedup_entries():
-        if first_scores.stale and not getattr(app, "in_recovery", False) and not getattr(app, "rebalancing", False):
+        if first_scores.stale and intake.settled():
             first_scores.index_restored()
 
     # Loading a new bundle takes seconds: on its own thread, so scoring goes on meanwhile.

@@ -166,7 +166,7 @@ class OffsetGaps:
         self.log_start[tp] = earliest
         return True
 
-    def _settled(self) -> bool:
+    def settled(self) -> bool:
         """Not inside a rebalance or a table recovery: positions are where the consumer put them."""
         app = self.app
         return (
@@ -201,7 +201,7 @@ class OffsetGaps:
         ``quiet_s`` for input while its partition's high watermark is past the next offset, seek
         back too. A partition that has had no message at all since the assignment is only sought
         back, never declared a real hole: its stage may just not have started yet."""
-        if not self._settled():
+        if not self.settled():
             return
         now = time.monotonic()
         for tp in self.app.consumer.assignment():
@@ -394,6 +394,10 @@ class Intake:
             self._finish(batch)  # a shielded delivery may still acknowledge it
             raise
         self.ack(batch)
+
+    def settled(self) -> bool:
+        """Not inside a rebalance or a table recovery (tables hold what was restored)."""
+        return self.gaps.settled()
 
     def generation(self) -> int:
         """Changes with every rebalance of the group."""
