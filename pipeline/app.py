@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> faust.App:
     if settings.model_bundle is None:
         raise ValueError("FINSENT_MODEL_BUNDLE is not set: point it at a bundle written by `finsent export`")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    faustcompat.use_read_committed()  # aborted upstream transactions are never scored
+    faustcompat.configure_consumer(settings.kafka_fetch_min_bytes, settings.kafka_fetch_max_wait_ms)
     app = _faust_app(settings)
     topics = _topics(app, settings)
     # fingerprint -> the first copy's scores; t/<name>, p/<partition>: window state (aggregation.py)

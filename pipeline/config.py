@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     # How long the worker's producer waits to fill a request: a few ms of latency for far fewer
     # requests (each costs the worker, the broker and the next stage's fetches CPU).
     producer_linger_ms: float = Field(default=5.0, ge=0, le=1000)
+    # A worker's fetch returns once it holds this many bytes or has waited this long.
+    kafka_fetch_min_bytes: int = Field(default=1, ge=1, le=50 * 1024 * 1024)
+    kafka_fetch_max_wait_ms: int = Field(default=1500, ge=0, le=60_000)
     # The window stage batches longer: each batch writes its names' state once.
     window_batch_wait_ms: int = Field(default=100, ge=1, le=60_000)
     max_text_chars: int = Field(default=10_000, ge=16, le=1_000_000)

@@ -10,7 +10,7 @@ works around:
 
 - Isolation level: faust reads ``read_uncommitted`` unless ``processing_guarantee`` is
   exactly-once, so records of *aborted* upstream transactions would be scored. finsent's
-  consumer reads ``read_committed`` (``use_read_committed``), like every consumer that must not
+  consumer reads ``read_committed`` (``configure_consumer``), like every consumer that must not
   see aborted data.
 - Skipped runs of offsets: right after an assignment, and when flow control pauses a partition,
   faust's consumer can hand a stream the messages after a run but not the run, and its
@@ -52,13 +52,19 @@ if not faust.__version__.startswith(SUPPORTED):
         f"found {faust.__version__}: check each workaround in its docstring before widening the pin"
     )
 
-_patched = False
+_consumer_options: dict = {}
 
 
-def use_read_committed() -> None:
-    """Makes the worker's consumer skip aborted transactions (idempotent; call before it starts)."""
-    global _patched
-    if _patched:
+def configure_consumer(fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 1500) -> None:
+    """Options faust does not pass to the worker's aiokafka consumer (call before it starts):
+    ``read_committed``, so aborted upstream transactions are never scored, and how long a fetch
+    may wait to fill (by default a fetch returns as soon as one record is there, which under
+    steady traffic means a fetch, and its CPU, per handful of records)."""
+    first = not _consumer_options
+    _consumer_options.update(
+        _isolation_level="read_committed", _fetch_min_bytes=fetch_min_bytes, _fetch_max_wait_ms=fetch_max_wait_ms
+    )
+    if not first:
         return
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -66,11 +72,11 @@ def use_read_committed() -> None:
 
     def _create_worker_consumer(self, transport):
         consumer = create(self, transport)
-        consumer._isolation_level = "read_committed"  # read by AIOKafkaConsumer.start() for its fetcher
+        for name, value in _consumer_options.items():  # read by AIOKafkaConsumer.start() for its fetcher
+            setattr(consumer, name, value)
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
-    _patched = True
 
 
 async def add_gap(app: faust.App, tp, start: int, end: int) -> None:
