@@ -87,10 +87,44 @@ class ReadableProbe:
         self._consumer = None
 
     def readable(self, topic: str, partition: int, start: int, end: int) -> bool | None:
-        from kafka import TopicPartition
-
         if end <= start:
             return False
+        tp = self._seek(topic, partition, start)
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            records = self._consumer.poll(timeout_ms=100, max_records=1).get(tp, [])
+            if records:
+                return records[0].offset < end
+            if self._consumer.position(tp) >= end:
+                return False
+        return None
+
+    def last_readable(self, topic: str, partition: int, end: int, lookback: int = 1000) -> int | None:
+        """The offset of the last readable record below ``end``: -1 if there is none, None if
+        not known in time. Reads back from the end, ``lookback`` offsets at a time."""
+        start = end
+        while start > 0:
+            start = max(0, start - lookback)
+            last = self._last_in(topic, partition, start, end)
+            if last != -1:
+                return last
+            end = start
+        return -1
+
+    def _last_in(self, topic: str, partition: int, start: int, end: int) -> int | None:
+        tp = self._seek(topic, partition, start)
+        last, deadline = -1, time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            for record in self._consumer.poll(timeout_ms=100).get(tp, []):
+                if record.offset < end:
+                    last = max(last, record.offset)
+            if self._consumer.position(tp) >= end:
+                return last
+        return None
+
+    def _seek(self, topic: str, partition: int, offset: int):
+        from kafka import TopicPartition
+
         if self._consumer is None:
             # earliest: a start below the log start (retention) must read from there, not jump to the end
             self._consumer = kafka_consumer(
@@ -102,20 +136,39 @@ class ReadableProbe:
             )
         tp = TopicPartition(topic, partition)
         self._consumer.assign([tp])
-        self._consumer.seek(tp, start)
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            records = self._consumer.poll(timeout_ms=100, max_records=1).get(tp, [])
-            if records:
-                return records[0].offset < end
-            if self._consumer.position(tp) >= end:
-                return False
-        return None
+        self._consumer.seek(tp, offset)
+        return tp
 
     def close(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
         self._consumer = None
+
+
+class CommittedOffsets:
+    """The consumer group's committed offset of a partition, with an admin client kept open."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._admin = None
+
+    def offset(self, topic: str, partition: int) -> int | None:
+        from kafka import TopicPartition
+
+        try:
+            if self._admin is None:
+                self._admin = kafka_admin(self.settings)
+            tp = TopicPartition(topic, partition)
+            meta = _group_offsets(self._admin, self.settings, [tp], timeout_s=10.0).get(tp)
+        except Exception:
+            self.close()
+            raise
+        return meta.offset if meta is not None and meta.offset >= 0 else None
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+        self._admin = None
 
 
 class GroupProgress:

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import faust
 
 from . import faustcompat
-from .admin import ReadableProbe
+from .admin import CommittedOffsets, ReadableProbe
 from .aggregation import WindowProcessor
 from .alerts import load_rules
 from .classify import ModelHolder
@@ -38,7 +38,9 @@ from .sinks.elasticsearch import ElasticsearchSink
 from .stages.classify import ClassifyStage, FirstScores
 from .stages.dead_letters import DeadLetters
 from .stages.decode import DecodeStage
+from .stages.outbox import Outbox
 from .stages.window import UpstreamProgress, WindowStage
+from .transactions import Transactions
 from .web import LiveView, add_pages
 
 log = logging.getLogger("finsent.worker")
@@ -79,13 +81,15 @@ def create_app(settings: Settings) -> faust.App:
     first_scores = FirstScores(dedup_table, settings.dedup_horizon_s, settings.topic_partitions)
     upstream_progress = UpstreamProgress(settings, upstream, gaps)
 
-    decode = DecodeStage(settings, intake, topics.valid, dead_letters)
+    transactions = _transactions(app, settings, upstream | {topics.windows.get_topic_name()}, intake)
+    outbox = Outbox(transactions)
+
+    decode = DecodeStage(settings, intake, outbox, topics.valid, dead_letters)
     classify = ClassifyStage(
-        settings, intake, model, first_scores, sink, topics, dead_letters, _dictionary(settings), live
+        settings, intake, outbox, model, first_scores, sink, topics, dead_letters, _dictionary(settings), live
     )
-    window = WindowStage(
-        settings, intake, _window_processor(settings, window_table, upstream_progress), window_table, topics, sink, live
-    )
+    processor = _window_processor(settings, window_table, upstream_progress)
+    window = WindowStage(settings, intake, outbox, processor, window_table, topics, sink, live)
     app.agent(topics.raw, name="decode_stage")(decode.run)
     app.agent(topics.valid, name="classify_stage")(classify.run)
     app.agent(topics.windows, name="window_stage")(window.run)
@@ -94,10 +98,14 @@ def create_app(settings: Settings) -> faust.App:
     async def on_assigned(app, assigned, **kwargs):
         gaps.reset()
         first_scores.on_assigned()
+        if transactions is not None:  # fences the previous owners before anything is read
+            await transactions.assign(assigned)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
         window.on_revoked(revoked)
+        if transactions is not None:
+            await transactions.revoke(revoked)
 
     @app.timer(interval=5.0)
     async def index_restored_dedup_entries():
@@ -200,6 +208,25 @@ def _offset_gaps(app: faust.App, settings: Settings, topics: set[str]) -> faustc
         return await loop.run_in_executor(executor, probe.readable, tp.topic, tp.partition, start, end)
 
     return faustcompat.OffsetGaps(app, topics, readable=readable)
+
+
+def _transactions(app: faust.App, settings: Settings, topics: set[str], intake) -> Transactions | None:
+    """Exactly-once: the input partitions' transactional producers; faust's own offset commits
+    and table recovery adapted to them (see faustcompat)."""
+    if settings.processing_guarantee != "exactly_once":
+        return None
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transactions")
+    committed, probe = CommittedOffsets(settings), ReadableProbe(settings, timeout_s=10.0)
+
+    async def committed_offset(topic: str, partition: int) -> int | None:
+        return await asyncio.get_running_loop().run_in_executor(executor, committed.offset, topic, partition)
+
+    async def last_readable(topic: str, partition: int, end: int) -> int | None:
+        return await asyncio.get_running_loop().run_in_executor(executor, probe.last_readable, topic, partition, end)
+
+    faustcompat.leave_commits_to_transactions(app)
+    faustcompat.recover_to_readable_end(app, last_readable)
+    return Transactions(settings, settings.consumer_group, topics, committed_offset, intake.generation)
 
 
 def _window_processor(settings: Settings, table, upstream: UpstreamProgress) -> WindowProcessor:

@@ -31,6 +31,7 @@ works around:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
@@ -42,6 +43,7 @@ import faust
 from aiokafka.errors import KafkaError
 
 from . import metrics
+from .transactions import Output
 
 log = logging.getLogger("finsent.worker")
 
@@ -339,6 +341,58 @@ def set_current_event(event) -> None:
     from faust.streams import _current_event
 
     _current_event.set(weakref.ref(event))
+
+
+def changelog_output(table, partition: int, key, value) -> Output:
+    """A table write as the changelog record faust would send (same serialisers), for a stage
+    that commits it in its own transaction (exactly-once)."""
+    topic = table.changelog_topic
+    key_bytes, _ = topic.prepare_key(key, table.key_serializer)
+    value_bytes, _ = topic.prepare_value(value, table.value_serializer)
+    return Output(topic.get_topic_name(), key_bytes, value_bytes, partition)
+
+
+def write_local(table, event, key, value) -> None:
+    """Writes the table's local store only: its changelog record went out in a transaction."""
+    set_current_event(event)
+    if value is None:
+        with contextlib.suppress(KeyError):
+            del table.data[key]
+    else:
+        table.data[key] = value
+
+
+def leave_commits_to_transactions(app: faust.App) -> None:
+    """Exactly-once, each batch's transaction commits its offsets. faust's own periodic commit
+    would race them: computed before batch N+1's transaction and landing after it, it would move
+    the group's offset back to batch N's end, and a crash would then repeat batch N+1's outputs.
+    faust still acknowledges and tracks offsets; it just never sends them."""
+
+    async def _commit(offsets) -> bool:
+        return True
+
+    app.consumer._commit = _commit
+
+
+def recover_to_readable_end(app: faust.App, last_readable) -> None:
+    """A changelog written in transactions ends in a commit marker that no consumer receives, so
+    faust's recovery (done when it has read the record at end offset - 1) would wait forever; it
+    only allows for markers when faust's own exactly-once mode is on. ``last_readable`` (async:
+    topic, partition, end offset -> the offset of the last readable record below the end, -1 if
+    none, None if unknown) gives the offset that recovery must reach instead."""
+    recovery = app.tables.recovery
+    build = recovery._build_highwaters
+
+    async def _build_highwaters(consumer, tps, destination, title):
+        await build(consumer, tps, destination, title)
+        for tp, highwater in list(destination.items()):
+            if highwater is None or highwater < 0:
+                continue
+            last = await last_readable(tp.topic, tp.partition, highwater + 1)
+            if last is not None and last < highwater:
+                destination[tp] = last
+
+    recovery._build_highwaters = _build_highwaters
 
 
 class Batch:

@@ -13,6 +13,7 @@ exactly-once in effect in Elasticsearch.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +31,12 @@ from ..retries import BatchFailed, process_with_retries
 from ..schemas import ScoredRecord, ValidatedMessage
 from ..scoring import Scores, first_scores, plan_batch, scored_records, window_items
 from ..sinks.elasticsearch import ElasticsearchSink
+from ..transactions import Output, TransactionFailed
 from ..web import LiveView
 from .dead_letters import DeadLetters
+from .outbox import Outbox
+
+log = logging.getLogger("finsent.worker")
 
 
 class FirstScores:
@@ -162,6 +167,7 @@ class ClassifyStage:
         self,
         settings: Settings,
         intake: Intake,
+        outbox: Outbox,
         model: ModelHolder,
         first: FirstScores,
         sink: ElasticsearchSink,
@@ -171,6 +177,7 @@ class ClassifyStage:
         live: LiveView,
     ):
         self.settings, self.intake, self.model, self.first = settings, intake, model, first
+        self.outbox = outbox
         self.sink, self.topics, self.dead_letters = sink, topics, dead_letters
         self.dictionary, self.live = dictionary, live
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -191,7 +198,10 @@ class ClassifyStage:
                 result = await self._score(events)
             except BatchFailed:  # one at a time from here, keeping the output order
                 await deliverer.guard(scored.join())
-                await self._with_retries(events)
+                try:
+                    await self._with_retries(events)
+                except TransactionFailed as exc:
+                    return self._abandon(batches, exc)
                 self._acknowledge(batches)
                 return
             await deliverer.guard(scored.put((batches, result)))
@@ -201,6 +211,8 @@ class ClassifyStage:
             try:
                 await self._deliver(result)
                 self._acknowledge(batches)
+            except TransactionFailed as exc:
+                self._abandon(batches, exc)
             finally:
                 scored.task_done()
 
@@ -221,6 +233,12 @@ class ClassifyStage:
             self.intake.ack(batch)
         self.first.expire([event for batch in batches for event in batch.events])
 
+    def _abandon(self, batches: list[Batch], failure: TransactionFailed) -> None:
+        """Its partition moved to another worker, which reads the batch again."""
+        log.info("classify batch not committed: %s", failure)
+        for batch in batches:
+            self.intake.abandon(batch)
+
     async def _with_retries(self, events: list) -> None:
         async def attempt(some) -> None:
             await self._deliver(await self._score(some))
@@ -236,7 +254,7 @@ class ClassifyStage:
             message = event.message
             origin = Origin(message.topic, message.partition, message.offset)
         letter = dead_letter(event.value or b"", origin, "processing_error", str(failure))
-        await (await self.dead_letters.send(letter))
+        await self.outbox.deliver([event], [(event, self.dead_letters.output(letter))])
 
     async def _score(self, events) -> Scored:
         """De-duplicate, classify and build records; the first copies' scores are stored at once,
@@ -281,7 +299,7 @@ class ClassifyStage:
         }
         documents = [r.model_dump(mode="json") for r in scored.records if r.id not in rejected]
         rejected |= {r.doc_id: ("es_rejected", r.reason) for r in await self.sink.write(documents)}
-        deliveries = []
+        outputs = []
         for event, (valid, _key), record, value in zip(
             scored.events, scored.messages, scored.records, values, strict=True
         ):
@@ -289,14 +307,14 @@ class ClassifyStage:
                 origin = Origin(
                     valid.origin_topic, valid.origin_partition, valid.origin_offset, valid.kafka_timestamp_ms
                 )
-                deliveries.append(await self.dead_letters.send(dead_letter(value, origin, *rejected[record.id])))
+                outputs.append((event, self.dead_letters.output(dead_letter(value, origin, *rejected[record.id]))))
                 continue
             key = routing_key(record.tickers, record.topics, record.source).encode()
-            deliveries.append(await self.topics.scored.send(key=key, value=value))
+            outputs.append((event, Output(self.topics.scored, key, value)))
             for item in window_items(record, valid, event.message.partition, event.message.offset):
-                deliveries.append(await self.topics.windows.send(key=item.topic.encode(), value=item.encode()))
+                outputs.append((event, Output(self.topics.windows, item.topic.encode(), item.encode())))
             self._count(record)
-        await asyncio.gather(*deliveries)
+        await self.outbox.deliver(scored.events, outputs)
 
     def _count(self, record: ScoredRecord) -> None:
         metrics.MESSAGES.labels("duplicate" if record.duplicate_of else "scored").inc()

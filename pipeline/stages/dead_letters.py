@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from .. import metrics
 from ..schemas import DeadLetter
+from ..transactions import Output
 
 
 class DeadLetters:
     def __init__(self, topic):
         self.topic = topic
 
-    async def send(self, letter: DeadLetter):
-        """Returns the delivery future: the caller awaits it before acknowledging the input."""
+    def output(self, letter: DeadLetter) -> Output:
+        """The dead letter as a record for the stage's outbox (delivered with the batch)."""
         metrics.DEAD_LETTERS.labels(letter.reason).inc()
         metrics.MESSAGES.labels("dead_letter").inc()
-        return await self.topic.send(key=None, value=letter.model_dump_json().encode())
+        return Output(self.topic, None, letter.model_dump_json().encode())

@@ -7,29 +7,37 @@ entries. A partition's messages keep their order.
 
 from __future__ import annotations
 
-import asyncio
+import logging
 
 from ..config import Settings
 from ..decode import Origin, dead_letter, decode, too_large, validated
 from ..dedup import fingerprint
 from ..faustcompat import Intake
 from ..schemas import DeadLetter
+from ..transactions import Output, TransactionFailed
 from .dead_letters import DeadLetters
+from .outbox import Outbox
+
+log = logging.getLogger("finsent.worker")
 
 
 class DecodeStage:
-    def __init__(self, settings: Settings, intake: Intake, valid_topic, dead_letters: DeadLetters):
-        self.settings, self.intake = settings, intake
+    def __init__(self, settings: Settings, intake: Intake, outbox: Outbox, valid_topic, dead_letters: DeadLetters):
+        self.settings, self.intake, self.outbox = settings, intake, outbox
         self.valid_topic, self.dead_letters = valid_topic, dead_letters
 
     async def run(self, stream) -> None:
         within = self.settings.max_wait_ms / 1000
         async for events in stream.take_events(self.settings.max_batch * 4, within=within):
             async with self.intake.batch(events) as batch:
-                deliveries = [await self._forward(event) for event in batch.events]
-                await asyncio.gather(*deliveries)  # delivered before the batch is acknowledged
+                outputs = [(event, self._forward(event)) for event in batch.events]
+                try:  # delivered before the batch is acknowledged
+                    await self.outbox.deliver(batch.events, outputs)
+                except TransactionFailed as exc:  # the partition moved: its new owner reads it again
+                    log.info("decode batch not committed: %s", exc)
+                    self.intake.abandon(batch)
 
-    async def _forward(self, event):
+    def _forward(self, event) -> Output:
         message = event.message
         timestamp_ms = int(message.timestamp * 1000) if message.timestamp else None
         origin = Origin(message.topic, message.partition, message.offset, timestamp_ms)
@@ -40,8 +48,8 @@ class DecodeStage:
             unknown_fields=self.settings.unknown_fields,
         )
         if isinstance(result, DeadLetter):
-            return await self.dead_letters.send(result)
+            return self.dead_letters.output(result)
         value = validated(result, origin).model_dump_json().encode()
         if problem := too_large(value, "the validated message"):  # e.g. huge unknown fields kept
-            return await self.dead_letters.send(dead_letter(event.value, origin, "too_large", problem))
-        return await self.valid_topic.send(key=fingerprint(result.message.text).encode(), value=value)
+            return self.dead_letters.output(dead_letter(event.value, origin, "too_large", problem))
+        return Output(self.valid_topic, fingerprint(result.message.text).encode(), value)

@@ -20,9 +20,11 @@ from ..aggregation import WindowOutputs, WindowProcessor
 from ..clients import redact
 from ..config import Settings
 from ..faustcompat import Batch, Intake
-from ..schemas import WindowItem, WindowTick, parse_window_event
+from ..schemas import WindowTick, parse_window_event
 from ..sinks.elasticsearch import ElasticsearchSink, index_name
+from ..transactions import Output, TransactionFailed
 from ..web import LiveView
+from .outbox import Outbox
 
 log = logging.getLogger("finsent.worker")
 # How long the stage waits for the consumer group's committed offsets when they cannot be read
@@ -69,6 +71,7 @@ class WindowStage:
         self,
         settings: Settings,
         intake: Intake,
+        outbox: Outbox,
         processor: WindowProcessor,
         table,
         topics,  # .windows, .aggregates, .alerts
@@ -76,6 +79,7 @@ class WindowStage:
         live: LiveView,
     ):
         self.settings, self.intake, self.processor, self.table = settings, intake, processor, table
+        self.outbox = outbox
         self.topics, self.sink, self.live = topics, sink, live
 
     async def run(self, stream) -> None:
@@ -83,16 +87,22 @@ class WindowStage:
         async for events in stream.take_events(self.settings.max_batch * 4, within=within):
             async with self.intake.batch(events) as batch:
                 generation = self.intake.generation()
-                out, last_event = self._process(batch.events)
+                parts = self._process(batch.events)
                 # Shielded: once outputs are on their way, the state that says so is stored too,
                 # even if shutdown cancels the agent meanwhile (else a restart would repeat alerts).
-                await asyncio.shield(self._emit(out, last_event, batch, generation))
+                await asyncio.shield(self._emit(parts, batch, generation))
 
-    def _process(self, events) -> tuple[WindowOutputs, dict]:
-        out, last_event = WindowOutputs(), {}
+    def _process(self, events) -> dict[int, tuple[WindowOutputs, object]]:
+        """Window partition -> (what its items produced, its last event): each partition's
+        outputs go out with that partition's offsets (one transaction each, exactly-once)."""
+        by_partition: dict[int, list] = {}
         for event in events:
-            partition = event.message.partition
-            last_event[partition] = event
+            by_partition.setdefault(event.message.partition, []).append(event)
+        return {partition: self._process_partition(partition, part) for partition, part in by_partition.items()}
+
+    def _process_partition(self, partition: int, events) -> tuple[WindowOutputs, object]:
+        out = WindowOutputs()
+        for event in events:
             faustcompat.set_current_event(event)  # table reads go to this partition's store
             try:
                 item = parse_window_event(event.value)
@@ -103,48 +113,68 @@ class WindowStage:
                 self.processor.tick(partition, time.time())
             else:
                 self.processor.record(partition, item, time.time(), out)
-        for partition, event in last_event.items():
-            faustcompat.set_current_event(event)
-            self.processor.close_partition(partition, out)
-        return out, last_event
+        self.processor.close_partition(partition, out)
+        return out, events[-1]
 
-    async def _emit(self, out: WindowOutputs, last_event: dict, batch: Batch, generation: int) -> None:
+    def _outputs(self, parts: dict, writes: dict) -> list[tuple[object, Output]]:
+        """Every record of the batch, with the event (so the partition) it belongs to; exactly-once,
+        the table's new state goes in the same transactions as its changelog records."""
+        outputs = []
+        for out, event in parts.values():
+            outputs += [(event, Output(self.topics.windows, b"other", item.encode())) for item in out.reroute]
+            outputs += [(event, _output(self.topics.aggregates, a.topic.encode(), a)) for a in out.aggregates]
+            outputs += [(event, _output(self.topics.alerts, a.id.encode(), a)) for a in out.alerts]
+        if self.outbox.exactly_once:
+            for key, (partition, value) in writes.items():
+                event = parts[partition][1]
+                outputs.append((event, faustcompat.changelog_output(self.table, partition, key, value)))
+        return outputs
+
+    async def _emit(self, parts: dict, batch: Batch, generation: int) -> None:
         await self.sink.ensure_template()
-        deliveries = [await self._send(self.topics.windows, b"other", item) for item in out.reroute]
-        deliveries += [await self._send(self.topics.aggregates, a.topic.encode(), a) for a in out.aggregates]
-        deliveries += [await self._send(self.topics.alerts, a.id.encode(), a) for a in out.alerts]
-        for suffix, documents in (("aggregates", out.aggregates), ("alerts", out.alerts)):
+        outs = [out for out, _event in parts.values()]
+        for suffix in ("aggregates", "alerts"):
+            documents = [d for out in outs for d in getattr(out, suffix)]
             if documents:
                 index = index_name(self.settings, suffix)
                 rejected = await self.sink.write([d.model_dump(mode="json") for d in documents], index=index)
                 for r in rejected:  # our own documents: a rejection is a bug or a broken template
                     log.error("Elasticsearch rejected %s document %s: %s", suffix, r.doc_id, r.reason)
-        await asyncio.gather(*deliveries)
+        writes = self.processor.writes()
+        if self.outbox.exactly_once and self.intake.generation() != generation:
+            return self._abandon(batch, "a rebalance came during the batch")
+        try:
+            await self.outbox.deliver(batch.events, self._outputs(parts, writes))
+        except TransactionFailed as exc:
+            return self._abandon(batch, str(exc))
         if self.intake.generation() != generation:
             # A rebalance came during the batch: its partitions may belong to another worker now,
             # which restored the table without this batch. Storing the state here could later
             # overwrite that worker's newer state (its changelog is replayed on the next
             # rebalance), so drop it and leave the batch unacknowledged: whoever owns each
             # partition now reads it again from the committed offset.
-            self.processor.writes()
-            self.intake.abandon(batch)
-            log.info("rebalance during a window batch: its %d items will be read again", len(batch.taken))
-            return
-        self._store(last_event)
+            return self._abandon(batch, "a rebalance came during the batch")
+        self._store(writes, {partition: event for partition, (_out, event) in parts.items()})
         processor = self.processor
         tracked = sum(processor.tracked.values())
-        metrics.record_windows(out.closed, out.alerts, out.late, out.forgotten, tracked, out.out_of_bounds)
-        self.live.on_windows(out.aggregates, out.alerts, out.forgotten)
+        for out in outs:
+            metrics.record_windows(out.closed, out.alerts, out.late, out.forgotten, tracked, out.out_of_bounds)
+            self.live.on_windows(out.aggregates, out.alerts, out.forgotten)
         self.intake.ack(batch)
 
-    @staticmethod
-    async def _send(topic, key: bytes, document: WindowItem | object):
-        value = document.encode() if isinstance(document, WindowItem) else document.model_dump_json().encode()
-        return await topic.send(key=key, value=value)
+    def _abandon(self, batch: Batch, why: str) -> None:
+        self.intake.abandon(batch)
+        log.info("window batch not stored (%s): its %d items will be read again", why, len(batch.taken))
 
-    def _store(self, last_event: dict) -> None:
-        for key, (partition, value) in self.processor.writes().items():
-            faustcompat.set_current_event(last_event[partition])
+    def _store(self, writes: dict, last_event: dict) -> None:
+        """Exactly-once, the changelog records went out in the batch's transactions: only the
+        local store is written."""
+        for key, (partition, value) in writes.items():
+            event = last_event[partition]
+            if self.outbox.exactly_once:
+                faustcompat.write_local(self.table, event, key, value)
+                continue
+            faustcompat.set_current_event(event)
             if value is None:
                 self.table.pop(key, None)
             else:
@@ -163,3 +193,7 @@ class WindowStage:
             if tp.topic == self.topics.windows.get_topic_name():
                 metrics.forget_names(self.processor.names.pop(tp.partition, []))
                 self.processor.tracked.pop(tp.partition, None)
+
+
+def _output(topic, key: bytes, document) -> Output:
+    return Output(topic, key, document.model_dump_json().encode())

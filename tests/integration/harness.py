@@ -142,7 +142,9 @@ class Pipeline:
         producer.flush(timeout=60)
         producer.close()
 
-    def read_topic(self, topic_env: str, expected: int, timeout_s: float = 60) -> list[dict]:
+    def read_topic(
+        self, topic_env: str, expected: int, timeout_s: float = 60, isolation_level: str = "read_uncommitted"
+    ) -> list[dict]:
         """Every record of a topic (from the start), stopping once ``expected`` are read and
         the topic has been quiet for 2 s (so extras would be seen), or at the timeout."""
         topic = self.env[topic_env]
@@ -151,6 +153,7 @@ class Pipeline:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             consumer_timeout_ms=2000,
+            isolation_level=isolation_level,
         )
         wait_for(lambda: consumer.partitions_for_topic(topic), 30, f"topic {topic}")
         consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])

@@ -1,0 +1,58 @@
+"""How a stage writes a batch's outputs: the one place that knows the processing guarantee.
+
+At-least-once, records go out through faust's producer and the batch is acknowledged once Kafka
+has them all. Exactly-once, the records that came from each input partition go out in one Kafka
+transaction with that partition's next offset (pipeline/transactions.py); the batch is then
+acknowledged too, though its offsets are already committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from ..transactions import Output, Transactions
+
+
+class Outbox:
+    def __init__(self, transactions: Transactions | None = None):
+        self.transactions = transactions
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.transactions is not None
+
+    async def deliver(self, events, outputs: list[tuple[object, Output]]) -> None:
+        """``events``: the batch, in offset order per partition; ``outputs``: (the event each
+        came from, the record). Returns once every record is acknowledged (and, exactly-once,
+        committed with the batch's offsets); raises TransactionFailed when a partition moved."""
+        if self.transactions is None:
+            sends = [await o.topic.send(key=o.key, value=o.value, partition=o.partition) for _event, o in outputs]
+            await asyncio.gather(*sends)
+            return
+        if not events:  # everything taken lies past a hole (see OffsetGaps): nothing to commit
+            return
+        next_offsets: dict[tuple[str, int], int] = {}
+        generation = max(event.message.generation_id for event in events)
+        for event in events:
+            tp = event.message.tp
+            next_offsets[tp.topic, tp.partition] = max(
+                next_offsets.get((tp.topic, tp.partition), 0), event.message.offset + 1
+            )
+        by_source: dict[tuple[str, int], list[Output]] = defaultdict(list)
+        for event, output in outputs:
+            by_source[event.message.tp.topic, event.message.tp.partition].append(output)
+        commits = [
+            self.transactions.commit(topic, partition, by_source[topic, partition], offset, generation)
+            for (topic, partition), offset in next_offsets.items()
+        ]
+        await _all(commits)
+
+
+async def _all(awaitables) -> None:
+    """Awaits every one, then raises the first error: a partition that failed never cancels the
+    commits of the others."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
