@@ -2,7 +2,8 @@
 worker is SIGKILLed and restarted at random points, the broker is restarted once and
 Elasticsearch is stopped for 30 s. Afterwards every good message must be in Elasticsearch
 exactly once, every bad one in the dead-letter topic, window aggregates must equal a batch
-recomputation and no alert episode may be repeated.
+recomputation and no alert episode may be repeated; exactly-once (the drill's default), a
+read_committed consumer must see no record twice on any output topic.
 
 Full drill (about 10 minutes here): ``make drill`` or
 ``python -m tests.integration.drill --messages 20000 --kills 4``. CI runs a short form
@@ -44,6 +45,7 @@ WINDOW_ENV = {
     "FINSENT_WINDOW_LATENESS_S": "20",
     "FINSENT_WINDOW_IDLE_S": "3",
 }
+COMMITTED = "read_committed"  # as a downstream consumer of finsent's outputs reads
 PER_MINUTE = 48  # 6 per ticker and minute of event time
 
 
@@ -61,6 +63,8 @@ class DrillResult:
     late_records: int = 0
     alert_episodes: dict = field(default_factory=dict)  # (rule, topic, start) -> statuses seen in ES
     alert_topic_repeats: int = 0  # extra copies of an episode's firing/resolved record on the topic
+    guarantee: str = "exactly_once"
+    twice: dict = field(default_factory=dict)  # output topic -> records seen more than once (read_committed)
     events: list = field(default_factory=list)
     seconds: float = 0.0
 
@@ -74,6 +78,8 @@ class DrillResult:
             f"alert episodes {len(self.alert_episodes)}: "
             + ", ".join(f"{k[0]}/{k[1]}@{k[2]} {'+'.join(v)}" for k, v in sorted(self.alert_episodes.items()))
             + f"; repeated alert records on the topic {self.alert_topic_repeats}",
+            f"{self.guarantee}: records twice on each output topic (read_committed): "
+            + ", ".join(f"{topic} {n}" for topic, n in self.twice.items()),
             "faults: " + "; ".join(self.events),
             f"wall time {self.seconds:.0f} s",
         ]
@@ -126,6 +132,7 @@ def run_drill(
     kills: int = 3,
     es_outage_s: float = 30.0,
     seed: int = 1,
+    guarantee: str = "exactly_once",
     log=print,
 ) -> DrillResult:
     started = time.monotonic()
@@ -137,7 +144,7 @@ def run_drill(
         bundle=bundle,
         workdir=workdir,
         partitions=3,
-        extra_env={**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules)},
+        extra_env={**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules), "FINSENT_PROCESSING_GUARANTEE": guarantee},
     )
     ensure_topics(pipeline.settings)  # before the producer, which would auto-create one partition
     negative, positive = texts_by_prediction(bundle, phrasebank)
@@ -156,7 +163,7 @@ def run_drill(
         for t in TICKERS
     ]
     n_good += len(TICKERS)
-    result = DrillResult(sent_good=n_good, sent_bad=n_bad)
+    result = DrillResult(sent_good=n_good, sent_bad=n_bad, guarantee=guarantee)
 
     def event(text: str) -> None:
         result.events.append(f"{time.monotonic() - started:.0f}s {text}")
@@ -225,7 +232,7 @@ def run_drill(
         ids = pipeline.wait_indexed(n_good, timeout_s=900)
         result.indexed, result.indexed_unique = len(ids), len(set(ids))
 
-        letters = pipeline.read_topic("FINSENT_TOPIC_DEADLETTER", n_bad, timeout_s=120)
+        letters = pipeline.read_topic("FINSENT_TOPIC_DEADLETTER", n_bad, timeout_s=120, isolation_level=COMMITTED)
         result.dead_letters = len(letters)
         result.dead_lettered_bad = len({d["payload"] for d in letters})  # each bad payload is unique
 
@@ -254,15 +261,27 @@ def run_drill(
 
         for alert in pipeline.documents("alerts"):
             result.alert_episodes[(alert["rule"], alert["topic"], alert["window_start"])] = [alert["status"]]
-        on_topic = Counter(
-            (a["id"], a["status"])
-            for a in pipeline.read_topic("FINSENT_TOPIC_ALERTS", 2 * len(result.alert_episodes), timeout_s=60)
+        alerts = pipeline.read_topic(
+            "FINSENT_TOPIC_ALERTS", 2 * len(result.alert_episodes), timeout_s=60, isolation_level=COMMITTED
         )
+        on_topic = Counter((a["id"], a["status"]) for a in alerts)
         result.alert_topic_repeats = sum(n - 1 for n in on_topic.values())
+        scored = pipeline.read_topic("FINSENT_TOPIC_SCORED", n_good, timeout_s=300, isolation_level=COMMITTED)
+        aggregates = pipeline.read_topic("FINSENT_TOPIC_AGGREGATES", len(got), timeout_s=120, isolation_level=COMMITTED)
+        result.twice = {
+            "scored": _twice(r["id"] for r in scored),
+            "deadletter": _twice(d["payload"] for d in letters),
+            "aggregates": _twice(a["id"] for a in aggregates),
+            "alerts": result.alert_topic_repeats,
+        }
     finally:
         pipeline.stop_all()
         result.seconds = time.monotonic() - started
     return result
+
+
+def _twice(keys) -> int:
+    return sum(n - 1 for n in Counter(keys).values())
 
 
 def expected_episodes(messages: int) -> int:
@@ -282,12 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle the workers use")
     parser.add_argument("--phrasebank", default=str(PHRASEBANK_ALL))
+    parser.add_argument("--guarantee", choices=["exactly_once", "at_least_once"], default="exactly_once")
     args = parser.parse_args(argv)
     home = load_settings().stack_home
     stack.up(home)
     with tempfile.TemporaryDirectory() as workdir:
         result = run_drill(
-            home, args.bundle, args.phrasebank, Path(workdir), args.messages, args.rate, args.kills, seed=args.seed
+            home,
+            args.bundle,
+            args.phrasebank,
+            Path(workdir),
+            args.messages,
+            args.rate,
+            args.kills,
+            seed=args.seed,
+            guarantee=args.guarantee,
         )
     print("\n".join(result.lines()))
     ok = (
@@ -296,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         and result.windows_equal == result.windows_compared
         and len(result.alert_episodes) == expected_episodes(args.messages)
         and all(v == ["resolved"] for v in result.alert_episodes.values())
+        and (args.guarantee == "at_least_once" or not any(result.twice.values()))
     )
     print("drill passed" if ok else "drill FAILED")
     return 0 if ok else 1

@@ -1,5 +1,5 @@
-"""The fault drill in its short form (CI): 3,000 messages while the worker is SIGKILLed twice,
-the broker restarts once and Elasticsearch is down for 30 s. The full 20,000-message drill is
+"""The fault drill in its short form (CI): 3,000 messages while the exactly-once worker is
+SIGKILLed twice, the broker restarts once and Elasticsearch is down for 30 s. The full 20,000-message drill is
 `make drill` (see tests/integration/drill.py)."""
 
 from __future__ import annotations
@@ -21,4 +21,5 @@ def test_nothing_is_lost_or_repeated_through_kills_a_broker_restart_and_an_elast
     assert len(result.alert_episodes) == expected_episodes(MESSAGES) == 1
     assert all(statuses == ["resolved"] for statuses in result.alert_episodes.values())
     assert result.alert_topic_repeats == 0
+    assert result.twice == {"scored": 0, "deadletter": 0, "aggregates": 0, "alerts": 0}  # exactly-once
     assert sum("SIGKILL" in e for e in result.events) == 2 and any("broker up" in e for e in result.events)
