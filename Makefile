@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (see README.md).
 PYTHON ?= python3
 
-.PHONY: setup lint demo test test-unit test-integration drill stack-up stack-down
+.PHONY: setup lint demo model test test-unit test-integration drill stack-up stack-down
 
 setup:
 	bash deploy/local/setup.sh
@@ -9,6 +9,18 @@ setup:
 # Everything in one command: install, start the stack, train (cached), replay, live view, report.
 demo: setup
 	$(PYTHON) -m pipeline.cli demo
+
+# The default model at models/default: the default recipe (Financial PhraseBank 50Agree + the
+# Twitter Financial News sentiment train file, one stratified split), ONNX export with its parity
+# checks, then each source's test split evaluated (reports/default-*.json and confusion matrices).
+MODEL_DIR ?= models/default
+model: setup
+	$(PYTHON) -m pipeline.cli train -o runs/default
+	$(PYTHON) -m pipeline.cli export runs/default/best -o $(MODEL_DIR)
+	$(PYTHON) -m pipeline.cli evaluate $(MODEL_DIR) --split test --json reports/default-fpb.json \
+		-d data/financial_phrasebank/Sentences_50Agree.txt
+	$(PYTHON) -m pipeline.cli evaluate $(MODEL_DIR) --split test --json reports/default-tweets.json \
+		-d data/twitter_financial_news_sentiment/sent_train.csv
 
 # ruff lint and format check (pyproject.toml's [tool.ruff]).
 lint: setup

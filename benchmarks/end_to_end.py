@@ -7,9 +7,10 @@ INT8 on CPU, in this process); (2) one worker draining a pre-filled raw topic: t
 rate from 10 % of the backlog scored until every stage (the window stage too) has drained it,
 beside the scoring rate alone (10 % to 90 % scored), checking every message lands in
 Elasticsearch exactly once; (3) produce -> scored latency (Kafka timestamp to processed_at)
-with traffic paced at 25 %, 50 % and 80 % of that sustained rate, p50/p95/p99 each; (4) the
-worker's peak memory. Starts the local
-stack if needed. Writes JSON and a latency histogram PNG next to --out.
+with traffic paced at 25 %, 50 % and 80 % of that sustained rate, p50/p95/p99 each, and when a
+read_committed consumer of the scored topic sees each record; (4) the worker's peak memory.
+``--guarantees at_least_once exactly_once`` repeats (2)-(4) under each processing guarantee.
+Starts the local stack if needed. Writes JSON and latency histogram PNGs next to --out.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,13 @@ def main() -> None:
     )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--worker-env", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. FINSENT_MAX_BATCH=32")
+    parser.add_argument(
+        "--guarantees",
+        nargs="+",
+        default=["configured"],
+        choices=["configured", "at_least_once", "exactly_once"],
+        help="measure the worker under each processing guarantee, one after the other in this run",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/end_to_end.json"))
     args = parser.parse_args()
 
@@ -71,8 +81,30 @@ def main() -> None:
     print(f"bare ONNX Runtime ({classifier.variant}, {classifier.provider}): {bare_rate:.0f} msg/s", flush=True)
     del classifier
 
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for guarantee in args.guarantees:
+        extra_env = dict(pair.split("=", 1) for pair in args.worker_env)
+        if guarantee != "configured":
+            extra_env["FINSENT_PROCESSING_GUARANTEE"] = guarantee
+        print(f"--- {guarantee}", flush=True)
+        results[guarantee] = measure(args, texts, f"{run}{guarantee[:3]}", bare_rate, extra_env)
+    if len(results) == 1:
+        (result,) = results.values()
+    else:
+        result = {"bare_onnx_msgs_per_s": bare_rate, "by_guarantee": results}
+        base, other = (results[g] for g in args.guarantees[:2])
+        print(
+            f"{args.guarantees[1]} / {args.guarantees[0]}: sustained "
+            f"{other['pipeline_msgs_per_s'] / base['pipeline_msgs_per_s']:.0%}",
+            flush=True,
+        )
+    print(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+def measure(args, texts: list[str], run: str, bare_rate: float, extra_env: dict) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="finsent-bench-"))
-    extra_env = dict(pair.split("=", 1) for pair in args.worker_env)
     pipeline = Pipeline(
         name=f"bench{run}", bundle=args.bundle, workdir=workdir, partitions=args.partitions, extra_env=extra_env
     )
@@ -112,28 +144,36 @@ def main() -> None:
         for share in args.loads:
             rate = sustained * share
             prefix = f"l{run}-{int(share * 100)}-"
+            visible = VisibleLatency(pipeline, prefix)
             n = pace(pipeline, texts, prefix, rate, args.latency_seconds)
             expected = len(texts) + sum(p["messages"] for p in phases.values()) + n
             pipeline.wait_indexed(expected, timeout_s=300)
             latencies = kafka_latencies(pipeline, prefix)
+            seen = visible.wait(n)
             phases[f"{share:.0%}"] = {
                 "share_of_sustained": share,
                 "rate_msgs_per_s": rate,
                 "messages": n,
                 "latency_ms": {q: float(np.percentile(latencies, int(q[1:]))) for q in ("p50", "p95", "p99")},
+                "visible_latency_ms": {q: float(np.percentile(seen, int(q[1:]))) for q in ("p50", "p95", "p99")},
                 "samples": latencies.tolist(),
             }
-            figures = phases[f"{share:.0%}"]["latency_ms"]
+            figures, shown = phases[f"{share:.0%}"]["latency_ms"], phases[f"{share:.0%}"]["visible_latency_ms"]
             print(
                 f"latency at {share:.0%} of sustained ({rate:.0f} msg/s, {n} messages): "
-                + ", ".join(f"{q} {v:.0f} ms" for q, v in figures.items()),
+                + ", ".join(f"{q} {v:.0f} ms" for q, v in figures.items())
+                + "; visible to a read_committed consumer: "
+                + ", ".join(f"{q} {v:.0f} ms" for q, v in shown.items()),
                 flush=True,
             )
         peak = peak_rss_mb(worker.process.pid)
-        result = {
+        guarantee = extra_env.get("FINSENT_PROCESSING_GUARANTEE", "configured")
+        plot(phases, sustained, args.out.with_name(f"{args.out.stem}.{guarantee}.png"), guarantee)
+        return {
             "messages": len(texts),
             "partitions": args.partitions,
             "bundle": str(args.bundle),
+            "worker_env": extra_env,
             "bare_onnx_msgs_per_s": bare_rate,
             "pipeline_msgs_per_s": sustained,
             "pipeline_over_bare": sustained / bare_rate,
@@ -143,12 +183,50 @@ def main() -> None:
             "latency": {k: {f: v for f, v in p.items() if f != "samples"} for k, p in phases.items()},
             "worker_peak_rss_mb": peak,
         }
-        print(json.dumps(result, indent=2))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
-        plot(phases, sustained, args.out.with_suffix(".png"))
     finally:
         pipeline.stop_all()
+
+
+class VisibleLatency:
+    """When each scored record becomes visible to a downstream consumer reading read_committed
+    (exactly-once, only once its transaction commits), from the raw message's Kafka timestamp."""
+
+    def __init__(self, pipeline: Pipeline, prefix: str):
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.prefix, self.latencies = prefix, []
+        self.consumer = KafkaConsumer(
+            **pipeline.settings.kafka_client_kwargs(), isolation_level="read_committed", enable_auto_commit=False
+        )
+        topic = pipeline.env["FINSENT_TOPIC_SCORED"]
+        partitions = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or ())]
+        self.consumer.assign(partitions)
+        self.consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            self.consumer.position(tp)  # resolves "the end" now, before the phase sends anything
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.stop = threading.Event()
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.stop.is_set():
+            for records in self.consumer.poll(timeout_ms=100).values():
+                now_ms = time.time() * 1000
+                for r in records:
+                    record = json.loads(r.value)
+                    if record["id"].startswith(self.prefix) and record.get("kafka_latency_ms") is not None:
+                        processed = datetime.fromisoformat(record["processed_at"].replace("Z", "+00:00"))
+                        sent_ms = processed.timestamp() * 1000 - record["kafka_latency_ms"]
+                        self.latencies.append(now_ms - sent_ms)
+
+    def wait(self, n: int, timeout_s: float = 120) -> np.ndarray:
+        deadline = time.monotonic() + timeout_s
+        while len(self.latencies) < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.consumer.close()
+        return np.array(self.latencies)
 
 
 def pace(pipeline: Pipeline, texts: list[str], prefix: str, rate: float, seconds: float) -> int:
@@ -185,7 +263,7 @@ def kafka_latencies(pipeline: Pipeline, prefix: str) -> np.ndarray:
     return np.array([h["_source"]["kafka_latency_ms"] for h in hits])
 
 
-def plot(phases: dict, sustained: float, path: Path) -> None:
+def plot(phases: dict, sustained: float, path: Path, guarantee: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +278,7 @@ def plot(phases: dict, sustained: float, path: Path) -> None:
         ax.set_xlabel("produce -> scored latency (ms)")
         ax.set_title(f"{name} of sustained ({phase['rate_msgs_per_s']:.0f} msg/s)")
     np.atleast_1d(axes)[0].set_ylabel("messages")
-    fig.suptitle(f"one worker, sustained {sustained:.0f} msg/s")
+    fig.suptitle(f"one worker ({guarantee}), sustained {sustained:.0f} msg/s")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

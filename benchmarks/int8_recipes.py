@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8_recipes.json"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--speed-texts", type=int, default=640)
+    parser.add_argument("--recipes", nargs="+", choices=INT8_RECIPES, default=list(INT8_RECIPES))
     args = parser.parse_args()
 
     model, tokenizer, meta = SentimentClassifier.load(args.checkpoint)
@@ -93,7 +94,7 @@ def main() -> None:
         def calibration():
             return _calibration_batches(tokenizer, calibration_texts, meta["max_length"], names)
 
-        for recipe in INT8_RECIPES:
+        for recipe in args.recipes:
             started = time.perf_counter()
             _quantise(work / VARIANT_FILES["fp32"], raw, work / VARIANT_FILES["int8"], recipe, calibration)
             quantise_s = time.perf_counter() - started

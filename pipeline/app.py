@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> faust.App:
     upstream_progress = UpstreamProgress(settings, upstream, gaps)
 
     transactions = _transactions(app, settings, upstream | {topics.windows.get_topic_name()}, intake)
-    outbox = Outbox(transactions)
+    outbox = Outbox(transactions, settings.transaction_interval_ms / 1000)
 
     decode = DecodeStage(settings, intake, outbox, topics.valid, dead_letters)
     classify = ClassifyStage(

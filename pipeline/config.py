@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     # An open transaction of a worker that vanished is aborted after this (sooner when its
     # partition's new owner starts, which fences it).
     kafka_transaction_timeout_s: float = Field(default=30.0, ge=1, le=900)
+    # Exactly-once: a stage delivers at most one batch (a transaction per input partition) per
+    # interval, collecting what arrives meanwhile (Kafka Streams' commit.interval.ms is 100 ms).
+    transaction_interval_ms: int = Field(default=100, ge=0, le=60_000)
 
     topic_raw: str = "finsent.raw"
     topic_scored: str = "finsent.scored"

@@ -18,6 +18,9 @@ works around:
   (offsets lost). ``OffsetGaps`` turns that filter off (``disable_read_offset_filter``), seeks back
   in the consumer's own thread (a seek from the event loop races aiokafka's fetcher) and never
   acknowledges past a hole.
+- Passed-over offsets: aiokafka's fetcher skips transaction markers and aborted records without
+  a word, so the stream shows a jump; ``SkippedOffsets`` notes those runs as the fetcher unpacks
+  them, so OffsetGaps tells them from skipped messages without asking the broker.
 - Offset gaps: faust stops committing at an offset it never acknowledged, so a transaction
   marker or a compacted offset upstream stalls its commits (robinhood/faust#401,
   faust-streaming/faust#312 and #606); ``add_gap`` hands such runs to faust's own gap list.
@@ -33,9 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 import weakref
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -79,6 +83,60 @@ def configure_consumer(fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 1500) 
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+
+
+class SkippedOffsets:
+    """Offsets the consumer's fetcher passed over without handing out a record: transaction
+    markers, aborted transactions, compacted records. aiokafka knows them while it unpacks a
+    fetch (``PartitionRecords``) but does not say; noting them there lets OffsetGaps accept such
+    a run at once instead of asking the broker (a probe per transaction marker would cap an
+    exactly-once stream at a few transactions a second). Written from the consumer's thread."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.ranges: dict[tuple[str, int], list[tuple[int, int]]] = defaultdict(list)
+        self.topics: set[str] = set()
+
+    def note(self, topic: str, partition: int, start: int, end: int) -> None:
+        if topic in self.topics and end > start:
+            with self.lock:
+                self.ranges[topic, partition].append((start, end))
+
+    def covers(self, tp, start: int, end: int) -> bool:
+        """Whether every offset in ``start``..``end - 1`` was passed over; forgets older runs."""
+        with self.lock:
+            ranges = self.ranges.get((tp.topic, tp.partition), [])
+            ranges[:] = [r for r in ranges if r[1] > start]
+            for run_start, run_end in sorted(ranges):
+                if run_start > start:
+                    break
+                start = max(start, run_end)
+                if start >= end:
+                    return True
+        return start >= end
+
+
+SKIPPED = SkippedOffsets()
+
+
+def _note_skipped_offsets() -> None:
+    from aiokafka.consumer.fetcher import PartitionRecords
+
+    unpack = PartitionRecords._unpack_records
+    if getattr(unpack, "finsent", False):
+        return
+
+    def _unpack_records(self):
+        expected = self.next_fetch_offset
+        for record in unpack(self):
+            if record.offset > expected:
+                SKIPPED.note(self._tp.topic, self._tp.partition, expected, record.offset)
+            expected = record.offset + 1
+            yield record
+        SKIPPED.note(self._tp.topic, self._tp.partition, expected, self.next_fetch_offset)
+
+    _unpack_records.finsent = True
+    PartitionRecords._unpack_records = _unpack_records
 
 
 async def add_gap(app: faust.App, tp, start: int, end: int) -> None:
@@ -138,6 +196,8 @@ class OffsetGaps:
         self.busy: Counter[str] = Counter()  # topic -> its batches taken and not yet done
         self.log_start: dict = {}  # tp -> earliest offset the broker has, for partitions never committed
         self.assigned_at = time.monotonic()
+        SKIPPED.topics |= topics
+        _note_skipped_offsets()
 
     def reset(self) -> None:  # a new assignment starts from the committed offsets
         self.expected.clear()
@@ -265,6 +325,8 @@ class OffsetGaps:
             await consumer.seek(tp, offset)
 
     async def _unreadable(self, tp, start: int, end: int) -> bool:
+        if SKIPPED.covers(tp, start, end):  # the fetcher passed over them: nothing to read there
+            return True
         if self.readable is None:
             return False
         try:

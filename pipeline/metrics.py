@@ -40,6 +40,13 @@ END_TO_END = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+TRANSACTIONS = Histogram(
+    "finsent_kafka_transaction_duration_seconds",
+    "Exactly-once: one input partition's transaction, from its first record to its commit, by topic.",
+    ["topic"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 ES_BULK = Histogram(
     "finsent_es_bulk_duration_seconds",
     "Elasticsearch bulk request time, retries included.",

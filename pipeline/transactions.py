@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
 
+from . import metrics
 from .config import Settings
 
 log = logging.getLogger("finsent.worker")
@@ -153,6 +155,7 @@ class Transactions:
             if generation != self.generation():
                 raise TransactionFailed(f"{key[0]}[{key[1]}]: a rebalance came after the batch was read")
             producer = self.producers.get(key) or await self._start(key)
+            started = time.perf_counter()
             try:
                 async with producer.transaction():  # aborts when the block raises
                     sends = [
@@ -161,6 +164,7 @@ class Transactions:
                     await asyncio.gather(*sends)
                     offsets = {TopicPartition(*key): next_offset}
                     await producer.send_offsets_to_transaction(offsets, self.group_id)
+                metrics.TRANSACTIONS.labels(key[0]).observe(time.perf_counter() - started)
             except Exception as exc:
                 # A failed producer is not used again; restarting one ends what it left open.
                 self.producers.pop(key, None)

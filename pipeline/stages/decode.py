@@ -15,6 +15,7 @@ from ..dedup import fingerprint
 from ..faustcompat import Intake
 from ..schemas import DeadLetter
 from ..transactions import Output, TransactionFailed
+from .batching import Pending, Worker
 from .dead_letters import DeadLetters
 from .outbox import Outbox
 
@@ -27,15 +28,34 @@ class DecodeStage:
         self.valid_topic, self.dead_letters = valid_topic, dead_letters
 
     async def run(self, stream) -> None:
-        within = self.settings.max_wait_ms / 1000
-        async for events in stream.take_events(self.settings.max_batch * 4, within=within):
-            async with self.intake.batch(events) as batch:
-                outputs = [(event, self._forward(event)) for event in batch.events]
-                try:  # delivered before the batch is acknowledged
-                    await self.outbox.deliver(batch.events, outputs)
-                except TransactionFailed as exc:  # the partition moved: its new owner reads it again
-                    log.info("decode batch not committed: %s", exc)
+        """The stream loop takes batches; a worker task delivers everything pending at once, so
+        a batch grows while the previous one's delivery (exactly-once: its transaction) runs."""
+        settings = self.settings
+        pending = Pending(max_events=settings.max_batch * 8)
+        cadence = self.outbox.cadence()
+
+        async def deliver() -> None:
+            await cadence.wait()
+            batches = await pending.take(settings.max_batch * 4)
+            events = [event for batch in batches for event in batch.events]
+            outputs = [(event, self._forward(event)) for event in events]
+            try:  # delivered before the batches are acknowledged
+                await self.outbox.deliver(events, outputs)
+            except TransactionFailed as exc:  # the partition moved: its new owner reads it again
+                log.info("decode batch not committed: %s", exc)
+                for batch in batches:
                     self.intake.abandon(batch)
+                return
+            for batch in batches:
+                self.intake.ack(batch)
+
+        deliverer = Worker(deliver)
+        deliverer.start()
+        try:
+            async for events in stream.take_events(settings.max_batch * 4, within=settings.max_wait_ms / 1000):
+                await deliverer.guard(pending.put(await self.intake.take(events)))
+        finally:  # undelivered batches stay unacknowledged: they are read again after a restart
+            deliverer.stop()
 
     def _forward(self, event) -> Output:
         message = event.message

@@ -9,14 +9,34 @@ acknowledged too, though its offsets are already committed.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 
 from ..transactions import Output, Transactions
 
 
+class Cadence:
+    """At most one batch per ``interval_s``: exactly-once, each batch costs a transaction per
+    input partition (several broker round trips and markers), so batches are collected for a
+    while first, as Kafka Streams commits every 100 ms under exactly-once."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s, self.last = interval_s, 0.0
+
+    async def wait(self) -> None:
+        delay = self.last + self.interval_s - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.last = time.monotonic()
+
+
 class Outbox:
-    def __init__(self, transactions: Transactions | None = None):
-        self.transactions = transactions
+    def __init__(self, transactions: Transactions | None = None, interval_s: float = 0.0):
+        self.transactions, self.interval_s = transactions, interval_s
+
+    def cadence(self) -> Cadence:
+        """How often a stage may deliver a batch (no limit at-least-once)."""
+        return Cadence(self.interval_s if self.exactly_once else 0.0)
 
     @property
     def exactly_once(self) -> bool:

@@ -8,8 +8,10 @@ import asyncio
 from types import SimpleNamespace
 
 from faust.types import TP
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pipeline.faustcompat import OffsetGaps
+from pipeline.faustcompat import OffsetGaps, SkippedOffsets
 
 RAW = TP("raw", 0)
 
@@ -181,3 +183,21 @@ def test_a_hole_with_readable_records_is_still_read_again():
     gaps, consumer = make(committed={RAW: 0}, readable=readable_except((3, 4)))
     assert offsets(run(gaps.in_order(events(0, 1, 5)))) == [0, 1]  # 2-4 hold a record: not markers only
     assert consumer.seeks == [(RAW, 2)] and consumer.gaps == []
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(1, 8)), max_size=12),
+    st.integers(0, 70),
+    st.integers(1, 10),
+)
+def test_passed_over_offsets_cover_a_run_exactly_when_their_union_does(noted, start, length):
+    skipped = SkippedOffsets()
+    skipped.topics.add(RAW.topic)
+    covered: set[int] = set()
+    for run_start, run_length in noted:
+        skipped.note(RAW.topic, RAW.partition, run_start, run_start + run_length)
+        covered |= set(range(run_start, run_start + run_length))
+    end = start + length
+    assert skipped.covers(RAW, start, end) == (set(range(start, end)) <= covered)
+    skipped.note("other", 0, 0, 100)  # a topic no stage watches is not kept
+    assert ("other", 0) not in skipped.ranges

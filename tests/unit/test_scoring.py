@@ -14,7 +14,7 @@ from pipeline.dedup import fingerprint
 from pipeline.enrich import CompanyDictionary
 from pipeline.schemas import RawMessage, ValidatedMessage, WindowItem, WindowTick, parse_window_event
 from pipeline.scoring import first_scores, plan_batch, scored_records, window_items
-from pipeline.stages.classify import Pending, Worker
+from pipeline.stages.batching import Pending, Worker
 
 NOW = 1_767_000_000.0
 HORIZON = 3600.0
