@@ -224,9 +224,11 @@ def _transactions(app: faust.App, settings: Settings, topics: set[str], intake) 
     async def last_readable(topic: str, partition: int, end: int) -> int | None:
         return await asyncio.get_running_loop().run_in_executor(executor, probe.last_readable, topic, partition, end)
 
+    transactions = Transactions(settings, settings.consumer_group, topics, committed_offset, intake.generation)
     faustcompat.leave_commits_to_transactions(app)
+    faustcompat.fence_before_seeking(app, transactions.fence)
     faustcompat.recover_to_readable_end(app, last_readable)
-    return Transactions(settings, settings.consumer_group, topics, committed_offset, intake.generation)
+    return transactions
 
 
 def _window_processor(settings: Settings, table, upstream: UpstreamProgress) -> WindowProcessor:

@@ -283,7 +283,7 @@ class OffsetGaps:
             highwater = end_offset(self.app, tp)
             if highwater is None or highwater <= want:
                 continue
-            if not await self._hole(tp, want, highwater) and tp in self.expected:
+            if not await self._hole(tp, want, highwater, watching=True) and tp in self.expected:
                 self.expected[tp] = highwater
             self.last_seen[tp] = now  # give the re-read time to arrive
 
@@ -351,8 +351,9 @@ class OffsetGaps:
     async def _deleted(self, tp, offset: int) -> bool:
         return await self._read_log_start(tp) and self.log_start[tp] > offset
 
-    async def _hole(self, tp, want: int, offset: int) -> bool:
-        """Seeks back to a hole when due; False once the hole is accepted as real."""
+    async def _hole(self, tp, want: int, offset: int, watching: bool = False) -> bool:
+        """Seeks back to a hole when due; False once the hole is accepted as real. ``watching``:
+        called by ``watch``, beside the stream, which may have read on while this awaited."""
         start, tries, last = self.tries.get(tp, (None, 0, 0.0))
         if start != want:
             tries, last = 0, 0.0
@@ -377,6 +378,8 @@ class OffsetGaps:
                 await self._accept(tp, want, offset)
                 return False
             tries = self.max_attempts - 1
+        if watching and (self._next(tp) != want or self.busy[tp.topic]):
+            return True  # the stream has moved on meanwhile: no hole to seek back to
         if time.monotonic() - last >= self.interval_s:
             if tries == 0:
                 metrics.OFFSET_GAPS.labels(tp.topic).inc()
@@ -434,6 +437,23 @@ def leave_commits_to_transactions(app: faust.App) -> None:
         return True
 
     app.consumer._commit = _commit
+
+
+def fence_before_seeking(app: faust.App, fence) -> None:
+    """After each rebalance faust reads the group's committed offsets and seeks there
+    (``perform_seek``). A transaction its previous owner had asked to commit may still be
+    completing then, and its offsets are not visible yet: reading too early would process that
+    transaction's input again (duplicates). ``fence`` (async, the assigned partitions) starts
+    this worker's transactional producers first, which returns only once every earlier
+    transaction of their ids has completed or aborted."""
+    consumer = app.consumer
+    seek = consumer.perform_seek
+
+    async def perform_seek() -> None:
+        await fence(consumer.assignment())
+        await seek()
+
+    consumer.perform_seek = perform_seek
 
 
 def recover_to_readable_end(app: faust.App, last_readable) -> None:

@@ -63,6 +63,7 @@ class Transactions:
         self.producers: dict[tuple[str, int], AIOKafkaProducer] = {}
         self.locks: dict[tuple[str, int], asyncio.Lock] = {}
         self.owned: set[tuple[str, int]] = set()
+        self.committed_next: dict[tuple[str, int], int] = {}  # input partition -> next offset this worker committed
 
     def transactional_id(self, topic: str, partition: int) -> str:
         return f"{self.group_id}-{topic}-{partition}"
@@ -72,6 +73,19 @@ class Transactions:
         wanted = {(tp.topic, tp.partition) for tp in tps if tp.topic in self.topics}
         self.owned |= wanted
         await asyncio.gather(*(self._ensure(key) for key in wanted))
+
+    async def fence(self, tps, patience_s: float = 60.0) -> None:
+        """``assign``, retried until every producer has started (the broker restarting), for at
+        most ``patience_s``: only then are the previous owners' transactions complete."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            await self.assign(tps)
+            missing = {(tp.topic, tp.partition) for tp in tps if tp.topic in self.topics} - set(self.producers)
+            if not missing or time.monotonic() > deadline:
+                if missing:
+                    log.warning("transactional producers not started for %s; reading on", sorted(missing))
+                return
+            await asyncio.sleep(1.0)
 
     async def _ensure(self, key: tuple[str, int]) -> None:
         async with self.locks.setdefault(key, asyncio.Lock()):
@@ -85,6 +99,8 @@ class Transactions:
     async def revoke(self, tps) -> None:
         """Stops the producers of partitions that move away; a transaction still open aborts."""
         self.owned -= {(tp.topic, tp.partition) for tp in tps}
+        for tp in tps:
+            self.committed_next.pop((tp.topic, tp.partition), None)
         keys = [(tp.topic, tp.partition) for tp in tps if (tp.topic, tp.partition) in self.producers]
         await asyncio.gather(*(self._stop(key) for key in keys))
 
@@ -146,6 +162,7 @@ class Transactions:
                 log.info("%s[%d]: cannot read the committed offset yet (%r)", topic, partition, exc)
                 continue
             if committed is not None and committed >= next_offset:
+                self.committed_next[key] = max(next_offset, self.committed_next.get(key, 0))
                 return  # the failed attempt did commit
 
     async def _commit_once(self, key: tuple[str, int], outputs: list[Output], next_offset: int, generation: int):
@@ -165,6 +182,7 @@ class Transactions:
                     offsets = {TopicPartition(*key): next_offset}
                     await producer.send_offsets_to_transaction(offsets, self.group_id)
                 metrics.TRANSACTIONS.labels(key[0]).observe(time.perf_counter() - started)
+                self.committed_next[key] = max(next_offset, self.committed_next.get(key, 0))
             except Exception as exc:
                 # A failed producer is not used again; restarting one ends what it left open.
                 self.producers.pop(key, None)

@@ -50,7 +50,11 @@ class Outbox:
             sends = [await o.topic.send(key=o.key, value=o.value, partition=o.partition) for _event, o in outputs]
             await asyncio.gather(*sends)
             return
-        if not events:  # everything taken lies past a hole (see OffsetGaps): nothing to commit
+        # Input this worker has committed already (read twice by the consumer) is never
+        # committed again: its records are out.
+        events = [event for event in events if not self._committed(event)]
+        outputs = [(event, output) for event, output in outputs if not self._committed(event)]
+        if not events:  # nothing new (or everything lies past a hole, see OffsetGaps)
             return
         next_offsets: dict[tuple[str, int], int] = {}
         generation = max(event.message.generation_id for event in events)
@@ -67,6 +71,10 @@ class Outbox:
             for (topic, partition), offset in next_offsets.items()
         ]
         await _all(commits)
+
+    def _committed(self, event) -> bool:
+        tp = event.message.tp
+        return event.message.offset < self.transactions.committed_next.get((tp.topic, tp.partition), 0)
 
 
 async def _all(awaitables) -> None:

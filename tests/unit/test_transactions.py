@@ -24,9 +24,9 @@ def event(topic: str, partition: int, offset: int, generation: int = 7):
 
 
 class RecordingTransactions:
-    def __init__(self, fail: set[int] = frozenset()):
+    def __init__(self, fail: set[int] = frozenset(), committed_next: dict | None = None):
         self.commits: dict[tuple[str, int], tuple[list[Output], int, int]] = {}
-        self.fail = fail
+        self.fail, self.committed_next = fail, committed_next or {}
 
     async def commit(self, topic, partition, outputs, next_offset, generation):
         await asyncio.sleep(0)
@@ -157,3 +157,17 @@ def test_fenced_moved_or_rebalanced_partitions_raise_instead_of_retrying():
     with pytest.raises(TransactionFailed, match="rebalance"):
         commit(transactions, generation=6)
     assert log == []
+
+
+def test_input_this_worker_committed_already_is_never_committed_again():
+    transactions = RecordingTransactions(committed_next={("in", 0): 12})
+    events = [event("in", 0, offset) for offset in (10, 11, 12, 13)] + [event("in", 1, 11)]
+    asyncio.run(
+        Outbox(transactions).deliver(events, [(e, Output("out", None, str(e.message.offset).encode())) for e in events])
+    )
+    outputs, next_offset, _ = transactions.commits["in", 0]
+    assert [o.value for o in outputs] == [b"12", b"13"] and next_offset == 14
+    assert [o.value for o in transactions.commits["in", 1][0]] == [b"11"]
+    transactions.commits.clear()
+    asyncio.run(Outbox(transactions).deliver(events[:2], [(e, Output("out", None, b"x")) for e in events[:2]]))
+    assert transactions.commits == {}  # a batch read twice, whole: nothing to write
