@@ -128,10 +128,11 @@ class Settings(BaseSettings):
     consumer_group: str = "finsent"
     # How soon partitions of a worker that died without leaving the group move to the others.
     kafka_session_timeout_s: float = Field(default=10.0, ge=3, le=300)
-    # at_least_once: outputs may repeat after a crash (Elasticsearch stays exact by _id).
     # exactly_once: each input partition's outputs and offsets commit in one Kafka transaction, so
-    # read_committed consumers of every output topic see each record once (docs/operations.md).
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # read_committed consumers of every output topic see each record once (docs/operations.md);
+    # it costs about 3 % of sustained throughput (docs/benchmarks.md).
+    # at_least_once: outputs may repeat after a crash (Elasticsearch stays exact by _id).
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "exactly_once"
     # An open transaction of a worker that vanished is aborted after this (sooner when its
     # partition's new owner starts, which fences it).
     kafka_transaction_timeout_s: float = Field(default=30.0, ge=1, le=900)

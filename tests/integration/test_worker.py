@@ -135,6 +135,30 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(pipeline: Pipeline):
     assert set(ids) == {m["id"] for m in messages}
 
 
+def test_at_least_once_sigkill_mid_stream_loses_nothing(local_stack, tiny_bundle, tmp_path, unique):
+    """The other guarantee (the default is exactly-once): Kafka outputs may repeat after the kill,
+    Elasticsearch holds every message once."""
+    p = Pipeline(
+        name=f"a{unique}",
+        bundle=tiny_bundle,
+        workdir=tmp_path,
+        extra_env={"FINSENT_PROCESSING_GUARANTEE": "at_least_once"},
+    )
+    try:
+        messages = good_messages(2000, "a")
+        worker = p.start_worker()
+        p.produce([json.dumps(m).encode() for m in messages])
+        wait_for(lambda: len(p.indexed_ids()) >= 300, 120, "a few hundred documents before the kill")
+        worker.kill()
+        p.start_worker(1)
+        ids = p.wait_indexed(len(messages), timeout_s=240)
+        assert sorted(ids) == sorted(m["id"] for m in messages)
+        scored = p.read_topic("FINSENT_TOPIC_SCORED", len(messages), timeout_s=120)
+        assert {r["id"] for r in scored} == {m["id"] for m in messages}
+    finally:
+        p.stop_all()
+
+
 def test_elasticsearch_outage_backpressure_and_recovery(pipeline: Pipeline, local_stack):
     es_service = ElasticsearchService(local_stack)
     first, second = good_messages(400, "a"), good_messages(1200, "b")
