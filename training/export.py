@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import tempfile
 import warnings
@@ -91,21 +90,13 @@ INT8_RECIPES = (
     "matmul_attention_per_channel",
     "matmul_attention_per_channel_fp32_ffn_out",
     "matmul_attention_per_channel_fp32_ffn_out_attention_out",
-    "matmul_attention_per_channel_fp32_last_layer",
-    "matmul_attention_per_channel_fp32_ffn_out_last_layer",
 )
 CALIBRATION_EXAMPLES = 256
 CALIBRATION_DEV_LIMIT = 4000  # dev examples the temperature is fitted on
 
 
 def _excluded(matmuls: list[str], recipe: str) -> list[str]:
-    """``matmuls``: the names of the graph's MatMul (and fused Attention) nodes."""
     exclude: list[str] = []
-    if "_fp32_last_layer" in recipe:  # the layer the classifier reads: its errors reach the logits whole
-        layers = [int(m.group(1)) for n in matmuls if (m := re.search(r"layer\.(\d+)/", n))]
-        if layers:
-            last = max(layers)
-            exclude += [n for n in matmuls if f"layer.{last}/" in n or n == f"Attention_{last}"]
     if "_fp32_ffn_out" in recipe:
         exclude += [n for n in matmuls if n.endswith("output/dense/MatMul") and "attention" not in n]
     if recipe.endswith("_attention_out"):
@@ -136,8 +127,7 @@ def _quantise(fp32_path: Path, raw_path: Path, int8_path: Path, recipe: str, cal
 
     fp32_path, raw_path, int8_path = fp32_path.resolve(), raw_path.resolve(), int8_path.resolve()
     source = raw_path if recipe.startswith("static") else fp32_path
-    graph = onnx.load(str(source), load_external_data=False).graph
-    matmuls = [n.name for n in graph.node if n.op_type in ("MatMul", "Attention")]
+    matmuls = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node if n.op_type == "MatMul"]
     exclude = _excluded(matmuls, recipe)
     if recipe.startswith("static"):
         with _quiet_quantiser(int8_path.parent):
