@@ -172,7 +172,10 @@ def train(
     skip_bad_rows: bool = typer.Option(_TRAIN["skip_bad_rows"], help="Count and skip bad rows instead of failing."),
     text_column: str = typer.Option(_TRAIN["text_column"], help="Text column of generic CSV/JSONL files."),
     label_column: str = typer.Option(_TRAIN["label_column"], help="Label column of generic CSV/JSONL files."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from OUTPUT/last."),
+    checkpoint_minutes: float = typer.Option(
+        _TRAIN["checkpoint_minutes"], min=0.0, help="Also save OUTPUT/last this often within an epoch (for --resume)."
+    ),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from OUTPUT/last, mid-epoch included."),
 ) -> None:
     """Fine-tune a BERT-family encoder on labelled financial text."""
     from training.data import BadDataError
@@ -197,6 +200,7 @@ def train(
         skip_bad_rows=skip_bad_rows,
         text_column=text_column,
         label_column=label_column,
+        checkpoint_minutes=checkpoint_minutes,
         extra={"resume": resume},
     )
     try:

@@ -39,6 +39,9 @@ class TrainConfig:
     max_examples: int | None = None  # cap the training set (smoke runs, tests)
     max_steps: int | None = None  # stop after this many optimiser steps in total
     skip_bad_rows: bool = False
+    checkpoint_minutes: float = (
+        15.0  # also save last/ this often mid-epoch, so --resume loses little of a long CPU epoch
+    )
     text_column: str = "text"  # for generic CSV/JSONL files
     label_column: str = "label"
     extra: dict = field(default_factory=dict)

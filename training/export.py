@@ -77,16 +77,22 @@ def _optimise(raw: Path, config, fp32_path: Path, fp16_path: Path) -> None:
     fp16.save_model_to_file(str(fp16_path))
 
 
-# INT8 recipes, tried in order; export keeps the first that passes parity. Static (calibrated)
-# recipes come first: their activation scales are fixed at export, so a text gets the same scores
-# whatever batch it is in (dynamic quantisation computes scales per call, from the whole batch).
-# Dynamic recipes, measured on the FPB test split (MiniLM, 2 cores, two trained models):
-# embeddings in fp32 + per-channel weights agree with fp32 on 98.8-99.0 % of labels at ~2.2x fp32
-# speed; also keeping the FFN output projections (activation outliers) in fp32: 98.8-99.1 % at
-# ~1.6x; also the attention output projections: 99.2 % at ~1.35x.
+# INT8 recipes export tries in order, keeping the first that passes parity. Every one gives a
+# text the same scores whatever batch it is in: static (calibrated QDQ) recipes fix activation
+# scales at export; weight-only recipes (MatMulNBits, 8-bit weights in blocks along K) quantise
+# activations per row and block at run time, so a row never sees its batch-mates. Static is the
+# fastest (~1.9x fp32) but loses the most labels; weight-only keeps >= 99.7 % of them at ~1.15x
+# (benchmarks.md#int8-recipes).
 INT8_RECIPES = (
     "static_per_channel",
     "static_per_channel_fp32_ffn_out",
+    "weight_only_block128",
+    "weight_only_block32",
+)
+# Dynamic recipes compute activation scales per call from the whole batch, so a text's scores
+# move with its batch-mates (a redelivered message could score differently). They are faster,
+# and measured by benchmarks/int8_recipes.py for comparison, but export never picks them.
+DYNAMIC_INT8_RECIPES = (
     "matmul_attention_per_channel",
     "matmul_attention_per_channel_fp32_ffn_out",
     "matmul_attention_per_channel_fp32_ffn_out_attention_out",
@@ -119,9 +125,9 @@ def _calibration_batches(tokenizer, texts: list[str], max_length: int, input_nam
 
 
 def _quantise(fp32_path: Path, raw_path: Path, int8_path: Path, recipe: str, calibration) -> None:
-    """A dynamic recipe quantises the fused fp32 graph; a static one the unfused export (ONNX
-    Runtime's calibrator cannot type the fused graph's contrib ops), which ONNX Runtime fuses
-    itself when it loads the QDQ model."""
+    """A dynamic recipe quantises the fused fp32 graph. Static and weight-only ones quantise the
+    unfused export: ONNX Runtime's calibrator cannot type the fused graph's contrib ops, and the
+    fused Attention op hides the Q/K/V projections from the weight-only quantiser."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -132,6 +138,9 @@ def _quantise(fp32_path: Path, raw_path: Path, int8_path: Path, recipe: str, cal
     if recipe.startswith("static"):
         with _quiet_quantiser(int8_path.parent):
             _quantise_static(raw_path, int8_path, exclude, calibration)
+        return
+    if recipe.startswith("weight_only_block"):
+        _quantise_weight_only(raw_path, int8_path, block_size=int(recipe.removeprefix("weight_only_block")))
         return
     # The fused graph has contrib ops (Attention, SkipLayerNorm) that shape inference can't type.
     with _quiet_quantiser(int8_path.parent):
@@ -183,6 +192,25 @@ def _quantise_static(raw_path: Path, int8_path: Path, exclude: list[str], calibr
         )
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def _quantise_weight_only(raw_path: Path, int8_path: Path, block_size: int) -> None:
+    """8-bit symmetric weights per block of ``block_size`` input features; accuracy level 4 runs
+    the product in int8 with each activation row quantised per block (row-local, so batch-mates
+    never change a text's scores)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=8)
+    quantiser = MatMulNBitsQuantizer(onnx.load(str(raw_path)), algo_config=config)
+    quantiser_log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = quantiser_log.level
+    quantiser_log.setLevel(logging.WARNING)  # it logs two lines per MatMul at INFO
+    try:
+        quantiser.process()
+    finally:
+        quantiser_log.setLevel(level)
+    quantiser.model.save_model_to_file(str(int8_path), False)
 
 
 @contextmanager

@@ -109,15 +109,35 @@ def train(config: TrainConfig) -> Path:
 
     history: list[dict] = []
     start_epoch, step, best_f1, stale = 0, 0, -1.0, 0
+    done_in_epoch: list[float] = []  # losses of the batches an interrupted epoch already trained on
     if resume_state:
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
-        start_epoch, step = resume_state["epoch"] + 1, resume_state["step"]
+        # States written before mid-epoch saves existed name the last finished epoch instead.
+        start_epoch = resume_state["next_epoch"] if "next_epoch" in resume_state else resume_state["epoch"] + 1
+        step, done_in_epoch = resume_state["step"], resume_state.get("epoch_losses", [])
         best_f1, stale, history = resume_state["best_f1"], resume_state["stale"], resume_state["history"]
         torch.set_rng_state(resume_state["rng"])
+        print(f"resuming at epoch {start_epoch + 1}, batch {len(done_in_epoch) + 1}")
     generator = torch.Generator().manual_seed(config.seed)
     for _ in range(start_epoch):  # same shuffles as an uninterrupted run
         torch.randperm(len(train_examples), generator=generator)
+
+    def save_state(next_epoch: int, epoch_losses: list[float]) -> None:
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "next_epoch": next_epoch,
+                "epoch_losses": epoch_losses,  # non-empty: next_epoch is under way, this many batches in
+                "step": step,
+                "best_f1": best_f1,
+                "stale": stale,
+                "history": history,
+                "rng": torch.get_rng_state(),
+            },
+            last_dir / "trainer_state.pt",
+        )
 
     meta = {
         "base_model": base_model,
@@ -139,10 +159,14 @@ def train(config: TrainConfig) -> Path:
         model.train()
         started = time.perf_counter()
         bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", unit="batch")
-        losses = []
-        for encoded, labels in batches(
-            train_examples, tokenizer, config.batch_size, config.max_length, True, generator
+        losses, done_in_epoch = done_in_epoch, []
+        bar.update(len(losses))
+        saved_at = time.monotonic()
+        for index, (encoded, labels) in enumerate(
+            batches(train_examples, tokenizer, config.batch_size, config.max_length, True, generator)
         ):
+            if index < len(losses):  # trained on before the interruption
+                continue
             encoded, labels = encoded.to(device), labels.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(model(**encoded).float(), labels)
@@ -159,6 +183,10 @@ def train(config: TrainConfig) -> Path:
             bar.update()
             if config.max_steps and step >= config.max_steps:
                 break
+            if time.monotonic() - saved_at > config.checkpoint_minutes * 60:
+                model.save(last_dir, tokenizer, {**meta, "epoch": epoch})
+                save_state(epoch, losses)
+                saved_at = time.monotonic()
         bar.close()
         dev_logits = predict_logits(model, tokenizer, [e.text for e in parts.dev], config.max_length, device)
         dev = classification_metrics([LABEL_TO_ID[e.label] for e in parts.dev], dev_logits)
@@ -183,19 +211,7 @@ def train(config: TrainConfig) -> Path:
         else:
             stale += 1
         model.save(last_dir, tokenizer, {**meta, "epoch": epoch + 1})
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "best_f1": best_f1,
-                "stale": stale,
-                "history": history,
-                "rng": torch.get_rng_state(),
-            },
-            last_dir / "trainer_state.pt",
-        )
+        save_state(epoch + 1, [])
         if stale >= config.patience:
             print(f"early stopping: dev macro-F1 has not improved for {stale} epochs")
             break

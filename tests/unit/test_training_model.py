@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 
 from pipeline.bundle import BundleError, open_bundle
@@ -15,7 +17,8 @@ from pipeline.classify import Classifier, softmax
 from pipeline.schemas import LABELS
 from tests.conftest import TINY_INT8_AGREEMENT
 from training.config import TrainConfig
-from training.export import ExportError, export
+from training.export import INT8_RECIPES, ExportError, _export_onnx, _quantise, export
+from training.model import SentimentClassifier
 from training.train import train
 
 
@@ -66,9 +69,9 @@ def test_bundle_classifies(tiny_bundle: Path):
     np.testing.assert_allclose(single, fp32.predict_proba(texts), atol=1e-4)
 
 
-def test_static_int8_gives_a_text_the_same_scores_whatever_its_batch(tiny_bundle: Path):
+def test_int8_gives_a_text_the_same_scores_whatever_its_batch(tiny_bundle: Path):
     bundle = open_bundle(tiny_bundle)
-    assert bundle.manifest["parity"]["int8_recipe"].startswith("static")
+    assert bundle.manifest["parity"]["int8_recipe"] in INT8_RECIPES
     classifier = Classifier(bundle, variant="int8")
     text = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn"
     mates = [
@@ -79,6 +82,27 @@ def test_static_int8_gives_a_text_the_same_scores_whatever_its_batch(tiny_bundle
     scores = [classifier.predict_proba(batch)[batch.index(text)] for batch in mates]
     for other in scores[1:]:
         np.testing.assert_allclose(other, scores[0], atol=1e-6)
+
+
+def test_weight_only_int8_is_batch_independent_and_close_to_fp32(tiny_run: Path, tmp_path: Path):
+    model, tokenizer, _ = SentimentClassifier.load(tiny_run / "best")
+    raw, int8 = tmp_path / "raw.onnx", tmp_path / "int8.onnx"
+    _export_onnx(model, tokenizer, raw, 17)
+    _quantise(raw, raw, int8, "weight_only_block32", calibration=None)
+    assert "MatMulNBits" in {node.op_type for node in onnx.load(str(int8)).graph.node}
+    sessions = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (raw, int8)}
+
+    def logits(path: Path, batch: list[str]) -> np.ndarray:
+        encoded = tokenizer(batch, padding=True, return_tensors="np")
+        session = sessions[path]
+        return session.run(None, {i.name: encoded[i.name].astype(np.int64) for i in session.get_inputs()})[0]
+
+    text = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn"
+    alone = logits(int8, [text])[0]
+    # Batch-mates of very different size and content leave the text's scores unchanged.
+    for batch in ([text, "The company laid off 200 workers " * 4], ["ok", text, "Sales fell"]):
+        np.testing.assert_allclose(logits(int8, batch)[batch.index(text)], alone, atol=1e-6)
+    np.testing.assert_allclose(alone, logits(raw, [text])[0], atol=0.05)
 
 
 def test_failed_parity_leaves_no_bundle(tiny_run: Path, tmp_path: Path):
@@ -150,6 +174,33 @@ def test_resume_continues_an_interrupted_run(phrasebank, tmp_path: Path):
     assert [h["epoch"] for h in history] == [1, 2]
     assert history[0] == first[0]
     assert history[1]["step"] == 2 * history[0]["step"]
+
+
+def test_resume_mid_epoch_trains_as_if_never_interrupted(phrasebank, tmp_path: Path, monkeypatch):
+    import training.train as training_module
+
+    common = dict(datasets=[phrasebank], batch_size=16, max_examples=64, max_length=32, epochs=1)
+    train(TrainConfig(output=str(tmp_path / "whole"), **common))
+    whole = json.loads((tmp_path / "whole" / "history.json").read_text())[0]
+
+    real_batches = training_module.batches
+
+    def interrupted_after_two(*args, **kwargs):
+        for index, batch in enumerate(real_batches(*args, **kwargs)):
+            if index == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    output = str(tmp_path / "interrupted")
+    monkeypatch.setattr(training_module, "batches", interrupted_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(output=output, checkpoint_minutes=0, **common))
+    monkeypatch.setattr(training_module, "batches", real_batches)
+    train(TrainConfig(output=output, checkpoint_minutes=0, extra={"resume": True}, **common))
+    resumed = json.loads((tmp_path / "interrupted" / "history.json").read_text())[0]
+    assert resumed["step"] == whole["step"] == 4
+    assert resumed["losses"] == whole["losses"]
+    assert resumed["dev_macro_f1"] == whole["dev_macro_f1"]
 
 
 def test_evaluate_test_split_refuses_data_the_model_never_saw(tiny_bundle: Path, data_dir: Path):
