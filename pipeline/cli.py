@@ -84,13 +84,19 @@ def _status_table(rows) -> Table:
 
 
 @stack_app.command("up")
-def stack_up(services: list[str] | None = ServicesArg, config: Path | None = ConfigOption) -> None:
+def stack_up(
+    services: list[str] | None = ServicesArg,
+    config: Path | None = ConfigOption,
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Stop the services and delete their data (topics, indices, samples) first."
+    ),
+) -> None:
     """Download (cached), start and wait for each service; does nothing for those already up."""
     from . import stack
 
     settings = settings_or_exit(config)
     try:
-        rows = stack.up(settings.stack_home, services)
+        rows = stack.up(settings.stack_home, services, fresh=fresh)
     except stack.StackError as exc:
         _fail(exc)
     console.print(_status_table(rows))
@@ -172,6 +178,14 @@ def train(
     skip_bad_rows: bool = typer.Option(_TRAIN["skip_bad_rows"], help="Count and skip bad rows instead of failing."),
     text_column: str = typer.Option(_TRAIN["text_column"], help="Text column of generic CSV/JSONL files."),
     label_column: str = typer.Option(_TRAIN["label_column"], help="Label column of generic CSV/JSONL files."),
+    soft_labels: Path | None = typer.Option(
+        None,
+        help="Distil from a teacher's soft-label file (`finsent soft-labels`); its unlabelled texts join training.",
+    ),
+    distill_alpha: float = typer.Option(
+        _TRAIN["distill_alpha"], min=0.0, max=1.0, help="Share of the teacher's term in a labelled example's loss."
+    ),
+    distill_temperature: float = typer.Option(_TRAIN["distill_temperature"], min=0.1, help="Softmax temperature."),
     checkpoint_minutes: float = typer.Option(
         _TRAIN["checkpoint_minutes"], min=0.0, help="Also save OUTPUT/last this often within an epoch (for --resume)."
     ),
@@ -179,6 +193,7 @@ def train(
 ) -> None:
     """Fine-tune a BERT-family encoder on labelled financial text."""
     from training.data import BadDataError
+    from training.distill import SoftLabelError
     from training.train import train as run_training
 
     config = TrainConfig(
@@ -200,14 +215,38 @@ def train(
         skip_bad_rows=skip_bad_rows,
         text_column=text_column,
         label_column=label_column,
+        soft_labels=str(soft_labels) if soft_labels else None,
+        distill_alpha=distill_alpha,
+        distill_temperature=distill_temperature,
         checkpoint_minutes=checkpoint_minutes,
         extra={"resume": resume},
     )
     try:
         best = run_training(config)
-    except (BadDataError, OSError) as exc:
+    except (BadDataError, SoftLabelError, OSError) as exc:
         _fail(exc)
     console.print(f"best checkpoint: {best}")
+
+
+@app.command("soft-labels")
+def soft_labels(
+    teacher: Path = typer.Argument(..., help="The teacher's checkpoint (e.g. runs/teacher/best)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Soft-label file to write (.jsonl.gz)."),
+    unlabelled: list[Path] | None = typer.Option(
+        None,
+        help="CSV file(s) with a `text` column of unlabelled finance text; repeat to combine. "
+        "Default: the Twitter Financial News topic train file from data/.",
+    ),
+    max_unlabelled: int | None = typer.Option(None, min=0, help="Score at most this many unlabelled texts."),
+) -> None:
+    """Score the teacher's training split and unlabelled text, for `finsent train --soft-labels`."""
+    from training.data import BadDataError
+    from training.distill import write_soft_labels
+
+    try:
+        write_soft_labels(teacher, output, unlabelled or None, max_unlabelled, log=console.print)
+    except (BadDataError, OSError) as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -313,6 +313,7 @@ def export(
                 "epoch": meta.get("epoch"),
                 "history": [{k: v for k, v in h.items() if k != "losses"} for h in meta.get("history", [])],
             },
+            "distillation": meta.get("distillation"),
         }
         write_manifest(work, manifest)  # provisional, so the parity run can open the bundle
 

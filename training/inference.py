@@ -9,9 +9,14 @@ from pipeline.schemas import LABELS
 
 
 @torch.no_grad()
-def predict_logits(model, tokenizer, texts: list[str], max_length: int, device, batch_size: int = 64) -> np.ndarray:
+def predict_logits(
+    model, tokenizer, texts: list[str], max_length: int, device, batch_size: int = 64, progress: bool = False
+) -> np.ndarray:
+    from pipeline.progress import Progress
+
     model.eval()
     out = []
+    bar = Progress(len(texts), "scoring", unit="text", enabled=progress)
     # Sort by length so each batch pads little; restore the order at the end.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(order), batch_size):
@@ -20,6 +25,8 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, device, 
             [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         ).to(device)
         out.append(model(**encoded).float().cpu().numpy())
+        bar.update(len(idx))
+    bar.close()
     logits = np.concatenate(out) if out else np.zeros((0, len(LABELS)), dtype=np.float32)
     result = np.empty_like(logits)
     result[order] = logits

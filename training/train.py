@@ -1,8 +1,10 @@
 """Fine-tuning loop: AdamW, linear warm-up and decay, gradient clipping, early stopping on dev
-macro-F1, fixed seeds, dynamic padding, epoch-level resume; CUDA with mixed precision when present.
+macro-F1, fixed seeds, dynamic padding, resume mid-epoch, distillation from a teacher's soft labels
+(training/distill.py); CUDA with mixed precision when present.
 
 The output directory holds ``best/`` (the checkpoint with the best dev macro-F1, what ``export``
-takes) and ``last/`` (model, optimiser and scheduler state after the latest epoch, for ``--resume``).
+takes) and ``last/`` (model, optimiser and scheduler state after the latest epoch and every
+``checkpoint_minutes`` within one, for ``--resume``).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.bundle import sha256_of
 from pipeline.progress import Progress
 from pipeline.schemas import LABELS
 
 from .config import TrainConfig
 from .data import LABEL_TO_ID, Example, load_datasets, split
+from .distill import SoftLabelError, check_fits, distillation_loss, load_soft_labels
 from .inference import predict_logits
 from .metrics import classification_metrics
 from .model import SentimentClassifier, resolve_base_model
@@ -52,8 +56,17 @@ def parameter_groups(model, config: TrainConfig) -> list[dict]:
     return list(groups.values())
 
 
-def batches(examples: list[Example], tokenizer, batch_size: int, max_length: int, shuffle: bool, generator=None):
-    """Tokenised batches padded to their own longest text (dynamic padding)."""
+def batches(
+    examples: list[Example],
+    tokenizer,
+    batch_size: int,
+    max_length: int,
+    shuffle: bool,
+    generator=None,
+    teacher: dict[str, np.ndarray] | None = None,
+):
+    """Tokenised batches padded to their own longest text (dynamic padding): (encoded, label ids
+    (-1: unlabelled), teacher logits (NaN where the teacher did not score a text) or None)."""
     order = list(range(len(examples)))
     if shuffle:
         order = torch.randperm(len(examples), generator=generator).tolist()
@@ -62,8 +75,12 @@ def batches(examples: list[Example], tokenizer, batch_size: int, max_length: int
         encoded = tokenizer(
             [e.text for e in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )
-        labels = torch.tensor([LABEL_TO_ID[e.label] for e in chunk])
-        yield encoded, labels
+        labels = torch.tensor([LABEL_TO_ID.get(e.label, -1) for e in chunk])
+        soft = None
+        if teacher is not None:
+            missing = np.full(len(LABELS), np.nan, dtype=np.float32)
+            soft = torch.from_numpy(np.stack([teacher.get(e.text, missing) for e in chunk]))
+        yield encoded, labels, soft
 
 
 def train(config: TrainConfig) -> Path:
@@ -82,6 +99,11 @@ def train(config: TrainConfig) -> Path:
     )
     parts = split(dataset, seed=config.split_seed)
     train_examples = parts.train[: config.max_examples] if config.max_examples else parts.train
+    teacher, distillation = _soft_labels(config, dataset.files, parts)
+    if teacher is not None:  # the teacher's unlabelled texts join the labelled training split
+        labelled = {e.text for e in parts.train}
+        unlabelled = [Example(t, "", "soft-labels", 0) for t in teacher if t not in labelled]
+        train_examples, distillation["unlabelled_texts"] = train_examples + unlabelled, len(unlabelled)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     use_amp = device.type == "cuda"
 
@@ -103,9 +125,12 @@ def train(config: TrainConfig) -> Path:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weights = None
     if config.class_weights:
-        counts = np.bincount([LABEL_TO_ID[e.label] for e in train_examples], minlength=len(LABELS)).astype(float)
+        counts = np.bincount([LABEL_TO_ID[e.label] for e in train_examples if e.label], minlength=len(LABELS)).astype(
+            float
+        )
         weights = torch.tensor(counts.sum() / (len(LABELS) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+    reduction = "none" if teacher is not None else "mean"  # distillation weighs each example itself
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing, reduction=reduction)
 
     history: list[dict] = []
     start_epoch, step, best_f1, stale = 0, 0, -1.0, 0
@@ -149,12 +174,18 @@ def train(config: TrainConfig) -> Path:
             "split_seed": config.split_seed,
             "test_size": 0.2,
             "dev_size": 0.1,
-            "sizes": {"train": len(train_examples), "dev": len(parts.dev), "test": len(parts.test)},
+            "sizes": {
+                "train": len(train_examples) - distillation.get("unlabelled_texts", 0),
+                "dev": len(parts.dev),
+                "test": len(parts.test),
+            },
             "duplicates_removed": dataset.duplicates_removed,
             "conflicting_removed": dataset.conflicting_removed,
             "bad_rows": dict(dataset.bad_rows),
         },
     }
+    if distillation:
+        meta["distillation"] = distillation
     for epoch in range(start_epoch, config.epochs):
         model.train()
         started = time.perf_counter()
@@ -162,14 +193,20 @@ def train(config: TrainConfig) -> Path:
         losses, done_in_epoch = done_in_epoch, []
         bar.update(len(losses))
         saved_at = time.monotonic()
-        for index, (encoded, labels) in enumerate(
-            batches(train_examples, tokenizer, config.batch_size, config.max_length, True, generator)
+        for index, (encoded, labels, soft) in enumerate(
+            batches(train_examples, tokenizer, config.batch_size, config.max_length, True, generator, teacher)
         ):
             if index < len(losses):  # trained on before the interruption
                 continue
             encoded, labels = encoded.to(device), labels.to(device)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(model(**encoded).float(), labels)
+                logits = model(**encoded).float()
+            if soft is None:
+                loss = loss_fn(logits, labels)
+            else:
+                loss = distillation_loss(
+                    logits, labels, soft.to(device), config.distill_alpha, config.distill_temperature, loss_fn
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -219,3 +256,24 @@ def train(config: TrainConfig) -> Path:
             break
     (output / "history.json").write_text(json.dumps(history, indent=2))
     return best_dir
+
+
+def _soft_labels(config: TrainConfig, files: dict[str, str], parts) -> tuple[dict | None, dict]:
+    """The teacher's logits by text, and what the checkpoint records about them."""
+    if not config.soft_labels:
+        return None, {}
+    soft_meta, teacher = load_soft_labels(config.soft_labels)
+    check_fits(soft_meta, files, config.split_seed, config.soft_labels)
+    held_out = {e.text for e in parts.dev + parts.test}
+    scored_held_out = sum(text in teacher for text in held_out)
+    if scored_held_out:
+        raise SoftLabelError(f"{config.soft_labels}: scores {scored_held_out} dev/test texts; regenerate it")
+    return teacher, {
+        "soft_labels": config.soft_labels,
+        "sha256": sha256_of(Path(config.soft_labels)),
+        "teacher_base_model": soft_meta["teacher_base_model"],
+        "teacher_dev_metrics": soft_meta["teacher_dev_metrics"],
+        "texts": len(teacher),
+        "alpha": config.distill_alpha,
+        "temperature": config.distill_temperature,
+    }

@@ -30,10 +30,16 @@ def services(home: Path, names: list[str] | None = None) -> list[Service]:
     return [cls(home) for name, cls in SERVICE_CLASSES.items() if not names or name in names]
 
 
-def up(home: Path, names: list[str] | None = None) -> list[Status]:
+def up(home: Path, names: list[str] | None = None, fresh: bool = False) -> list[Status]:
+    """Starts the services; ``fresh`` first stops them and wipes their data (a clean slate, as CI wants)."""
     home.mkdir(parents=True, exist_ok=True)
+    chosen = services(home, names)
+    if fresh:
+        for service in reversed(chosen):
+            service.stop()
+            service.wipe_state()
     started = []
-    for service in services(home, names):
+    for service in chosen:
         service.start()
         started.append(service.status())
     return started

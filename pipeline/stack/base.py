@@ -128,6 +128,14 @@ class Service:
     def version(self) -> str:
         return "?"
 
+    def state_dirs(self) -> list[Path]:
+        """What the service stores (topics, indices, samples): wiped by ``stack up --fresh``."""
+        return [self.dir / "data"]
+
+    def log_files(self) -> list[Path]:
+        """Logs worth reading when the service fails to start, most telling last."""
+        return [self.log_file]
+
     # --- shared process handling --------------------------------------------------------------
     @property
     def address(self) -> str:
@@ -185,6 +193,16 @@ class Service:
         self.pid_file.write_text(str(proc.pid))
         self.wait_healthy(proc)
 
+    def _logs_tail(self) -> str:
+        return "\n".join(f"last lines of {path}:\n{tail(path)}" for path in self.log_files())
+
+    def wipe_state(self) -> None:
+        """Deletes the stored data of a stopped service (downloads and configuration stay)."""
+        if self.pid() is not None:
+            raise StackError(f"{self.name} is running; stop it before wiping its data")
+        for path in self.state_dirs():
+            shutil.rmtree(path, ignore_errors=True)
+
     def wait_healthy(self, proc: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
@@ -192,14 +210,10 @@ class Service:
                 return
             if proc is not None and proc.poll() is not None:
                 raise StackError(
-                    f"{self.name} exited with status {proc.returncode} while starting; "
-                    f"last lines of {self.log_file}:\n{tail(self.log_file)}"
+                    f"{self.name} exited with status {proc.returncode} while starting; {self._logs_tail()}"
                 )
             time.sleep(0.5)
-        raise StackError(
-            f"{self.name} did not become healthy within {self.start_timeout_s:.0f}s; "
-            f"last lines of {self.log_file}:\n{tail(self.log_file)}"
-        )
+        raise StackError(f"{self.name} did not become healthy within {self.start_timeout_s:.0f}s; {self._logs_tail()}")
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Ends the service's whole process group; True when something was running."""

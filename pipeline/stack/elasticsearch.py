@@ -156,6 +156,12 @@ class Elasticsearch(Service):
         health = self._get("/_cluster/health")
         return bool(health) and health.get("status") in ("green", "yellow")
 
+    def state_dirs(self) -> list[Path]:
+        return [self.real_dir / "data"]
+
+    def log_files(self) -> list[Path]:
+        return [self.log_file, self.real_dir / "logs" / "finsent-local.log"]
+
     def version(self) -> str:
         # GET / is not served by the integration-test distribution (its handler is in a module
         # that zip lacks); the node info API is.

@@ -159,3 +159,6 @@ class Kafka(Service):
 
     def version(self) -> str:
         return self.kafka_version
+
+    def log_files(self) -> list[Path]:
+        return [self.log_file, self.dir / "logs" / "server.log"]

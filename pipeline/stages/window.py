@@ -28,8 +28,17 @@ from .outbox import Outbox
 
 log = logging.getLogger("finsent.worker")
 # How long the stage waits for the consumer group's committed offsets when they cannot be read
-# before it judges upstream silence by this worker's own partitions alone.
+# before it judges upstream silence by this worker's own partitions alone. While the broker is
+# unreachable (a retriable error) nothing can arrive anyway, and treating that silence as idleness
+# would close windows whose records are still upstream: the stage waits out the outage up to the
+# longer bound. Other errors (e.g. no right to describe the group) will not pass by waiting.
 GROUP_PROGRESS_PATIENCE_S = 60.0
+OUTAGE_PATIENCE_S = 900.0
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A broker that cannot be reached or has not answered yet, as opposed to a refusal."""
+    return isinstance(exc, (OSError, TimeoutError)) or bool(getattr(exc, "retriable", False))
 
 
 class UpstreamProgress:
@@ -47,21 +56,29 @@ class UpstreamProgress:
     def pending(self) -> bool:
         return self.lagging or self.gaps.pending(self.topics)
 
+    def _give_up(self, exc: BaseException) -> None:
+        # Waiting on an answer that does not come would hold every window open forever.
+        log.warning(
+            "cannot read the consumer group's progress (%s); windows now go by this worker's own partitions only",
+            redact(self.settings, str(exc)),
+        )
+
     async def watch(self) -> None:
         try:
             loop = asyncio.get_running_loop()
             self.lagging = await loop.run_in_executor(self.executor, self.progress.lagging)
             self.failing_since = None
-        except Exception as exc:  # the broker restarting, a coordinator moving: keep the last answer
+        except Exception as exc:  # the broker restarting, a coordinator moving
             now = time.monotonic()
             started = self.failing_since = self.failing_since or now
-            if now - started > GROUP_PROGRESS_PATIENCE_S and self.lagging:
-                # Waiting on an answer that does not come would hold every window open forever.
-                log.warning(
-                    "cannot read the consumer group's progress (%s); windows now go by this "
-                    "worker's own partitions only",
-                    redact(self.settings, str(exc)),
-                )
+            if is_outage(exc):
+                # Unknown progress during an outage counts as pending: records may be upstream.
+                waited_out = now - started > OUTAGE_PATIENCE_S
+                if waited_out and self.lagging:
+                    self._give_up(exc)
+                self.lagging = not waited_out
+            elif now - started > GROUP_PROGRESS_PATIENCE_S and self.lagging:
+                self._give_up(exc)
                 self.lagging = False
             self.progress.close()
 

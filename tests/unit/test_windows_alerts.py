@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -394,3 +395,55 @@ def test_a_names_state_is_copied_once_per_batch(monkeypatch):
     assert repr(store.data["t/AAPL"]) == before  # nothing written before the write-back
     store.apply(proc)
     assert sum(store.data["t/AAPL"]["buckets"][b][0] for b in store.data["t/AAPL"]["buckets"]) >= 50
+
+
+class Unanswered:
+    """Group progress that cannot be read: every call raises ``error``."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def lagging(self) -> bool:
+        raise self.error
+
+    def close(self) -> None:
+        pass
+
+
+def upstream_progress_failing_with(error: Exception, monkeypatch, lagging: bool):
+    from pipeline.config import Settings
+    from pipeline.stages import window
+
+    clock = [1000.0]
+    monkeypatch.setattr(window.time, "monotonic", lambda: clock[0])
+    progress = window.UpstreamProgress(Settings(), {"finsent.scored"}, gaps=None)
+    progress.progress, progress.lagging = Unanswered(error), lagging
+    return progress, clock
+
+
+def test_a_broker_outage_holds_windows_open_instead_of_reading_silence_as_idleness(monkeypatch):
+    from kafka.errors import KafkaTimeoutError
+
+    from pipeline.stages import window
+
+    progress, clock = upstream_progress_failing_with(KafkaTimeoutError("no broker"), monkeypatch, lagging=False)
+    for _ in range(20):  # well past the patience for other errors
+        asyncio.run(progress.watch())
+        assert progress.lagging is True
+        clock[0] += window.GROUP_PROGRESS_PATIENCE_S / 4
+    clock[0] += window.OUTAGE_PATIENCE_S
+    asyncio.run(progress.watch())
+    assert progress.lagging is False  # bounded: an endless outage does not hold windows forever
+
+
+def test_a_refusal_to_describe_the_group_gives_up_after_its_patience(monkeypatch):
+    from kafka.errors import GroupAuthorizationFailedError
+
+    from pipeline.stages import window
+
+    progress, clock = upstream_progress_failing_with(GroupAuthorizationFailedError("denied"), monkeypatch, lagging=True)
+    asyncio.run(progress.watch())
+    assert progress.lagging is True
+    clock[0] += window.GROUP_PROGRESS_PATIENCE_S + 1
+    asyncio.run(progress.watch())
+    assert progress.lagging is False
