@@ -85,177 +85,227 @@ def batches(
 
 def train(config: TrainConfig) -> Path:
     """Runs the fine-tuning and returns the path of the best checkpoint."""
-    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+    return Trainer(config).run()
 
-    output = Path(config.output)
-    last_dir, best_dir = output / "last", output / "best"
-    base_model = resolve_base_model(config.base_model)
-    seed_everything(config.seed)
-    dataset = load_datasets(
-        config.datasets,
-        skip_bad_rows=config.skip_bad_rows,
-        text_column=config.text_column,
-        label_column=config.label_column,
-    )
-    parts = split(dataset, seed=config.split_seed)
-    train_examples = parts.train[: config.max_examples] if config.max_examples else parts.train
-    teacher, distillation = _soft_labels(config, dataset.files, parts)
-    if teacher is not None:  # the teacher's unlabelled texts join the labelled training split
-        labelled = {e.text for e in parts.train}
-        unlabelled = [Example(t, "", "soft-labels", 0) for t in teacher if t not in labelled]
-        train_examples, distillation["unlabelled_texts"] = train_examples + unlabelled, len(unlabelled)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    use_amp = device.type == "cuda"
 
-    resume_state = None
-    if (last_dir / "trainer_state.pt").exists() and config.extra.get("resume"):
-        model, tokenizer, _ = SentimentClassifier.load(last_dir)
-        resume_state = torch.load(last_dir / "trainer_state.pt", map_location="cpu", weights_only=False)
-    else:
-        model = SentimentClassifier.from_base(base_model)
-        tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model.to(device)
+class Trainer:
+    """One training run: data and model set up in ``__init__``, then epochs until done, early
+    stopping or ``max_steps``; ``last/`` carries what ``--resume`` needs to continue mid-epoch."""
 
-    steps_per_epoch = (len(train_examples) + config.batch_size - 1) // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    weights = None
-    if config.class_weights:
-        counts = np.bincount([LABEL_TO_ID[e.label] for e in train_examples if e.label], minlength=len(LABELS)).astype(
-            float
+    def __init__(self, config: TrainConfig):
+        from transformers import AutoTokenizer
+
+        self.config = config
+        self.output = Path(config.output)
+        self.last_dir, self.best_dir = self.output / "last", self.output / "best"
+        self.base_model = resolve_base_model(config.base_model)
+        seed_everything(config.seed)
+        self.dataset = load_datasets(
+            config.datasets,
+            skip_bad_rows=config.skip_bad_rows,
+            text_column=config.text_column,
+            label_column=config.label_column,
         )
-        weights = torch.tensor(counts.sum() / (len(LABELS) * np.maximum(counts, 1)), dtype=torch.float32, device=device)
-    reduction = "none" if teacher is not None else "mean"  # distillation weighs each example itself
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing, reduction=reduction)
+        self.parts = split(self.dataset, seed=config.split_seed)
+        self.examples, self.teacher, self.distillation = self._training_examples()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.use_amp = self.device.type == "cuda"
+        resume_state = None
+        if (self.last_dir / "trainer_state.pt").exists() and config.extra.get("resume"):
+            self.model, self.tokenizer, _ = SentimentClassifier.load(self.last_dir)
+            resume_state = torch.load(self.last_dir / "trainer_state.pt", map_location="cpu", weights_only=False)
+        else:
+            self.model = SentimentClassifier.from_base(self.base_model)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.base_model)
+        self.model.to(self.device)
+        self._optimisation()
+        self.history: list[dict] = []
+        self.start_epoch, self.step, self.best_f1, self.stale = 0, 0, -1.0, 0
+        self.done_in_epoch: list[float] = []  # losses of the batches an interrupted epoch already trained on
+        if resume_state:
+            self._resume(resume_state)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        for _ in range(self.start_epoch):  # same shuffles as an uninterrupted run
+            torch.randperm(len(self.examples), generator=self.generator)
+        self.meta = self._meta()
 
-    history: list[dict] = []
-    start_epoch, step, best_f1, stale = 0, 0, -1.0, 0
-    done_in_epoch: list[float] = []  # losses of the batches an interrupted epoch already trained on
-    if resume_state:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
+    def _training_examples(self) -> tuple[list[Example], dict | None, dict]:
+        """The labelled training split (capped by ``max_examples``) plus, when distilling, the
+        teacher's unlabelled texts."""
+        config, parts = self.config, self.parts
+        examples = parts.train[: config.max_examples] if config.max_examples else parts.train
+        teacher, distillation = _soft_labels(config, self.dataset.files, parts)
+        if teacher is not None:
+            labelled = {e.text for e in parts.train}
+            unlabelled = [Example(t, "", "soft-labels", 0) for t in teacher if t not in labelled]
+            examples, distillation["unlabelled_texts"] = examples + unlabelled, len(unlabelled)
+        return examples, teacher, distillation
+
+    def _optimisation(self) -> None:
+        from transformers import get_linear_schedule_with_warmup
+
+        config = self.config
+        self.steps_per_epoch = (len(self.examples) + config.batch_size - 1) // config.batch_size
+        total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps:
+            total_steps = min(total_steps, config.max_steps)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config), lr=config.learning_rate)
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(config.warmup_ratio * total_steps), total_steps
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        weights = None
+        if config.class_weights:
+            ids = [LABEL_TO_ID[e.label] for e in self.examples if e.label]
+            counts = np.bincount(ids, minlength=len(LABELS)).astype(float)
+            weights = counts.sum() / (len(LABELS) * np.maximum(counts, 1))
+            weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
+        reduction = "none" if self.teacher is not None else "mean"  # distillation weighs each example itself
+        self.loss_fn = torch.nn.CrossEntropyLoss(
+            weight=weights, label_smoothing=config.label_smoothing, reduction=reduction
+        )
+
+    def _resume(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         # States written before mid-epoch saves existed name the last finished epoch instead.
-        start_epoch = resume_state["next_epoch"] if "next_epoch" in resume_state else resume_state["epoch"] + 1
-        step, done_in_epoch = resume_state["step"], resume_state.get("epoch_losses", [])
-        best_f1, stale, history = resume_state["best_f1"], resume_state["stale"], resume_state["history"]
-        torch.set_rng_state(resume_state["rng"])
-        print(f"resuming at epoch {start_epoch + 1}, batch {len(done_in_epoch) + 1}")
-    generator = torch.Generator().manual_seed(config.seed)
-    for _ in range(start_epoch):  # same shuffles as an uninterrupted run
-        torch.randperm(len(train_examples), generator=generator)
+        self.start_epoch = state["next_epoch"] if "next_epoch" in state else state["epoch"] + 1
+        self.step, self.done_in_epoch = state["step"], state.get("epoch_losses", [])
+        self.best_f1, self.stale, self.history = state["best_f1"], state["stale"], state["history"]
+        torch.set_rng_state(state["rng"])
+        print(f"resuming at epoch {self.start_epoch + 1}, batch {len(self.done_in_epoch) + 1}")
 
-    def save_state(next_epoch: int, epoch_losses: list[float]) -> None:
+    def _save_state(self, next_epoch: int, epoch_losses: list[float]) -> None:
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
                 "next_epoch": next_epoch,
                 "epoch_losses": epoch_losses,  # non-empty: next_epoch is under way, this many batches in
-                "step": step,
-                "best_f1": best_f1,
-                "stale": stale,
-                "history": history,
+                "step": self.step,
+                "best_f1": self.best_f1,
+                "stale": self.stale,
+                "history": self.history,
                 "rng": torch.get_rng_state(),
             },
-            last_dir / "trainer_state.pt",
+            self.last_dir / "trainer_state.pt",
         )
 
-    meta = {
-        "base_model": base_model,
-        "labels": list(LABELS),
-        "max_length": config.max_length,
-        "config": asdict(config),
-        "data": {
-            "files": dataset.files,
-            "split_seed": config.split_seed,
-            "test_size": 0.2,
-            "dev_size": 0.1,
-            "sizes": {
-                "train": len(train_examples) - distillation.get("unlabelled_texts", 0),
-                "dev": len(parts.dev),
-                "test": len(parts.test),
+    def _meta(self) -> dict:
+        config, dataset, parts = self.config, self.dataset, self.parts
+        meta = {
+            "base_model": self.base_model,
+            "labels": list(LABELS),
+            "max_length": config.max_length,
+            "config": asdict(config),
+            "data": {
+                "files": dataset.files,
+                "split_seed": config.split_seed,
+                "test_size": 0.2,
+                "dev_size": 0.1,
+                "sizes": {
+                    "train": len(self.examples) - self.distillation.get("unlabelled_texts", 0),
+                    "dev": len(parts.dev),
+                    "test": len(parts.test),
+                },
+                "duplicates_removed": dataset.duplicates_removed,
+                "conflicting_removed": dataset.conflicting_removed,
+                "bad_rows": dict(dataset.bad_rows),
             },
-            "duplicates_removed": dataset.duplicates_removed,
-            "conflicting_removed": dataset.conflicting_removed,
-            "bad_rows": dict(dataset.bad_rows),
-        },
-    }
-    if distillation:
-        meta["distillation"] = distillation
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        started = time.perf_counter()
-        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", unit="batch")
-        losses, done_in_epoch = done_in_epoch, []
+        }
+        if self.distillation:
+            meta["distillation"] = self.distillation
+        return meta
+
+    def run(self) -> Path:
+        config = self.config
+        for epoch in range(self.start_epoch, config.epochs):
+            started = time.perf_counter()
+            losses = self._train_epoch(epoch)
+            if self._end_epoch(epoch, losses, time.perf_counter() - started):
+                break
+            if config.max_steps and self.step >= config.max_steps:
+                break
+        (self.output / "history.json").write_text(json.dumps(self.history, indent=2))
+        return self.best_dir
+
+    def _train_epoch(self, epoch: int) -> list[float]:
+        config = self.config
+        self.model.train()
+        bar = Progress(self.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", unit="batch")
+        losses, self.done_in_epoch = self.done_in_epoch, []
         bar.update(len(losses))
         saved_at = time.monotonic()
-        for index, (encoded, labels, soft) in enumerate(
-            batches(train_examples, tokenizer, config.batch_size, config.max_length, True, generator, teacher)
-        ):
+        batched = batches(
+            self.examples, self.tokenizer, config.batch_size, config.max_length, True, self.generator, self.teacher
+        )
+        for index, (encoded, labels, soft) in enumerate(batched):
             if index < len(losses):  # trained on before the interruption
                 continue
-            encoded, labels = encoded.to(device), labels.to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(**encoded).float()
-            if soft is None:
-                loss = loss_fn(logits, labels)
-            else:
-                loss = distillation_loss(
-                    logits, labels, soft.to(device), config.distill_alpha, config.distill_temperature, loss_fn
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            losses.append(self._train_step(encoded, labels, soft))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
             bar.update()
-            if config.max_steps and step >= config.max_steps:
+            if config.max_steps and self.step >= config.max_steps:
                 break
             if time.monotonic() - saved_at > config.checkpoint_minutes * 60:
-                model.save(last_dir, tokenizer, {**meta, "epoch": epoch})
-                save_state(epoch, losses)
+                self.model.save(self.last_dir, self.tokenizer, {**self.meta, "epoch": epoch})
+                self._save_state(epoch, losses)
                 saved_at = time.monotonic()
         bar.close()
-        dev_logits = predict_logits(model, tokenizer, [e.text for e in parts.dev], config.max_length, device)
-        dev = classification_metrics([LABEL_TO_ID[e.label] for e in parts.dev], dev_logits)
+        return losses
+
+    def _train_step(self, encoded, labels: torch.Tensor, soft: torch.Tensor | None) -> float:
+        config, device = self.config, self.device
+        encoded, labels = encoded.to(device), labels.to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = self.model(**encoded).float()
+        if soft is None:
+            loss = self.loss_fn(logits, labels)
+        else:
+            loss = distillation_loss(
+                logits, labels, soft.to(device), config.distill_alpha, config.distill_temperature, self.loss_fn
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return loss.item()
+
+    def _end_epoch(self, epoch: int, losses: list[float], seconds: float) -> bool:
+        """Scores dev, saves ``best/`` when it improved and ``last/`` always; True to stop early."""
+        dev_texts = [e.text for e in self.parts.dev]
+        dev_logits = predict_logits(self.model, self.tokenizer, dev_texts, self.config.max_length, self.device)
+        dev = classification_metrics([LABEL_TO_ID[e.label] for e in self.parts.dev], dev_logits)
         record = {
             "epoch": epoch + 1,
-            "step": step,
+            "step": self.step,
             "train_loss": float(np.mean(losses)) if losses else None,
             "losses": [round(x, 5) for x in losses],
             "dev_accuracy": dev["accuracy"],
             "dev_macro_f1": dev["macro_f1"],
-            "seconds": round(time.perf_counter() - started, 1),
+            "seconds": round(seconds, 1),
         }
-        history.append(record)
+        self.history.append(record)
         print(
             f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, dev accuracy {dev['accuracy']:.4f}, "
             f"dev macro-F1 {dev['macro_f1']:.4f} ({record['seconds']} s)"
         )
-        meta["history"] = history
-        if dev["macro_f1"] > best_f1:
-            best_f1, stale = dev["macro_f1"], 0
-            model.save(best_dir, tokenizer, {**meta, "epoch": epoch + 1, "dev_metrics": dev})
+        self.meta["history"] = self.history
+        if dev["macro_f1"] > self.best_f1:
+            self.best_f1, self.stale = dev["macro_f1"], 0
+            self.model.save(self.best_dir, self.tokenizer, {**self.meta, "epoch": epoch + 1, "dev_metrics": dev})
         else:
-            stale += 1
-        model.save(last_dir, tokenizer, {**meta, "epoch": epoch + 1})
-        save_state(epoch + 1, [])
-        if stale >= config.patience:
-            print(f"early stopping: dev macro-F1 has not improved for {stale} epochs")
-            break
-        if config.max_steps and step >= config.max_steps:
-            break
-    (output / "history.json").write_text(json.dumps(history, indent=2))
-    return best_dir
+            self.stale += 1
+        self.model.save(self.last_dir, self.tokenizer, {**self.meta, "epoch": epoch + 1})
+        self._save_state(epoch + 1, [])
+        if self.stale >= self.config.patience:
+            print(f"early stopping: dev macro-F1 has not improved for {self.stale} epochs")
+            return True
+        return False
 
 
 def _soft_labels(config: TrainConfig, files: dict[str, str], parts) -> tuple[dict | None, dict]:

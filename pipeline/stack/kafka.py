@@ -24,7 +24,7 @@ class Kafka(Service):
     name = "kafka"
     port = 9092
     controller_port = 9094
-    start_timeout_s = 90.0
+    start_timeout_s = 180.0  # a loaded 2-core machine, or logs to recover after an unclean stop
 
     @property
     def kafka_version(self) -> str:
