@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from .. import faustcompat, metrics
 from ..admin import GroupProgress
 from ..aggregation import WindowOutputs, WindowProcessor
-from ..clients import redact
+from ..clients import ConnectionFailure, redact
 from ..config import Settings
 from ..faustcompat import Batch, Intake
 from ..schemas import WindowTick, parse_window_event
@@ -27,59 +28,64 @@ from ..web import LiveView
 from .outbox import Outbox
 
 log = logging.getLogger("finsent.worker")
-# How long the stage waits for the consumer group's committed offsets when they cannot be read
-# before it judges upstream silence by this worker's own partitions alone. While the broker is
-# unreachable (a retriable error) nothing can arrive anyway, and treating that silence as idleness
-# would close windows whose records are still upstream: the stage waits out the outage up to the
-# longer bound. Other errors (e.g. no right to describe the group) will not pass by waiting.
+# Silence on the window topic means "nothing left upstream" only while a recent answer from the
+# consumer group says so: during a broker outage the last answer grows old while records wait in
+# producers and upstream stages, and closing windows on the clock then would make them late.
+ANSWER_FRESH_S = 10.0
+# How long the stage goes without an answer before it judges upstream silence by this worker's
+# own partitions alone: an unreachable broker (nothing can arrive anyway) is waited out up to
+# OUTAGE_PATIENCE_S; other errors (e.g. no right to describe the group) will not pass by waiting.
 GROUP_PROGRESS_PATIENCE_S = 60.0
 OUTAGE_PATIENCE_S = 900.0
 
 
 def is_outage(exc: BaseException) -> bool:
     """A broker that cannot be reached or has not answered yet, as opposed to a refusal."""
-    return isinstance(exc, (OSError, TimeoutError)) or bool(getattr(exc, "retriable", False))
+    retriable = bool(getattr(exc, "retriable", False))
+    return retriable or isinstance(exc, (ConnectionFailure, OSError, TimeoutError))
 
 
 class UpstreamProgress:
     """Whether upstream stages anywhere in the group hold messages not processed yet. Upstream
     partitions other workers own count too while the group has not committed them to their end:
-    a source silent because a rebalance moved it is stalled, not idle."""
+    a source silent because a rebalance moved it is stalled, not idle. Without a fresh answer
+    (before the first one, during an outage) work counts as pending."""
 
     def __init__(self, settings: Settings, topics: set[str], gaps: faustcompat.OffsetGaps):
         self.settings, self.topics, self.gaps = settings, topics, gaps
         self.progress = GroupProgress(settings, sorted(topics), coordinator_wait_s=2.0, timeout_s=5.0)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-progress")
-        self.lagging = True  # until the first answer, assume work is pending
+        self.lagging = True
+        self.answered_at = -math.inf
         self.failing_since: float | None = None
+        self.given_up = False  # no answer for longer than the patience: own partitions only
 
     def pending(self) -> bool:
-        return self.lagging or self.gaps.pending(self.topics)
+        return self._group_lagging() or self.gaps.pending(self.topics)
 
-    def _give_up(self, exc: BaseException) -> None:
-        # Waiting on an answer that does not come would hold every window open forever.
-        log.warning(
-            "cannot read the consumer group's progress (%s); windows now go by this worker's own partitions only",
-            redact(self.settings, str(exc)),
-        )
+    def _group_lagging(self) -> bool:
+        if self.given_up:
+            return False
+        return self.lagging or time.monotonic() - self.answered_at > ANSWER_FRESH_S
 
     async def watch(self) -> None:
         try:
             loop = asyncio.get_running_loop()
             self.lagging = await loop.run_in_executor(self.executor, self.progress.lagging)
-            self.failing_since = None
+            self.answered_at, self.failing_since, self.given_up = time.monotonic(), None, False
         except Exception as exc:  # the broker restarting, a coordinator moving
             now = time.monotonic()
             started = self.failing_since = self.failing_since or now
-            if is_outage(exc):
-                # Unknown progress during an outage counts as pending: records may be upstream.
-                waited_out = now - started > OUTAGE_PATIENCE_S
-                if waited_out and self.lagging:
-                    self._give_up(exc)
-                self.lagging = not waited_out
-            elif now - started > GROUP_PROGRESS_PATIENCE_S and self.lagging:
-                self._give_up(exc)
-                self.lagging = False
+            patience = OUTAGE_PATIENCE_S if is_outage(exc) else GROUP_PROGRESS_PATIENCE_S
+            if now - started > patience and not self.given_up:
+                # Waiting on an answer that does not come would hold every window open forever.
+                log.warning(
+                    "cannot read the consumer group's progress for %.0f s (%s); windows now go by this "
+                    "worker's own partitions only",
+                    now - started,
+                    redact(self.settings, str(exc)),
+                )
+                self.given_up = True
             self.progress.close()
 
 

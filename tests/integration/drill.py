@@ -131,6 +131,7 @@ def run_drill(
     rate: float = 150.0,
     kills: int = 3,
     es_outage_s: float = 30.0,
+    broker_outage_s: float = 0.0,
     seed: int = 1,
     guarantee: str = "exactly_once",
     log=print,
@@ -222,6 +223,7 @@ def run_drill(
             elif fault == "broker":
                 stack.down(stack_home, ["kafka"])
                 event(f"broker stopped after {sent[0]} sent")
+                time.sleep(broker_outage_s)
                 stack.up(stack_home, ["kafka"])
                 event("broker up again")
             else:
@@ -298,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=150.0, help="messages per second sent")
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument(
+        "--broker-outage-s", type=float, default=0.0, help="seconds the broker stays down before its restart"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--bundle", type=Path, required=True, help="model bundle the workers use")
     parser.add_argument("--phrasebank", default=str(PHRASEBANK_ALL))
@@ -314,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             args.messages,
             args.rate,
             args.kills,
+            broker_outage_s=args.broker_outage_s,
             seed=args.seed,
             guarantee=args.guarantee,
         )

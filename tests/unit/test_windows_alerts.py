@@ -397,43 +397,68 @@ def test_a_names_state_is_copied_once_per_batch(monkeypatch):
     assert sum(store.data["t/AAPL"]["buckets"][b][0] for b in store.data["t/AAPL"]["buckets"]) >= 50
 
 
-class Unanswered:
-    """Group progress that cannot be read: every call raises ``error``."""
+class Answers:
+    """Group progress whose next answer is ``answer`` (a bool), or raises it (an exception)."""
 
-    def __init__(self, error: Exception):
-        self.error = error
+    def __init__(self):
+        self.answer: bool | Exception = False
 
     def lagging(self) -> bool:
-        raise self.error
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
 
     def close(self) -> None:
         pass
 
 
-def upstream_progress_failing_with(error: Exception, monkeypatch, lagging: bool):
+class NoGaps:
+    def pending(self, topics) -> bool:
+        return False
+
+
+def upstream_progress(monkeypatch):
     from pipeline.config import Settings
     from pipeline.stages import window
 
     clock = [1000.0]
     monkeypatch.setattr(window.time, "monotonic", lambda: clock[0])
-    progress = window.UpstreamProgress(Settings(), {"finsent.scored"}, gaps=None)
-    progress.progress, progress.lagging = Unanswered(error), lagging
+    progress = window.UpstreamProgress(Settings(), {"finsent.scored"}, gaps=NoGaps())
+    progress.progress = Answers()
     return progress, clock
 
 
-def test_a_broker_outage_holds_windows_open_instead_of_reading_silence_as_idleness(monkeypatch):
-    from kafka.errors import KafkaTimeoutError
-
+def test_upstream_work_counts_as_pending_until_a_fresh_answer_says_otherwise(monkeypatch):
     from pipeline.stages import window
 
-    progress, clock = upstream_progress_failing_with(KafkaTimeoutError("no broker"), monkeypatch, lagging=False)
+    progress, clock = upstream_progress(monkeypatch)
+    assert progress.pending()  # no answer yet
+    asyncio.run(progress.watch())
+    assert not progress.pending()
+    clock[0] += window.ANSWER_FRESH_S + 1  # the answer grew old without a new one
+    assert progress.pending()
+
+
+@pytest.mark.parametrize("outage", ["connection", "timeout"])
+def test_a_broker_outage_holds_windows_open_instead_of_reading_silence_as_idleness(monkeypatch, outage):
+    from kafka.errors import KafkaTimeoutError
+
+    from pipeline.clients import ConnectionFailure
+    from pipeline.stages import window
+
+    progress, clock = upstream_progress(monkeypatch)
+    asyncio.run(progress.watch())  # everything processed: silence would be idleness
+    progress.progress.answer = ConnectionFailure("cannot use Kafka") if outage == "connection" else KafkaTimeoutError()
     for _ in range(20):  # well past the patience for other errors
-        asyncio.run(progress.watch())
-        assert progress.lagging is True
         clock[0] += window.GROUP_PROGRESS_PATIENCE_S / 4
+        asyncio.run(progress.watch())
+        assert progress.pending()
     clock[0] += window.OUTAGE_PATIENCE_S
     asyncio.run(progress.watch())
-    assert progress.lagging is False  # bounded: an endless outage does not hold windows forever
+    assert not progress.pending()  # bounded: an endless outage does not hold windows forever
+    progress.progress.answer = True  # the broker is back and upstream work is waiting
+    asyncio.run(progress.watch())
+    assert progress.pending()
 
 
 def test_a_refusal_to_describe_the_group_gives_up_after_its_patience(monkeypatch):
@@ -441,9 +466,10 @@ def test_a_refusal_to_describe_the_group_gives_up_after_its_patience(monkeypatch
 
     from pipeline.stages import window
 
-    progress, clock = upstream_progress_failing_with(GroupAuthorizationFailedError("denied"), monkeypatch, lagging=True)
+    progress, clock = upstream_progress(monkeypatch)
+    progress.progress.answer = GroupAuthorizationFailedError("denied")
     asyncio.run(progress.watch())
-    assert progress.lagging is True
+    assert progress.pending()
     clock[0] += window.GROUP_PROGRESS_PATIENCE_S + 1
     asyncio.run(progress.watch())
-    assert progress.lagging is False
+    assert not progress.pending()
