@@ -110,18 +110,21 @@ class WindowStage:
         async for events in stream.take_events(self.settings.max_batch * 4, within=within):
             async with self.intake.batch(events) as batch:
                 generation = self.intake.generation()
-                parts = self._process(batch.events)
+                parts, writes = self._process(batch.events)
                 # Shielded: once outputs are on their way, the state that says so is stored too,
                 # even if shutdown cancels the agent meanwhile (else a restart would repeat alerts).
-                await asyncio.shield(self._emit(parts, batch, generation))
+                await asyncio.shield(self._emit(parts, writes, batch, generation))
 
-    def _process(self, events) -> dict[int, tuple[WindowOutputs, object]]:
-        """Window partition -> (what its items produced, its last event): each partition's
-        outputs go out with that partition's offsets (one transaction each, exactly-once)."""
+    def _process(self, events) -> tuple[dict[int, tuple[WindowOutputs, object]], dict]:
+        """(window partition -> (what its items produced, its last event), the table writes):
+        each partition's outputs go out with that partition's offsets (one transaction each,
+        exactly-once). No await in here: the writes are this batch's alone."""
+        self.processor.writes()  # a batch cut short by an error left its writes; it comes again
         by_partition: dict[int, list] = {}
         for event in events:
             by_partition.setdefault(event.message.partition, []).append(event)
-        return {partition: self._process_partition(partition, part) for partition, part in by_partition.items()}
+        parts = {partition: self._process_partition(partition, part) for partition, part in by_partition.items()}
+        return parts, self.processor.writes()
 
     def _process_partition(self, partition: int, events) -> tuple[WindowOutputs, object]:
         out = WindowOutputs()
@@ -153,7 +156,7 @@ class WindowStage:
                 outputs.append((event, faustcompat.changelog_output(self.table, partition, key, value)))
         return outputs
 
-    async def _emit(self, parts: dict, batch: Batch, generation: int) -> None:
+    async def _emit(self, parts: dict, writes: dict, batch: Batch, generation: int) -> None:
         await self.sink.ensure_template()
         outs = [out for out, _event in parts.values()]
         for suffix in ("aggregates", "alerts"):
@@ -163,7 +166,6 @@ class WindowStage:
                 rejected = await self.sink.write([d.model_dump(mode="json") for d in documents], index=index)
                 for r in rejected:  # our own documents: a rejection is a bug or a broken template
                     log.error("Elasticsearch rejected %s document %s: %s", suffix, r.doc_id, r.reason)
-        writes = self.processor.writes()
         if self.outbox.exactly_once and self.intake.generation() != generation:
             return self._abandon(batch, "a rebalance came during the batch")
         try:

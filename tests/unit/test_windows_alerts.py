@@ -473,3 +473,29 @@ def test_a_refusal_to_describe_the_group_gives_up_after_its_patience(monkeypatch
     clock[0] += window.GROUP_PROGRESS_PATIENCE_S + 1
     asyncio.run(progress.watch())
     assert not progress.pending()
+
+
+def test_a_window_batch_cut_short_by_an_error_leaves_nothing_in_the_next_batch():
+    """faust restarts an agent that raised; the batch comes again, but the writes it had made in
+    the processor must not ride along with the next batch (they named partitions it lacks)."""
+    from types import SimpleNamespace
+
+    from pipeline.stages.window import WindowStage
+
+    class Event(SimpleNamespace):  # faust keeps a weak reference to the current event
+        pass
+
+    store = Store()
+    proc = processor(store, partitions=2, upstream=1)
+    stage = WindowStage.__new__(WindowStage)
+    stage.processor = proc
+    proc.record(0, as_window_item(item("NOK", T0)), WALL, WindowOutputs())  # then the batch died
+    event = Event(
+        message=SimpleNamespace(partition=1, tp=("w", 1), offset=0),
+        value=as_window_item(item("SAP", T0)).encode(),
+    )
+
+    parts, writes = stage._process([event])
+
+    assert set(parts) == {1}
+    assert writes and {partition for partition, _value in writes.values()} == {1}
