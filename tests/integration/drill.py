@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -310,12 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     home = load_settings().stack_home
     stack.up(home)
-    with tempfile.TemporaryDirectory() as workdir:
+    workdir = Path(tempfile.mkdtemp(prefix="finsent-drill-"))
+    try:
         result = run_drill(
             home,
             args.bundle,
             args.phrasebank,
-            Path(workdir),
+            workdir,
             args.messages,
             args.rate,
             args.kills,
@@ -323,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             guarantee=args.guarantee,
         )
+    except BaseException:
+        print(f"the workers' logs stay in {workdir}")
+        raise
     print("\n".join(result.lines()))
     ok = (
         result.indexed == result.indexed_unique == result.sent_good
@@ -332,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         and all(v == ["resolved"] for v in result.alert_episodes.values())
         and (args.guarantee == "at_least_once" or not any(result.twice.values()))
     )
-    print("drill passed" if ok else "drill FAILED")
+    if ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print("drill passed" if ok else f"drill FAILED; the workers' logs stay in {workdir}")
     return 0 if ok else 1
 
 
