@@ -35,8 +35,8 @@ def up(home: Path, names: list[str] | None = None, fresh: bool = False) -> list[
     home.mkdir(parents=True, exist_ok=True)
     chosen = services(home, names)
     if fresh:
-        for service in reversed(chosen):
-            service.stop()
+        down(home, names)
+        for service in chosen:
             service.wipe_state()
     started = []
     for service in chosen:

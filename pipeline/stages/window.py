@@ -42,7 +42,7 @@ OUTAGE_PATIENCE_S = 900.0
 def is_outage(exc: BaseException) -> bool:
     """A broker that cannot be reached or has not answered yet, as opposed to a refusal."""
     retriable = bool(getattr(exc, "retriable", False))
-    return retriable or isinstance(exc, (ConnectionFailure, OSError, TimeoutError))
+    return retriable or isinstance(exc, (ConnectionFailure, OSError))  # TimeoutError is an OSError
 
 
 class UpstreamProgress:
