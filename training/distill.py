@@ -29,6 +29,13 @@ from .data import BadDataError, load_datasets, split
 DEFAULT_UNLABELLED = (DATA_DIR / "twitter_financial_news_topic" / "topic_train.csv",)
 
 
+def portable(path: Path | str) -> str:
+    """A data path as the file records it: relative to the repository when inside it, so the
+    file reads the same from any clone."""
+    path = Path(path).resolve()
+    return str(path.relative_to(DATA_DIR.parent)) if path.is_relative_to(DATA_DIR.parent) else str(path)
+
+
 class SoftLabelError(ValueError):
     """A soft-label file that does not fit the run (other data, other split) or is malformed."""
 
@@ -73,14 +80,14 @@ def write_soft_labels(
     extra = extra[:max_unlabelled] if max_unlabelled is not None else extra
     log(f"teacher {teacher}: scoring {len(texts)} training texts and {len(extra)} unlabelled ones")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    logits = predict_logits(model, tokenizer, texts + extra, meta["max_length"], device, progress=True)
+    logits = predict_logits(model.to(device), tokenizer, texts + extra, meta["max_length"], device, progress=True)
     file_meta = {
         "teacher": str(teacher),
         "teacher_base_model": meta["base_model"],
         "teacher_dev_metrics": {k: meta.get("dev_metrics", {}).get(k) for k in ("accuracy", "macro_f1")},
-        "training_data": meta["data"]["files"],
+        "training_data": {portable(p): digest for p, digest in meta["data"]["files"].items()},
         "split_seed": meta["data"]["split_seed"],
-        "unlabelled": {str(p): sha256_of(p) for p in sources},
+        "unlabelled": {portable(p): sha256_of(p) for p in sources},
         "labelled_texts": len(texts),
         "unlabelled_texts": len(extra),
         "command": "finsent soft-labels " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["soft-labels"] else None,

@@ -122,7 +122,8 @@ def evaluate(
         if is_bundle:
             raise ValueError(f"{model_path} is a bundle (ONNX only): --variant torch needs the training checkpoint")
         model, tokenizer, _ = SentimentClassifier.load(model_path)
-        logits = predict_logits(model, tokenizer, texts, max_length, torch.device("cpu"), batch_size=batch_size)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        logits = predict_logits(model.to(device), tokenizer, texts, max_length, device, batch_size=batch_size)
     else:
         if not is_bundle:
             raise ValueError(f"{model_path} is a checkpoint: evaluate it with --variant torch, or export it first")

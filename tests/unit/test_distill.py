@@ -94,3 +94,12 @@ def test_a_malformed_soft_label_file_names_the_line(tmp_path: Path):
         handle.write(json.dumps({"meta": {}}) + "\n" + json.dumps({"text": "x", "logits": [1, 2]}) + "\n")
     with pytest.raises(SoftLabelError, match=r"bad.jsonl.gz:2: logits must be 3 finite numbers"):
         load_soft_labels(path)
+
+
+def test_soft_label_files_record_data_paths_relative_to_the_repository(tmp_path: Path):
+    from training.config import DATA_DIR
+    from training.distill import portable
+
+    inside = DATA_DIR / "financial_phrasebank" / "Sentences_50Agree.txt"
+    assert portable(inside) == "data/financial_phrasebank/Sentences_50Agree.txt"
+    assert portable(tmp_path / "x.csv") == str((tmp_path / "x.csv").resolve())
