@@ -17,8 +17,7 @@ MODEL_DIR ?= models/default
 # The 110M teacher's scores (docs/model.md says how they were made and how to remake them).
 SOFT_LABELS ?= data/soft_labels/mpnet-default.jsonl.gz
 model: setup
-	$(PYTHON) -m pipeline.cli train -o runs/default --epochs 3 \
-		--soft-labels $(SOFT_LABELS) --distill-alpha 0.8 --distill-temperature 1
+	$(PYTHON) -m pipeline.cli train -o runs/default --epochs 3 --soft-labels $(SOFT_LABELS)
 	$(PYTHON) -m pipeline.cli export runs/default/best -o $(MODEL_DIR)
 	$(PYTHON) -m pipeline.cli evaluate $(MODEL_DIR) --split test --json reports/default-fpb.json \
 		-d data/financial_phrasebank/Sentences_50Agree.txt

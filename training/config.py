@@ -40,8 +40,8 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimiser steps in total
     skip_bad_rows: bool = False
     soft_labels: str | None = None  # a teacher's soft-label file (finsent soft-labels): distil from it
-    distill_alpha: float = 0.5  # share of the teacher's term in a labelled example's loss
-    distill_temperature: float = 2.0
+    distill_alpha: float = 0.8  # share of the teacher's term in a labelled example's loss (chosen on dev)
+    distill_temperature: float = 1.0
     checkpoint_minutes: float = (
         15.0  # also save last/ this often mid-epoch, so --resume loses little of a long CPU epoch
     )

@@ -128,6 +128,10 @@ class Service:
     def version(self) -> str:
         return "?"
 
+    def warm_up(self, deadline: float) -> None:
+        """After the first healthy answer: whatever first use would otherwise pay for (monotonic
+        ``deadline``)."""
+
     def state_dirs(self) -> list[Path]:
         """What the service stores (topics, indices, samples): wiped by ``stack up --fresh``."""
         return [self.dir / "data"]
@@ -207,6 +211,7 @@ class Service:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.healthy():
+                self.warm_up(deadline)
                 return
             if proc is not None and proc.poll() is not None:
                 raise StackError(

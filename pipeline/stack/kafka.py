@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -72,6 +73,9 @@ class Kafka(Service):
                 *self._listener_properties(),
                 f"log.dirs={self.dir / 'data'}",
                 "num.partitions=1",
+                # One node: the internal topics need not be spread over 50 partitions each.
+                "offsets.topic.num.partitions=10",
+                "transaction.state.log.num.partitions=10",
                 "offsets.topic.replication.factor=1",
                 "transaction.state.log.replication.factor=1",
                 "transaction.state.log.min.isr=1",
@@ -156,6 +160,32 @@ class Kafka(Service):
             return False
         finally:
             admin.close()
+
+    def warm_up(self, deadline: float) -> None:
+        """Has the broker create its internal topics (consumer offsets, transaction state) now,
+        so the first consumer group and the first exactly-once worker do not wait for them."""
+        from kafka import KafkaAdminClient, KafkaProducer
+        from kafka.errors import KafkaError
+
+        while True:
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.address, client_id="finsent-stack")
+                try:
+                    admin.describe_groups(["finsent-stack-warm-up"])
+                finally:
+                    admin.close()
+                producer = KafkaProducer(
+                    bootstrap_servers=self.address, transactional_id="finsent-stack-warm-up", max_block_ms=10_000
+                )
+                try:
+                    producer.init_transactions()
+                finally:
+                    producer.close(timeout=5)
+                return
+            except (KafkaError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise StackError(f"kafka: its group and transaction coordinators never answered ({exc!r})") from exc
+                time.sleep(1.0)
 
     def version(self) -> str:
         return self.kafka_version

@@ -60,7 +60,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5, diagnosis=None):
+    """Polls ``predicate`` until it is truthy; on timeout the error quotes ``diagnosis()`` if given."""
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
@@ -68,7 +69,8 @@ def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
         if last:
             return last
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+    detail = f"\n{diagnosis()}" if diagnosis is not None else ""
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r}){detail}")
 
 
 def _epoch(timestamp: str) -> float:

@@ -9,6 +9,8 @@ from collections import Counter
 
 import pytest
 
+from pipeline.admin import ensure_topics
+
 from .harness import Pipeline, texts_by_prediction, wait_for
 from .test_windows_alerts import RULES, WINDOW_ENV, scripted_stream
 from .test_worker import BAD_INPUT
@@ -34,10 +36,16 @@ def test_sigkills_leave_no_record_twice_on_any_output_topic(pipeline: Pipeline, 
     payloads = [json.dumps(m).encode() for m in stream]
     third = len(payloads) // 3
     bad = list(BAD_INPUT.values())
+    ensure_topics(pipeline.settings)  # all partitions, whoever comes first (the producer would auto-create one)
     worker = pipeline.start_worker(0)
     pipeline.produce(payloads[:third] + bad)
     for index, kill_at in ((1, third // 2), (2, third + third // 2)):
-        wait_for(lambda n=kill_at: pipeline.indexed_count() >= n, 180, f"{kill_at} documents before a kill")
+        wait_for(
+            lambda n=kill_at: pipeline.indexed_count() >= n,
+            180,
+            f"{kill_at} documents before a kill",
+            diagnosis=pipeline.diagnosis,
+        )
         worker.kill()
         worker = pipeline.start_worker(index)
         pipeline.produce(payloads[third * index : third * (index + 1)] if index == 1 else payloads[2 * third :])

@@ -74,3 +74,13 @@ def test_aiokafka_round_trip(local_stack, settings, unique):
     values = asyncio.run(scenario())
     # One key -> one partition -> order preserved.
     assert values == [f"aio {i}".encode() for i in range(20)]
+
+
+def test_a_started_broker_already_has_its_internal_topics(local_stack, settings):
+    """`stack up` waits until the group and transaction coordinators answer, so the first worker
+    (exactly-once included) never waits for the broker to create their topics."""
+    admin = KafkaAdminClient(**settings.kafka_client_kwargs())
+    try:
+        assert {"__consumer_offsets", "__transaction_state"} <= set(admin.list_topics())
+    finally:
+        admin.close()
