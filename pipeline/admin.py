@@ -32,16 +32,24 @@ def topic_names(settings: Settings) -> list[str]:
     ]
 
 
-def ensure_topics(settings: Settings) -> list[str]:
-    """Creates the missing finsent topics with the configured partitions and replication; returns
-    the names created."""
+def internal_topic_names(settings: Settings) -> tuple[str, str]:
+    """The consumer group's own topics between stages: decoded records keyed by fingerprint, and
+    the window stage's input."""
+    group = settings.consumer_group
+    return f"{group}.{settings.topic_raw}.by-fingerprint", f"{group}.windows"
+
+
+def ensure_topics(settings: Settings, internal: bool = False) -> list[str]:
+    """Creates the missing finsent topics (with ``internal``, the group's own ones too) with the
+    configured partitions and replication; returns the names created."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     admin = kafka_admin(settings)
     try:
         existing = set(admin.list_topics())
-        missing = [name for name in topic_names(settings) if name not in existing]
+        wanted = topic_names(settings) + (list(internal_topic_names(settings)) if internal else [])
+        missing = [name for name in wanted if name not in existing]
         if missing:
             try:
                 admin.create_topics(

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import faust
 
 from . import faustcompat
-from .admin import CommittedOffsets, ReadableProbe
+from .admin import CommittedOffsets, ReadableProbe, ensure_topics, internal_topic_names
 from .aggregation import WindowProcessor
 from .alerts import load_rules
 from .classify import ModelHolder
@@ -155,6 +155,8 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
+        # A subscribed topic that is created later is seen at the next refresh (aiokafka: 5 min).
+        consumer_metadata_max_age_ms=30_000,
         producer_acks=-1,
         producer_linger=settings.producer_linger_ms / 1000,
         processing_guarantee="at_least_once",
@@ -185,12 +187,11 @@ def _topics(app: faust.App, settings: Settings) -> SimpleNamespace:
             value_serializer="raw",
         )
 
-    group = settings.consumer_group
+    valid, windows = internal_topic_names(settings)  # internal to the group, like faust's changelogs
     return SimpleNamespace(
         raw=topic(settings.topic_raw),
-        # Internal to this consumer group, like faust's own changelog topics.
-        valid=topic(f"{group}.{settings.topic_raw}.by-fingerprint"),
-        windows=topic(f"{group}.windows"),
+        valid=topic(valid),
+        windows=topic(windows),
         scored=topic(settings.topic_scored),
         deadletter=topic(settings.topic_deadletter),
         aggregates=topic(settings.topic_aggregates),
@@ -261,4 +262,19 @@ def _dictionary(settings: Settings) -> CompanyDictionary:
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Blocks running one worker until it is stopped (SIGTERM/SIGINT)."""
+    _declare_topics(settings)
     faustcompat.run(create_app(settings), loglevel)
+
+
+def _declare_topics(settings: Settings) -> None:
+    """Every topic the worker reads exists before its consumer subscribes: faust declares them
+    concurrently with the subscription, and a topic that appears after it is only picked up at
+    the consumer's next metadata refresh (a first start could sit idle for minutes)."""
+    from kafka.errors import KafkaError
+
+    from .clients import ConnectionFailure
+
+    try:
+        ensure_topics(settings, internal=True)
+    except (ConnectionFailure, KafkaError, OSError) as exc:  # Kafka not up yet: faust declares them later
+        logging.getLogger("finsent.worker").warning("topics not declared before start (%s)", exc)
