@@ -9,8 +9,6 @@ from collections import Counter
 
 import pytest
 
-from pipeline.admin import ensure_topics
-
 from .harness import Pipeline, texts_by_prediction, wait_for
 from .test_windows_alerts import RULES, WINDOW_ENV, scripted_stream
 from .test_worker import BAD_INPUT
@@ -36,7 +34,6 @@ def test_sigkills_leave_no_record_twice_on_any_output_topic(pipeline: Pipeline, 
     payloads = [json.dumps(m).encode() for m in stream]
     third = len(payloads) // 3
     bad = list(BAD_INPUT.values())
-    ensure_topics(pipeline.settings)  # all partitions, whoever comes first (the producer would auto-create one)
     worker = pipeline.start_worker(0)
     pipeline.produce(payloads[:third] + bad)
     for index, kill_at in ((1, third // 2), (2, third + third // 2)):
