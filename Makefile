@@ -11,8 +11,9 @@ demo: setup
 	$(PYTHON) -m pipeline.cli demo
 
 # The default model at models/default: the default recipe (Financial PhraseBank 50Agree + the
-# Twitter Financial News sentiment train file, one stratified split), ONNX export with its parity
-# checks, then each source's test split evaluated (reports/default-*.json and confusion matrices).
+# Twitter Financial News sentiment train file, one stratified split, distilled from a 110M
+# teacher's soft labels), ONNX export with its parity checks, then each source's test split
+# evaluated (reports/default-*.json and confusion matrices). About 70 min on 2 cores.
 MODEL_DIR ?= models/default
 # The 110M teacher's scores (docs/model.md says how they were made and how to remake them).
 SOFT_LABELS ?= data/soft_labels/mpnet-default.jsonl.gz
