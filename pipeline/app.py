@@ -155,8 +155,6 @@ def _faust_app(settings: Settings) -> faust.App:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
-        # A subscribed topic that is created later is seen at the next refresh (aiokafka: 5 min).
-        consumer_metadata_max_age_ms=30_000,
         producer_acks=-1,
         producer_linger=settings.producer_linger_ms / 1000,
         processing_guarantee="at_least_once",
