@@ -62,7 +62,7 @@ def run_one(recipe: str, seed: int, args: dict) -> dict:
     torch.set_num_threads(args["threads"])
     from training.config import TrainConfig
     from training.data import LABEL_TO_ID, load_datasets, split
-    from training.inference import predict_logits
+    from training.inference import best_device, predict_logits
     from training.metrics import classification_metrics
     from training.model import SentimentClassifier
     from training.train import train
@@ -81,10 +81,10 @@ def run_one(recipe: str, seed: int, args: dict) -> dict:
     best = train(config)
     seconds = time.perf_counter() - started
     model, tokenizer, meta = SentimentClassifier.load(best)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = best_device()
     model.to(device)
     test = split(load_datasets(args["datasets"]), seed=args["split_seed"]).test
-    logits = predict_logits(model, tokenizer, [e.text for e in test], config.max_length, device)
+    logits = predict_logits(model, tokenizer, [e.text for e in test], config.max_length)
     metrics = classification_metrics([LABEL_TO_ID[e.label] for e in test], logits)
     row = {
         "recipe": recipe,

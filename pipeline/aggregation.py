@@ -113,6 +113,10 @@ class WindowProcessor:
         # sources: upstream partition -> latest event time received from it
         return dict(meta) if meta else {"stream_time": None, "topics": [], "sources": {}}
 
+    def stream_time(self, partition: int) -> float | None:
+        """The partition's watermark: windows ending (plus lateness) before it are closed."""
+        return self._meta(partition)["stream_time"]
+
     # --- events ----------------------------------------------------------------------------------
     def record(self, partition: int, item: WindowItem, wall_now: float, out: WindowOutputs) -> None:
         """One scored record for one name. ``item.source`` names the upstream stream it came

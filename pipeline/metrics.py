@@ -119,6 +119,17 @@ EVENT_TIME_OUT_OF_BOUNDS = Counter(
 TRACKED_TOPICS = Gauge(
     "finsent_tracked_topics", "Topics and tickers with their own windows on this worker.", registry=REGISTRY
 )
+WINDOW_STREAM_TIME = Gauge(
+    "finsent_window_stream_time_seconds",
+    "Event time (Unix seconds) up to which windows of a window-topic partition can close (its watermark).",
+    ["partition"],
+    registry=REGISTRY,
+)
+WINDOWS_HELD = Gauge(
+    "finsent_windows_held_by_upstream",
+    "1 while upstream stages in the group hold unprocessed messages, so quiet sources count as stalled.",
+    registry=REGISTRY,
+)
 ALERTS = Counter("finsent_alerts", "Alert episodes fired.", ["rule", "severity"], registry=REGISTRY)
 ALERT_ACTIVE = Gauge(
     "finsent_alert_active", "1 while an alert episode is firing.", ["rule", "topic", "severity"], registry=REGISTRY
@@ -175,6 +186,17 @@ def forget_names(names) -> None:
             gauge.remove(*labels)
     for labels in [lv for lv in _label_values(ALERT_ACTIVE) if lv[1] in names]:
         ALERT_ACTIVE.remove(*labels)
+
+
+def set_stream_time(partition: int, stream_time: float | None) -> None:
+    if stream_time is not None:
+        WINDOW_STREAM_TIME.labels(str(partition)).set(stream_time)
+
+
+def forget_partition(partition: int) -> None:
+    """A window partition that moved to another worker: its watermark is reported there."""
+    if (str(partition),) in _label_values(WINDOW_STREAM_TIME):
+        WINDOW_STREAM_TIME.remove(str(partition))
 
 
 def _label_values(gauge) -> list[tuple[str, ...]]:

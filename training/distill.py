@@ -58,7 +58,7 @@ def write_soft_labels(
     log=print,
 ) -> dict:
     """Scores the teacher's training split and the unlabelled texts; returns the file's meta."""
-    from .inference import predict_logits
+    from .inference import best_device, predict_logits
     from .model import SentimentClassifier
 
     teacher, output = Path(teacher), Path(output)
@@ -79,8 +79,7 @@ def write_soft_labels(
                 extra.append(text)
     extra = extra[:max_unlabelled] if max_unlabelled is not None else extra
     log(f"teacher {teacher}: scoring {len(texts)} training texts and {len(extra)} unlabelled ones")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    logits = predict_logits(model.to(device), tokenizer, texts + extra, meta["max_length"], device, progress=True)
+    logits = predict_logits(model.to(best_device()), tokenizer, texts + extra, meta["max_length"], progress=True)
     file_meta = {
         "teacher": str(teacher),
         "teacher_base_model": meta["base_model"],

@@ -114,16 +114,13 @@ def evaluate(
 
     started = time.perf_counter()
     if variant == "torch":
-        import torch
-
-        from .inference import predict_logits
+        from .inference import best_device, predict_logits
         from .model import SentimentClassifier
 
         if is_bundle:
             raise ValueError(f"{model_path} is a bundle (ONNX only): --variant torch needs the training checkpoint")
         model, tokenizer, _ = SentimentClassifier.load(model_path)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        logits = predict_logits(model.to(device), tokenizer, texts, max_length, device, batch_size=batch_size)
+        logits = predict_logits(model.to(best_device()), tokenizer, texts, max_length, batch_size=batch_size)
     else:
         if not is_bundle:
             raise ValueError(f"{model_path} is a checkpoint: evaluate it with --variant torch, or export it first")

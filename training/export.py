@@ -235,7 +235,7 @@ def _quiet_quantiser(workdir: Path):
 def _calibrate(model, tokenizer, max_length: int, dev, y_test, test_logits: np.ndarray, log) -> tuple[float, dict]:
     """Temperature fitted on the dev split (never the test split), and the test ECE before and after."""
     dev = dev[:CALIBRATION_DEV_LIMIT]
-    dev_logits = predict_logits(model, tokenizer, [e.text for e in dev], max_length, torch.device("cpu"))
+    dev_logits = predict_logits(model, tokenizer, [e.text for e in dev], max_length)
     temperature = fit_temperature(dev_logits, [LABEL_TO_ID[e.label] for e in dev])
     y_test = np.asarray(y_test)
     report = {
@@ -320,7 +320,7 @@ def export(
         log(f"checking parity on {len(test)} test examples")
         texts = [e.text for e in test]
         y_true = [LABEL_TO_ID[e.label] for e in test]
-        torch_logits = predict_logits(model, tokenizer, texts, meta["max_length"], torch.device("cpu"))
+        torch_logits = predict_logits(model, tokenizer, texts, meta["max_length"])
         provisional = Bundle(work, json.loads((work / "manifest.json").read_text()))
 
         def run(variant: str) -> np.ndarray:

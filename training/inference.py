@@ -8,12 +8,19 @@ import torch
 from pipeline.schemas import LABELS
 
 
+def best_device() -> torch.device:
+    """The GPU when there is one: training, soft labels and evaluation all choose the same way."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @torch.no_grad()
 def predict_logits(
-    model, tokenizer, texts: list[str], max_length: int, device, batch_size: int = 64, progress: bool = False
+    model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64, progress: bool = False
 ) -> np.ndarray:
+    """Logits in the order of ``texts``, computed on whatever device the model is on."""
     from pipeline.progress import Progress
 
+    device = next(model.parameters()).device
     model.eval()
     out = []
     bar = Progress(len(texts), "scoring", unit="text", enabled=progress)

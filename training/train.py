@@ -26,7 +26,7 @@ from pipeline.schemas import LABELS
 from .config import TrainConfig
 from .data import LABEL_TO_ID, Example, load_datasets, split
 from .distill import SoftLabelError, check_fits, distillation_loss, load_soft_labels
-from .inference import predict_logits
+from .inference import best_device, predict_logits
 from .metrics import classification_metrics
 from .model import SentimentClassifier, resolve_base_model
 
@@ -108,7 +108,7 @@ class Trainer:
         )
         self.parts = split(self.dataset, seed=config.split_seed)
         self.examples, self.teacher, self.distillation = self._training_examples()
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = best_device()
         self.use_amp = self.device.type == "cuda"
         resume_state = None
         if (self.last_dir / "trainer_state.pt").exists() and config.extra.get("resume"):
@@ -278,7 +278,7 @@ class Trainer:
     def _end_epoch(self, epoch: int, losses: list[float], seconds: float) -> bool:
         """Scores dev, saves ``best/`` when it improved and ``last/`` always; True to stop early."""
         dev_texts = [e.text for e in self.parts.dev]
-        dev_logits = predict_logits(self.model, self.tokenizer, dev_texts, self.config.max_length, self.device)
+        dev_logits = predict_logits(self.model, self.tokenizer, dev_texts, self.config.max_length)
         dev = classification_metrics([LABEL_TO_ID[e.label] for e in self.parts.dev], dev_logits)
         record = {
             "epoch": epoch + 1,

@@ -61,7 +61,9 @@ class UpstreamProgress:
         self.given_up = False  # no answer for longer than the patience: own partitions only
 
     def pending(self) -> bool:
-        return self._group_lagging() or self.gaps.pending(self.topics)
+        held = self._group_lagging() or self.gaps.pending(self.topics)
+        metrics.WINDOWS_HELD.set(held)
+        return held
 
     def _group_lagging(self) -> bool:
         if self.given_up:
@@ -75,6 +77,10 @@ class UpstreamProgress:
             self.answered_at, self.failing_since, self.given_up = time.monotonic(), None, False
         except Exception as exc:  # the broker restarting, a coordinator moving
             now = time.monotonic()
+            if self.failing_since is None:
+                log.warning(
+                    "cannot read the consumer group's progress (%s); windows wait", redact(self.settings, repr(exc))
+                )
             started = self.failing_since = self.failing_since or now
             patience = OUTAGE_PATIENCE_S if is_outage(exc) else GROUP_PROGRESS_PATIENCE_S
             if now - started > patience and not self.given_up:
@@ -182,6 +188,8 @@ class WindowStage:
         self._store(writes, {partition: event for partition, (_out, event) in parts.items()})
         processor = self.processor
         tracked = sum(processor.tracked.values())
+        for partition in parts:
+            metrics.set_stream_time(partition, processor.stream_time(partition))
         for out in outs:
             metrics.record_windows(out.closed, out.alerts, out.late, out.forgotten, tracked, out.out_of_bounds)
             self.live.on_windows(out.aggregates, out.alerts, out.forgotten)
@@ -217,6 +225,7 @@ class WindowStage:
         for tp in revoked:
             if tp.topic == self.topics.windows.get_topic_name():
                 metrics.forget_names(self.processor.names.pop(tp.partition, []))
+                metrics.forget_partition(tp.partition)
                 self.processor.tracked.pop(tp.partition, None)
 
 

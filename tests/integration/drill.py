@@ -247,6 +247,7 @@ def run_drill(
             300,
             "every window to be aggregated",
             interval_s=5,
+            diagnosis=lambda: pipeline.missing_windows(*pipeline.window_comparison(config, cutoff)),
         )
         expected, got = pipeline.window_comparison(config, cutoff)
         result.windows_compared = len(expected)

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from elasticsearch import Elasticsearch
@@ -198,6 +199,12 @@ class Pipeline:
         got = {(a["topic"], a["window"], _epoch(a["start"])): a for a in self.documents("aggregates")}
         return expected, {k: v for k, v in got.items() if k[2] < cutoff_s}
 
+    def missing_windows(self, expected: dict, got: dict) -> str:
+        """A failed wait for aggregates: which windows are missing, and the worker's view."""
+        missing = sorted(set(expected) - set(got), key=lambda k: (k[2], k[0], k[1]))
+        first = [f"{topic} {window} {datetime.fromtimestamp(start, UTC):%H:%M}" for topic, window, start in missing[:8]]
+        return f"{len(missing)} of {len(expected)} windows missing, first: {first}\n{self.diagnosis()}"
+
     def indexed_ids(self) -> list[str]:
         from elasticsearch.helpers import scan
 
@@ -253,6 +260,8 @@ class Pipeline:
                         "finsent_offset_gaps_total",
                         "finsent_consumer_lag_messages",
                         "finsent_es_backpressure",
+                        "finsent_window_stream_time_seconds",
+                        "finsent_windows_held_by_upstream",
                     )
                 )
             ]

@@ -94,16 +94,24 @@ def test_two_workers_with_rebalances_lose_and_duplicate_nothing(pipeline: Pipeli
     cutoff = (BASE + timedelta(minutes=40)).timestamp()
     expected = {k: v for k, v in windows.recompute(config, rows).items() if k[2] < cutoff}
 
-    def aggregates() -> dict | None:
+    def streamed() -> dict:
         es.indices.refresh(index=f"{pipeline.name}-aggregates")
         hits = es.search(index=f"{pipeline.name}-aggregates", size=10_000)["hits"]["hits"]
-        got = {
+        return {
             (a["topic"], a["window"], datetime.fromisoformat(a["start"].replace("Z", "+00:00")).timestamp()): a
             for a in (h["_source"] for h in hits)
         }
+
+    def aggregates() -> dict | None:
+        got = streamed()
         return got if set(expected) <= set(got) else None
 
-    got = wait_for(aggregates, 120, "every window to be aggregated")
+    got = wait_for(
+        aggregates,
+        120,
+        "every window to be aggregated",
+        diagnosis=lambda: pipeline.missing_windows(expected, streamed()),
+    )
     # Exact, as with one worker: a source silent because a rebalance moved it holds stream time
     # back (the group has not committed it to its end) instead of making its records late.
     late = sum(a["late_records"] for a in got.values() if a["window"] == "1m")
