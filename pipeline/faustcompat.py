@@ -267,8 +267,9 @@ class OffsetGaps:
     async def watch(self) -> None:
         """A hole at the end of what was sent shows no later message: when a stage has waited
         ``quiet_s`` for input while its partition's high watermark is past the next offset, seek
-        back too. A partition that has had no message at all since the assignment is only sought
-        back, never declared a real hole: its stage may just not have started yet."""
+        back too. A partition that has had no message at all since the assignment is sought back
+        rather than declared a real hole (its stage may just not have started yet), unless the run
+        holds nothing readable."""
         if not self.settled():
             return
         now = time.monotonic()
@@ -283,7 +284,9 @@ class OffsetGaps:
             highwater = end_offset(self.app, tp)
             if highwater is None or highwater <= want:
                 continue
-            if not await self._hole(tp, want, highwater, watching=True) and tp in self.expected:
+            if not await self._hole(tp, want, highwater, watching=True):
+                # Accepted (markers only, or deleted): also where no message came since the
+                # assignment, as after taking over a partition whose last offset is a marker.
                 self.expected[tp] = highwater
             self.last_seen[tp] = now  # give the re-read time to arrive
 

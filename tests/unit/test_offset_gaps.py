@@ -179,6 +179,14 @@ def test_markers_at_the_end_of_a_quiet_partition_are_not_pending():
     assert consumer.seeks == [] and consumer.gaps == [(RAW, 3, 4)] and not gaps.pending({"raw"})
 
 
+def test_markers_at_the_end_of_a_partition_taken_over_without_new_messages_are_not_pending():
+    # A worker takes over a partition whose previous owner committed everything: the committed
+    # offset points at the last transaction's marker, and no message ever comes to move past it.
+    gaps, consumer = make(committed={RAW: 3}, highwater={RAW: 4}, quiet_s=0, readable=readable_except((3, 4)))
+    run(gaps.watch())
+    assert consumer.seeks == [] and consumer.gaps == [(RAW, 3, 4)] and not gaps.pending({"raw"})
+
+
 def test_a_hole_with_readable_records_is_still_read_again():
     gaps, consumer = make(committed={RAW: 0}, readable=readable_except((3, 4)))
     assert offsets(run(gaps.in_order(events(0, 1, 5)))) == [0, 1]  # 2-4 hold a record: not markers only
