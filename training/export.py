@@ -261,17 +261,12 @@ def export(
     max_int8_f1_drop: float = 0.01,
     log=print,
 ) -> Bundle:
+    """Checkpoint -> bundle: ONNX fp32/fp16/INT8, parity-checked on the test split against the
+    checkpoint, temperature-calibrated on dev. Written to a sibling folder and renamed into place,
+    so a failed export leaves no bundle."""
     checkpoint, output = Path(checkpoint), Path(output)
     model, tokenizer, meta = SentimentClassifier.load(checkpoint)
-    datasets = parity_datasets or list(meta["data"]["files"])
-    missing = [d for d in datasets if not Path(d).exists()]
-    if missing:
-        raise ExportError(f"parity data {missing} not found; pass --parity-dataset PATH")
-    columns = {k: meta["config"][k] for k in ("text_column", "label_column") if k in meta["config"]}
-    parts = split(
-        load_datasets(datasets, skip_bad_rows=meta["config"].get("skip_bad_rows", False), **columns),
-        seed=meta["data"]["split_seed"],
-    )
+    parts = _split_of(meta, parity_datasets)
     test = parts.test[:parity_limit] if parity_limit else parts.test
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -282,106 +277,34 @@ def export(
         _export_onnx(model, tokenizer, raw, opset)
         log("optimising the graph (ONNX Runtime transformer fusions) and converting to fp16")
         _optimise(raw, model.encoder.config, work / VARIANT_FILES["fp32"], work / VARIANT_FILES["fp16"])
-        rng = np.random.default_rng(0)
-        picked = rng.choice(len(parts.train), size=min(CALIBRATION_EXAMPLES, len(parts.train)), replace=False)
-        calibration_texts = [parts.train[int(i)].text for i in picked]
-        input_names = [n for n in ONNX_INPUTS if n in tokenizer("x")]
-
-        def calibration():
-            return _calibration_batches(tokenizer, calibration_texts, meta["max_length"], input_names)
-
         tokenizer.save_pretrained(work)
         (work / "labels.json").write_text(json.dumps(list(LABELS)))
         version = model_version or (
             datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + sha256_of(work / VARIANT_FILES["fp32"])[:8]
         )
-        manifest = {
-            "model_version": version,
-            "base_model": meta["base_model"],
-            "labels": list(LABELS),
-            "max_length": meta["max_length"],
-            "onnx_inputs": [n for n in ONNX_INPUTS],
-            "opset": opset,
-            "training_data": [{"path": p, "sha256": h} for p, h in meta["data"]["files"].items()],
-            "split_seed": meta["data"]["split_seed"],
-            "split": {
-                k: meta["data"][k]
-                for k in ("test_size", "dev_size", "sizes", "duplicates_removed", "conflicting_removed")
-            },
-            "training": {
-                "config": meta["config"],
-                "epoch": meta.get("epoch"),
-                "history": [{k: v for k, v in h.items() if k != "losses"} for h in meta.get("history", [])],
-            },
-            "distillation": meta.get("distillation"),
-        }
+        manifest = _manifest(meta, version, opset)
         write_manifest(work, manifest)  # provisional, so the parity run can open the bundle
 
         log(f"checking parity on {len(test)} test examples")
-        texts = [e.text for e in test]
-        y_true = [LABEL_TO_ID[e.label] for e in test]
-        torch_logits = predict_logits(model, tokenizer, texts, meta["max_length"])
-        provisional = Bundle(work, json.loads((work / "manifest.json").read_text()))
-
-        def run(variant: str) -> np.ndarray:
-            return Classifier(provisional, variant=variant, providers=["CPUExecutionProvider"]).logits(texts)
-
-        variants = {"fp32": run("fp32")}
-        try:
-            variants["fp16"] = run("fp16")
-        except Exception as exc:  # some fp16 kernels exist only on GPU providers
-            log(f"fp16 parity not measured on CPU: {exc}")
-        metrics = {
-            "torch": classification_metrics(y_true, torch_logits),
-            "fp32": classification_metrics(y_true, variants["fp32"]),
-        }
-        parity = {
-            "examples": len(texts),
-            "fp32_max_abs_logit_diff": float(np.abs(variants["fp32"] - torch_logits).max()),
-        }
-        if "fp16" in variants:
-            metrics["fp16"] = classification_metrics(y_true, variants["fp16"])
-            parity["fp16_max_abs_logit_diff"] = float(np.abs(variants["fp16"] - variants["fp32"]).max())
-            parity["fp16_label_agreement"] = float((variants["fp16"].argmax(1) == variants["fp32"].argmax(1)).mean())
-        failures = []
-        if parity["fp32_max_abs_logit_diff"] > max_logit_diff:
-            failures.append(
-                f"fp32 ONNX differs from torch by {parity['fp32_max_abs_logit_diff']:.2e} > {max_logit_diff:.0e}"
-            )
-        for recipe in INT8_RECIPES:
-            log(f"quantising to INT8 ({recipe})")
-            _quantise(work / VARIANT_FILES["fp32"], raw, work / VARIANT_FILES["int8"], recipe, calibration)
-            variants["int8"] = run("int8")
-            metrics["int8"] = classification_metrics(y_true, variants["int8"])
-            parity["int8_recipe"] = recipe
-            parity["int8_label_agreement"] = float((variants["int8"].argmax(1) == variants["fp32"].argmax(1)).mean())
-            parity["int8_macro_f1_drop"] = metrics["fp32"]["macro_f1"] - metrics["int8"]["macro_f1"]
-            int8_failures = []
-            if parity["int8_label_agreement"] < min_int8_agreement:
-                int8_failures.append(
-                    f"INT8 agrees with fp32 on {parity['int8_label_agreement']:.2%} "
-                    f"< {min_int8_agreement:.0%} of labels"
-                )
-            if parity["int8_macro_f1_drop"] > max_int8_f1_drop:
-                int8_failures.append(f"INT8 loses {parity['int8_macro_f1_drop']:.4f} macro-F1 > {max_int8_f1_drop}")
-            if not int8_failures:
-                break
-            log(f"INT8 recipe {recipe} failed parity: {'; '.join(int8_failures)}")
-        failures += int8_failures
-        parity["passed"] = not failures
-        log("parity: " + json.dumps(parity))
+        torch_logits = predict_logits(model, tokenizer, [e.text for e in test], meta["max_length"])
+        check = _ParityCheck(work, test, torch_logits, log)
+        failures = check.onnx_variants(max_logit_diff)
+        calibration = _calibration_source(tokenizer, parts.train, meta["max_length"])
+        failures += check.int8(raw, calibration, min_int8_agreement, max_int8_f1_drop)
+        check.parity["passed"] = not failures
+        log("parity: " + json.dumps(check.parity))
         if failures:
             raise ExportError("parity failed: " + "; ".join(failures))
 
         raw.unlink()  # the static recipes' source, not part of the bundle
         manifest["temperature"], manifest["calibration"] = _calibrate(
-            model, tokenizer, meta["max_length"], parts.dev, y_true, variants["fp32"], log
+            model, tokenizer, meta["max_length"], parts.dev, check.y_true, check.variants["fp32"], log
         )
-        manifest["parity"] = parity
+        manifest["parity"] = check.parity
         manifest["metrics"] = {
             "test": {
                 name: {k: v for k, v in m.items() if k not in ("predictions", "per_class")}
-                for name, m in metrics.items()
+                for name, m in check.metrics.items()
             },
             "dev": {k: v for k, v in meta.get("dev_metrics", {}).items() if k != "predictions"},
         }
@@ -395,3 +318,107 @@ def export(
     from pipeline.bundle import open_bundle
 
     return open_bundle(output)
+
+
+def _split_of(meta: dict, parity_datasets: list[str] | None):
+    """The checkpoint's own train/dev/test split (same files, columns and seed as training)."""
+    datasets = parity_datasets or list(meta["data"]["files"])
+    missing = [d for d in datasets if not Path(d).exists()]
+    if missing:
+        raise ExportError(f"parity data {missing} not found; pass --parity-dataset PATH")
+    columns = {k: meta["config"][k] for k in ("text_column", "label_column") if k in meta["config"]}
+    return split(
+        load_datasets(datasets, skip_bad_rows=meta["config"].get("skip_bad_rows", False), **columns),
+        seed=meta["data"]["split_seed"],
+    )
+
+
+def _manifest(meta: dict, version: str, opset: int) -> dict:
+    return {
+        "model_version": version,
+        "base_model": meta["base_model"],
+        "labels": list(LABELS),
+        "max_length": meta["max_length"],
+        "onnx_inputs": [n for n in ONNX_INPUTS],
+        "opset": opset,
+        "training_data": [{"path": p, "sha256": h} for p, h in meta["data"]["files"].items()],
+        "split_seed": meta["data"]["split_seed"],
+        "split": {
+            k: meta["data"][k] for k in ("test_size", "dev_size", "sizes", "duplicates_removed", "conflicting_removed")
+        },
+        "training": {
+            "config": meta["config"],
+            "epoch": meta.get("epoch"),
+            "history": [{k: v for k, v in h.items() if k != "losses"} for h in meta.get("history", [])],
+        },
+        "distillation": meta.get("distillation"),
+    }
+
+
+def _calibration_source(tokenizer, train, max_length: int):
+    """A callable giving the static INT8 recipes their calibration batches (training texts)."""
+    rng = np.random.default_rng(0)
+    picked = rng.choice(len(train), size=min(CALIBRATION_EXAMPLES, len(train)), replace=False)
+    texts = [train[int(i)].text for i in picked]
+    input_names = [n for n in ONNX_INPUTS if n in tokenizer("x")]
+    return lambda: _calibration_batches(tokenizer, texts, max_length, input_names)
+
+
+class _ParityCheck:
+    """Each ONNX variant of the provisional bundle in ``work`` against the checkpoint's logits on
+    the test examples; collects per-variant metrics and the manifest's ``parity`` record."""
+
+    def __init__(self, work: Path, test, torch_logits, log):
+        self.work, self.log = work, log
+        self.texts = [e.text for e in test]
+        self.y_true = [LABEL_TO_ID[e.label] for e in test]
+        self.torch_logits = torch_logits
+        self.variants: dict[str, np.ndarray] = {}
+        self.metrics: dict[str, dict] = {}
+        self.parity: dict = {"examples": len(self.texts)}
+
+    def run(self, variant: str) -> np.ndarray:
+        bundle = Bundle(self.work, json.loads((self.work / "manifest.json").read_text()))
+        logits = Classifier(bundle, variant=variant, providers=["CPUExecutionProvider"]).logits(self.texts)
+        self.variants[variant] = logits
+        self.metrics[variant] = classification_metrics(self.y_true, logits)
+        return logits
+
+    def _agreement(self, variant: str) -> float:
+        return float((self.variants[variant].argmax(1) == self.variants["fp32"].argmax(1)).mean())
+
+    def onnx_variants(self, max_logit_diff: float) -> list[str]:
+        """fp32 against torch (the failures), fp16 against fp32 (recorded where CPU kernels exist)."""
+        self.metrics["torch"] = classification_metrics(self.y_true, self.torch_logits)
+        fp32 = self.run("fp32")
+        self.parity["fp32_max_abs_logit_diff"] = float(np.abs(fp32 - self.torch_logits).max())
+        try:
+            fp16 = self.run("fp16")
+            self.parity["fp16_max_abs_logit_diff"] = float(np.abs(fp16 - fp32).max())
+            self.parity["fp16_label_agreement"] = self._agreement("fp16")
+        except Exception as exc:  # some fp16 kernels exist only on GPU providers
+            self.log(f"fp16 parity not measured on CPU: {exc}")
+        if self.parity["fp32_max_abs_logit_diff"] > max_logit_diff:
+            diff = self.parity["fp32_max_abs_logit_diff"]
+            return [f"fp32 ONNX differs from torch by {diff:.2e} > {max_logit_diff:.0e}"]
+        return []
+
+    def int8(self, raw: Path, calibration, min_agreement: float, max_f1_drop: float) -> list[str]:
+        """The first INT8 recipe that keeps parity; the last one's failures if none does."""
+        failures: list[str] = []
+        for recipe in INT8_RECIPES:
+            self.log(f"quantising to INT8 ({recipe})")
+            _quantise(self.work / VARIANT_FILES["fp32"], raw, self.work / VARIANT_FILES["int8"], recipe, calibration)
+            self.run("int8")
+            agreement = self._agreement("int8")
+            drop = self.metrics["fp32"]["macro_f1"] - self.metrics["int8"]["macro_f1"]
+            self.parity.update(int8_recipe=recipe, int8_label_agreement=agreement, int8_macro_f1_drop=drop)
+            failures = []
+            if agreement < min_agreement:
+                failures.append(f"INT8 agrees with fp32 on {agreement:.2%} < {min_agreement:.0%} of labels")
+            if drop > max_f1_drop:
+                failures.append(f"INT8 loses {drop:.4f} macro-F1 > {max_f1_drop}")
+            if not failures:
+                return []
+            self.log(f"INT8 recipe {recipe} failed parity: {'; '.join(failures)}")
+        return failures
