@@ -62,6 +62,7 @@ class DrillResult:
     windows_equal: int = 0
     over_counted_windows: int = 0
     late_records: int = 0
+    unequal: list = field(default_factory=list)  # (topic, window, start, streamed, recomputed) messages
     alert_episodes: dict = field(default_factory=dict)  # (rule, topic, start) -> statuses seen in ES
     alert_topic_repeats: int = 0  # extra copies of an episode's firing/resolved record on the topic
     guarantee: str = "exactly_once"
@@ -75,7 +76,8 @@ class DrillResult:
             f"bad messages sent {self.sent_bad}, dead-lettered {self.dead_lettered_bad} distinct "
             f"({self.dead_letters} records on the topic)",
             f"windows equal to the recomputation {self.windows_equal}/{self.windows_compared}, over-counted "
-            f"{self.over_counted_windows}, late records {self.late_records}",
+            f"{self.over_counted_windows}, late records {self.late_records}; first unequal (topic, window, "
+            f"start, streamed, recomputed messages): {self.unequal[:5]}",
             f"alert episodes {len(self.alert_episodes)}: "
             + ", ".join(f"{k[0]}/{k[1]}@{k[2]} {'+'.join(v)}" for k, v in sorted(self.alert_episodes.items()))
             + f"; repeated alert records on the topic {self.alert_topic_repeats}",
@@ -260,6 +262,9 @@ def run_drill(
                 and abs(aggregate["sentiment_mean"] - row["sum"] / row["messages"]) < 1e-6
             )
             result.windows_equal += same
+            if not same:
+                start = datetime.fromtimestamp(key[2], UTC).strftime("%H:%M")
+                result.unequal.append((key[0], key[1], start, aggregate["messages"], row["messages"]))
             result.over_counted_windows += aggregate["messages"] > row["messages"]
         result.late_records = sum(a["late_records"] for a in got.values() if a["window"] == "1m")
 

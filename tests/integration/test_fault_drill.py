@@ -13,11 +13,12 @@ def test_nothing_is_lost_or_repeated_through_kills_a_broker_restart_and_an_elast
     local_stack, tiny_bundle, phrasebank, tmp_path
 ):
     result = run_drill(local_stack, tiny_bundle, phrasebank, tmp_path, messages=MESSAGES, rate=50, kills=2)
-    print("\n".join(result.lines()))
+    summary = "\n".join(result.lines())
+    print(summary)
     assert result.indexed == result.indexed_unique == result.sent_good  # every good message exactly once
     assert result.dead_lettered_bad == result.sent_bad  # every bad one dead-lettered
-    assert result.windows_compared > 1000 and result.windows_equal == result.windows_compared
-    assert result.over_counted_windows == 0 and result.late_records == 0
+    assert result.windows_compared > 1000 and result.windows_equal == result.windows_compared, summary
+    assert result.over_counted_windows == 0 and result.late_records == 0, summary
     assert len(result.alert_episodes) == expected_episodes(MESSAGES) == 1
     assert all(statuses == ["resolved"] for statuses in result.alert_episodes.values())
     assert result.alert_topic_repeats == 0
