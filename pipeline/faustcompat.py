@@ -195,6 +195,9 @@ class OffsetGaps:
         self.last_seen: dict = {}  # tp -> monotonic time of its last message
         self.busy: Counter[str] = Counter()  # topic -> its batches taken and not yet done
         self.log_start: dict = {}  # tp -> earliest offset the broker has, for partitions never committed
+        # tp -> end of a run accepted before the partition's first message (it holds nothing to
+        # process): counts for ``pending`` only, never for which offsets the stage reads
+        self.quiet_until: dict = {}
         self.assigned_at = time.monotonic()
         SKIPPED.topics |= topics
         _note_skipped_offsets()
@@ -204,6 +207,7 @@ class OffsetGaps:
         self.tries.clear()
         self.last_seen.clear()
         self.log_start.clear()
+        self.quiet_until.clear()
         self.assigned_at = time.monotonic()
 
     def _next(self, tp) -> int | None:
@@ -256,7 +260,7 @@ class OffsetGaps:
             if highwater is None:  # not fetched yet (just assigned, or paused): assume it holds more
                 return True
             position = self._next(tp)
-            if position is not None and highwater > position:
+            if position is not None and highwater > max(position, self.quiet_until.get(tp, position)):
                 return True
         return False
 
@@ -267,9 +271,9 @@ class OffsetGaps:
     async def watch(self) -> None:
         """A hole at the end of what was sent shows no later message: when a stage has waited
         ``quiet_s`` for input while its partition's high watermark is past the next offset, seek
-        back too. A partition that has had no message at all since the assignment is sought back
-        rather than declared a real hole (its stage may just not have started yet), unless the run
-        holds nothing readable."""
+        back too. A partition that has had no message at all since the assignment is only sought
+        back, never declared a real hole: its stage may just not have started yet. A run there
+        that holds nothing readable stops counting as pending, without moving the next offset."""
         if not self.settled():
             return
         now = time.monotonic()
@@ -285,9 +289,10 @@ class OffsetGaps:
             if highwater is None or highwater <= want:
                 continue
             if not await self._hole(tp, want, highwater, watching=True):
-                # Accepted (markers only, or deleted): also where no message came since the
-                # assignment, as after taking over a partition whose last offset is a marker.
-                self.expected[tp] = highwater
+                if tp in self.expected:
+                    self.expected[tp] = highwater
+                else:  # taken over with only a marker past the committed offset: nothing pending
+                    self.quiet_until[tp] = highwater
             self.last_seen[tp] = now  # give the re-read time to arrive
 
     async def in_order(self, events) -> list:

@@ -234,7 +234,7 @@ def run_drill(
         es_thread.join(timeout=es_outage_s + 300)
         producer.join(timeout=duration + 600)
         event(f"all {sent[0]} sent")
-        ids = pipeline.wait_indexed(n_good, timeout_s=900)
+        ids = pipeline.wait_indexed(n_good, timeout_s=max(300, n_good / 20))
         result.indexed, result.indexed_unique = len(ids), len(set(ids))
 
         letters = pipeline.read_topic("FINSENT_TOPIC_DEADLETTER", n_bad, timeout_s=120, isolation_level=COMMITTED)

@@ -4,11 +4,15 @@ SIGKILLed twice, the broker restarts once and Elasticsearch is down for 30 s. Th
 
 from __future__ import annotations
 
+import pytest
+
 from .drill import expected_episodes, run_drill
 
 MESSAGES = 3000
 
 
+# Past the drill's own waits, so a stall fails with their diagnosis rather than a bare timeout.
+@pytest.mark.timeout(1200)
 def test_nothing_is_lost_or_repeated_through_kills_a_broker_restart_and_an_elasticsearch_outage(
     local_stack, tiny_bundle, phrasebank, tmp_path
 ):
