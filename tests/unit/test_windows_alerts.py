@@ -267,6 +267,7 @@ def test_idle_partition_closes_its_last_windows_on_ticks():
         proc.close_partition(0, out)
     # The 1 min window and the first 5 min hopping window that holds the record both end at T0+60.
     assert [(a.window, a.end.timestamp()) for a in out.aggregates] == [("1m", T0 + 60), ("5m", T0 + 60)]
+    assert proc.stream_time(0) >= T0 + 60 + CONFIG.lateness_s  # the watermark the gauge reports
 
 
 JUNK_TIMES = st.one_of(
@@ -368,9 +369,14 @@ def test_names_that_move_to_another_worker_leave_no_series_behind():
     metrics.record_windows([window], [firing], 0, [], 1)
     assert any(lv[0] == "MOVES" for lv in metrics._label_values(metrics.TOPIC_MESSAGES))
 
+    metrics.set_stream_time(0, proc.stream_time(0))
+    assert ("0",) in metrics._label_values(metrics.WINDOW_STREAM_TIME)
+
     metrics.forget_names(proc.names.pop(0))  # what the worker does when the partition is revoked
+    metrics.forget_partition(0)
     for gauge in (metrics.TOPIC_MESSAGES, metrics.TOPIC_SENTIMENT, metrics.ALERT_ACTIVE):
         assert not any("MOVES" in lv for lv in metrics._label_values(gauge))
+    assert ("0",) not in metrics._label_values(metrics.WINDOW_STREAM_TIME)
 
 
 def test_a_names_state_is_copied_once_per_batch(monkeypatch):
@@ -429,12 +435,15 @@ def upstream_progress(monkeypatch):
 
 
 def test_upstream_work_counts_as_pending_until_a_fresh_answer_says_otherwise(monkeypatch):
+    from pipeline import metrics
     from pipeline.stages import window
 
     progress, clock = upstream_progress(monkeypatch)
     assert progress.pending()  # no answer yet
+    assert metrics.WINDOWS_HELD._value.get() == 1
     asyncio.run(progress.watch())
     assert not progress.pending()
+    assert metrics.WINDOWS_HELD._value.get() == 0
     clock[0] += window.ANSWER_FRESH_S + 1  # the answer grew old without a new one
     assert progress.pending()
 
