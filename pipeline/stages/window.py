@@ -61,9 +61,7 @@ class UpstreamProgress:
         self.given_up = False  # no answer for longer than the patience: own partitions only
 
     def pending(self) -> bool:
-        held = self._group_lagging() or self.gaps.pending(self.topics)
-        metrics.WINDOWS_HELD.set(held)
-        return held
+        return self._group_lagging() or self.gaps.pending(self.topics)
 
     def _group_lagging(self) -> bool:
         if self.given_up:
@@ -71,6 +69,14 @@ class UpstreamProgress:
         return self.lagging or time.monotonic() - self.answered_at > ANSWER_FRESH_S
 
     async def watch(self) -> None:
+        """Refresh the group's answer (a timer calls this every second); the gauge follows here,
+        not in `pending`, which runs per window item."""
+        try:
+            await self._refresh()
+        finally:
+            metrics.WINDOWS_HELD.set(self.pending())
+
+    async def _refresh(self) -> None:
         try:
             loop = asyncio.get_running_loop()
             self.lagging = await loop.run_in_executor(self.executor, self.progress.lagging)

@@ -440,7 +440,10 @@ def test_upstream_work_counts_as_pending_until_a_fresh_answer_says_otherwise(mon
 
     progress, clock = upstream_progress(monkeypatch)
     assert progress.pending()  # no answer yet
+    progress.progress.answer = True
+    asyncio.run(progress.watch())
     assert metrics.WINDOWS_HELD._value.get() == 1
+    progress.progress.answer = False
     asyncio.run(progress.watch())
     assert not progress.pending()
     assert metrics.WINDOWS_HELD._value.get() == 0
