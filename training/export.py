@@ -77,15 +77,16 @@ def _optimise(raw: Path, config, fp32_path: Path, fp16_path: Path) -> None:
     fp16.save_model_to_file(str(fp16_path))
 
 
-# INT8 recipes export tries in order, keeping the first that passes parity. Every one gives a
-# text the same scores whatever batch it is in: static (calibrated QDQ) recipes fix activation
-# scales at export; weight-only recipes (MatMulNBits, 8-bit weights in blocks along K) quantise
-# activations per row and block at run time, so a row never sees its batch-mates. Static is the
-# fastest (~1.9x fp32) but loses the most labels; weight-only keeps >= 99.7 % of them at ~1.15x
-# (benchmarks.md#int8-recipes).
+# INT8 recipes export tries in order, keeping the first that passes parity (fastest first). Every
+# one gives a text the same scores whatever batch it is in: static (calibrated QDQ) recipes fix
+# activation scales at export; weight-only recipes (MatMulNBits, 8-bit weights in blocks along K)
+# quantise activations per row and block at run time, so a row never sees its batch-mates. The
+# mixed recipe is static except where static loses labels (the FFN output projections, whose
+# inputs have outliers, and the first layer), which run weight-only (benchmarks.md#int8-recipes).
 INT8_RECIPES = (
     "static_per_channel",
     "static_per_channel_fp32_ffn_out",
+    "mixed_static_weight_only",
     "weight_only_block128",
     "weight_only_block32",
 )
@@ -102,9 +103,12 @@ CALIBRATION_DEV_LIMIT = 4000  # dev examples the temperature is fitted on
 
 
 def _excluded(matmuls: list[str], recipe: str) -> list[str]:
+    """The MatMuls a static or dynamic recipe leaves out of activation quantisation."""
     exclude: list[str] = []
-    if "_fp32_ffn_out" in recipe:
+    if "_fp32_ffn_out" in recipe or recipe.startswith("mixed"):
         exclude += [n for n in matmuls if n.endswith("output/dense/MatMul") and "attention" not in n]
+    if recipe.startswith("mixed"):
+        exclude += [n for n in matmuls if "layer.0/" in n and n not in exclude]
     if recipe.endswith("_attention_out"):
         exclude += [n for n in matmuls if "attention/output/dense" in n]
     return exclude
@@ -132,12 +136,14 @@ def _quantise(fp32_path: Path, raw_path: Path, int8_path: Path, recipe: str, cal
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32_path, raw_path, int8_path = fp32_path.resolve(), raw_path.resolve(), int8_path.resolve()
-    source = raw_path if recipe.startswith("static") else fp32_path
+    source = fp32_path if recipe.startswith("matmul") else raw_path
     matmuls = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node if n.op_type == "MatMul"]
     exclude = _excluded(matmuls, recipe)
-    if recipe.startswith("static"):
+    if recipe.startswith(("static", "mixed")):
         with _quiet_quantiser(int8_path.parent):
             _quantise_static(raw_path, int8_path, exclude, calibration)
+        if recipe.startswith("mixed"):  # the left-out MatMuls with constant weights go weight-only
+            _quantise_weight_only(int8_path, int8_path, block_size=128)
         return
     if recipe.startswith("weight_only_block"):
         _quantise_weight_only(raw_path, int8_path, block_size=int(recipe.removeprefix("weight_only_block")))
@@ -194,15 +200,16 @@ def _quantise_static(raw_path: Path, int8_path: Path, exclude: list[str], calibr
         prepared.unlink(missing_ok=True)
 
 
-def _quantise_weight_only(raw_path: Path, int8_path: Path, block_size: int) -> None:
+def _quantise_weight_only(source: Path, int8_path: Path, block_size: int) -> None:
     """8-bit symmetric weights per block of ``block_size`` input features; accuracy level 4 runs
     the product in int8 with each activation row quantised per block (row-local, so batch-mates
-    never change a text's scores)."""
+    never change a text's scores). MatMuls without a constant weight (already quantised, or
+    activation by activation) are left as they are."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=8)
-    quantiser = MatMulNBitsQuantizer(onnx.load(str(raw_path)), algo_config=config)
+    quantiser = MatMulNBitsQuantizer(onnx.load(str(source)), algo_config=config)
     quantiser_log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quantiser_log.level
     quantiser_log.setLevel(logging.WARNING)  # it logs two lines per MatMul at INFO
