@@ -3,7 +3,7 @@
     python benchmarks/end_to_end.py --bundle BUNDLE --data data/twitter_financial_news_sentiment/sent_train.csv
 
 In one run, on the same messages: (1) the bare ONNX Runtime rate (the worker's Classifier,
-INT8 on CPU, in this process); (2) one worker draining a pre-filled raw topic: the sustained
+INT8 on CPU, in this process), on all cores and on the worker's inference threads; (2) one worker draining a pre-filled raw topic: the sustained
 rate from 10 % of the backlog scored until every stage (the window stage too) has drained it,
 beside the scoring rate alone (10 % to 90 % scored), checking every message lands in
 Elasticsearch exactly once; (3) produce -> scored latency (Kafka timestamp to processed_at)
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import stack
 from pipeline.bundle import open_bundle
-from pipeline.classify import Classifier
+from pipeline.classify import Classifier, worker_inference_threads
 from pipeline.config import load_settings
 from tests.integration.harness import Pipeline
 from training.data import load_file
@@ -70,16 +70,17 @@ def main() -> None:
     texts = (texts * (args.messages // len(texts) + 1))[: args.messages]
     run = uuid.uuid4().hex[:8]
 
-    # (1) bare ONNX Runtime on the same texts, same batch size as the worker.
+    # (1) bare ONNX Runtime on the same texts, same batch size as the worker: on all cores, and on
+    # the worker's own inference threads (what the worker's model alone could do).
     settings = load_settings()
-    classifier = Classifier(open_bundle(args.bundle), batch_size=settings.max_batch)
-    classifier.predict_proba(texts[:64])
-    started = time.perf_counter()
-    for i in range(0, len(texts), settings.max_batch):
-        classifier.predict_proba(texts[i : i + settings.max_batch])
-    bare_rate = len(texts) / (time.perf_counter() - started)
-    print(f"bare ONNX Runtime ({classifier.variant}, {classifier.provider}): {bare_rate:.0f} msg/s", flush=True)
-    del classifier
+    threads = settings.inference_threads or worker_inference_threads()
+    bare = {"all_cores": bare_onnx_rate(args.bundle, texts, settings.max_batch, None)}
+    bare["worker_threads"] = bare_onnx_rate(args.bundle, texts, settings.max_batch, threads)
+    print(
+        f"bare ONNX Runtime: {bare['all_cores']:.0f} msg/s on all cores, "
+        f"{bare['worker_threads']:.0f} msg/s on the worker's {threads} inference thread(s)",
+        flush=True,
+    )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -88,11 +89,11 @@ def main() -> None:
         if guarantee != "configured":
             extra_env["FINSENT_PROCESSING_GUARANTEE"] = guarantee
         print(f"--- {guarantee}", flush=True)
-        results[guarantee] = measure(args, texts, f"{run}{guarantee[:3]}", bare_rate, extra_env)
+        results[guarantee] = measure(args, texts, f"{run}{guarantee[:3]}", bare, extra_env)
     if len(results) == 1:
         (result,) = results.values()
     else:
-        result = {"bare_onnx_msgs_per_s": bare_rate, "by_guarantee": results}
+        result = {"bare_onnx_msgs_per_s": bare["all_cores"], "by_guarantee": results}
         base, other = (results[g] for g in args.guarantees[:2])
         print(
             f"{args.guarantees[1]} / {args.guarantees[0]}: sustained "
@@ -103,7 +104,17 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2))
 
 
-def measure(args, texts: list[str], run: str, bare_rate: float, extra_env: dict) -> dict:
+def bare_onnx_rate(bundle: Path, texts: list[str], batch: int, threads: int | None) -> float:
+    classifier = Classifier(open_bundle(bundle), batch_size=batch, intra_op_threads=threads)
+    classifier.predict_proba(texts[:64])
+    started = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        classifier.predict_proba(texts[i : i + batch])
+    return len(texts) / (time.perf_counter() - started)
+
+
+def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env: dict) -> dict:
+    bare_rate = bare["all_cores"]
     workdir = Path(tempfile.mkdtemp(prefix="finsent-bench-"))
     pipeline = Pipeline(
         name=f"bench{run}", bundle=args.bundle, workdir=workdir, partitions=args.partitions, extra_env=extra_env
@@ -133,7 +144,8 @@ def measure(args, texts: list[str], run: str, bare_rate: float, extra_env: dict)
         sustained = (len(texts) - c10) / (samples[-1][0] - t10)
         ids = pipeline.wait_indexed(len(texts), timeout_s=300)
         print(
-            f"pipeline sustained: {sustained:.0f} msg/s, every stage drained ({sustained / bare_rate:.0%} of bare); "
+            f"pipeline sustained: {sustained:.0f} msg/s, every stage drained ({sustained / bare_rate:.0%} of bare, "
+            f"{sustained / bare['worker_threads']:.0%} of bare on the worker's threads); "
             f"scoring alone {scored_rate:.0f} msg/s ({scored_rate / bare_rate:.0%}); "
             f"indexed {len(ids)} of {len(texts)}, distinct {len(set(ids))}",
             flush=True,
@@ -177,6 +189,8 @@ def measure(args, texts: list[str], run: str, bare_rate: float, extra_env: dict)
             "bare_onnx_msgs_per_s": bare_rate,
             "pipeline_msgs_per_s": sustained,
             "pipeline_over_bare": sustained / bare_rate,
+            "bare_onnx_worker_threads_msgs_per_s": bare["worker_threads"],
+            "pipeline_over_bare_worker_threads": sustained / bare["worker_threads"],
             "scoring_msgs_per_s": scored_rate,
             "indexed": len(ids),
             "indexed_distinct": len(set(ids)),

@@ -5,7 +5,7 @@ and speed, each measured in the same run against the fp32 model.
 
 For each recipe of ``training.export.INT8_RECIPES`` (the ones export tries, in order) and
 ``DYNAMIC_INT8_RECIPES`` (measured for comparison only): agreement and macro-F1 on the checkpoint's
-test split, messages/s in batches of 32 as the worker runs them (tokenisation included, median
+test split, messages/s in batches of 32 on the worker's inference threads (tokenisation included, median
 of ``--repeats``), and how far a text's scores move when its batch-mates change (0 for the
 recipes export tries). Export keeps the first recipe of its list that passes parity.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bundle import VARIANT_FILES, Bundle, write_manifest
-from pipeline.classify import Classifier
+from pipeline.classify import Classifier, worker_inference_threads
 from pipeline.schemas import LABELS
 from training.data import LABEL_TO_ID, load_datasets, split
 from training.export import (
@@ -65,6 +65,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8_recipes.json"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--speed-texts", type=int, default=640)
+    parser.add_argument(
+        "--threads", type=int, default=worker_inference_threads(), help="inference threads (default: the worker's)"
+    )
     recipes = INT8_RECIPES + DYNAMIC_INT8_RECIPES
     parser.add_argument("--recipes", nargs="+", choices=recipes, default=list(recipes))
     args = parser.parse_args()
@@ -94,7 +97,7 @@ def main() -> None:
             },
         )
         bundle = Bundle(work, manifest)
-        fp32 = Classifier(bundle, variant="fp32", providers=["CPUExecutionProvider"])
+        fp32 = Classifier(bundle, variant="fp32", providers=["CPUExecutionProvider"], intra_op_threads=args.threads)
         fp32_logits = fp32.logits(texts)
         fp32_f1 = classification_metrics(y_true, fp32_logits)["macro_f1"]
         speed_texts = (texts * 10)[: args.speed_texts]
@@ -108,7 +111,7 @@ def main() -> None:
             started = time.perf_counter()
             _quantise(work / VARIANT_FILES["fp32"], raw, work / VARIANT_FILES["int8"], recipe, calibration)
             quantise_s = time.perf_counter() - started
-            int8 = Classifier(bundle, variant="int8", providers=["CPUExecutionProvider"])
+            int8 = Classifier(bundle, variant="int8", providers=["CPUExecutionProvider"], intra_op_threads=args.threads)
             logits = int8.logits(texts)
             f1 = classification_metrics(y_true, logits)["macro_f1"]
             row = {
@@ -134,6 +137,7 @@ def main() -> None:
         "command": f"python benchmarks/int8_recipes.py --checkpoint {args.checkpoint}",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {__import__('os').cpu_count()} cores",
+        "inference_threads": args.threads,
         "test_examples": len(texts),
         "training_data": [Path(p).name for p in meta["data"]["files"]],
         "rows": rows,
