@@ -74,8 +74,9 @@ def main() -> None:
     # the worker's own inference threads (what the worker's model alone could do).
     settings = load_settings()
     threads = settings.inference_threads or worker_inference_threads()
-    bare = {"all_cores": bare_onnx_rate(args.bundle, texts, settings.max_batch, None)}
-    bare["worker_threads"] = bare_onnx_rate(args.bundle, texts, settings.max_batch, threads)
+    backlog = [unique_text(texts, i) for i in range(len(texts))]  # what the worker will be sent
+    bare = {"all_cores": bare_onnx_rate(args.bundle, backlog, settings.max_batch, None)}
+    bare["worker_threads"] = bare_onnx_rate(args.bundle, backlog, settings.max_batch, threads)
     print(
         f"bare ONNX Runtime: {bare['all_cores']:.0f} msg/s on all cores, "
         f"{bare['worker_threads']:.0f} msg/s on the worker's {threads} inference thread(s)",
@@ -122,7 +123,8 @@ def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env:
     try:
         # (2) sustained throughput draining a backlog.
         payloads = [
-            json.dumps({"id": f"b{run}-{i}", "text": t, "source": "bench"}).encode() for i, t in enumerate(texts)
+            json.dumps({"id": f"b{run}-{i}", "text": unique_text(texts, i), "source": "bench"}).encode()
+            for i in range(len(texts))
         ]
         pipeline.produce(payloads)
         worker = pipeline.start_worker()
@@ -153,11 +155,13 @@ def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env:
 
         # (3) produce -> scored latency at shares of the sustained rate, one phase after another.
         phases = {}
+        sent = len(texts)  # texts numbered so far: each phase's are new to the de-duplication stage
         for share in args.loads:
             rate = sustained * share
             prefix = f"l{run}-{int(share * 100)}-"
             visible = VisibleLatency(pipeline, prefix)
-            n = pace(pipeline, texts, prefix, rate, args.latency_seconds)
+            n = pace(pipeline, texts, prefix, rate, args.latency_seconds, first=sent)
+            sent += n
             expected = len(texts) + sum(p["messages"] for p in phases.values()) + n
             pipeline.wait_indexed(expected, timeout_s=300)
             latencies = kafka_latencies(pipeline, prefix)
@@ -243,8 +247,15 @@ class VisibleLatency:
         return np.array(self.latencies)
 
 
-def pace(pipeline: Pipeline, texts: list[str], prefix: str, rate: float, seconds: float) -> int:
-    """Sends ``rate`` messages a second for ``seconds`` (each text made unique); returns the count."""
+def unique_text(texts: list[str], number: int) -> str:
+    """The text numbered ``number``: the corpus cycled, with a short suffix that keeps repeats
+    from being de-duplicated. Every phase builds its texts this way, so the backlog and the paced
+    phases ask the model for the same work per message (a longer suffix costs tokens)."""
+    return f"{texts[number % len(texts)]} #{number}"
+
+
+def pace(pipeline: Pipeline, texts: list[str], prefix: str, rate: float, seconds: float, first: int) -> int:
+    """Sends ``rate`` messages a second for ``seconds`` (texts numbered from ``first``); returns the count."""
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers="127.0.0.1:9092", acks=1, linger_ms=0)
@@ -254,7 +265,7 @@ def pace(pipeline: Pipeline, texts: list[str], prefix: str, rate: float, seconds
         delay = t0 + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        text = f"{texts[i % len(texts)]} #{prefix}{i}"
+        text = unique_text(texts, first + i)
         producer.send(pipeline.env["FINSENT_TOPIC_RAW"], json.dumps({"id": f"{prefix}{i}", "text": text}).encode())
     producer.flush()
     producer.close()
