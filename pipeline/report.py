@@ -305,26 +305,7 @@ def _sections(summary: dict, alerts: list[dict], images: dict[str, str], scoreca
     ]
     sections = [("summary", "Summary", _table(["", ""], figures, "figures"))]
     if scorecard is not None:
-        rows = [
-            [
-                r["event"],
-                r["ticker"],
-                r["rule"],
-                f"min {r['scripted'].removesuffix(' min')}",
-                f"min {r['fired_min']:.0f}" if r["fired_at"] else "MISSED",
-                f"min {r['resolved_min']:.0f}" if r.get("resolved_at") else "–",
-            ]
-            for r in scorecard.found
-        ] + [["false alert", a["topic"], a["rule"], "–", a["fired_at"][11:16], ""] for a in scorecard.false_alerts]
-        verdict = "every scripted alert fired, no false alert" if scorecard.passed else "the run missed its script"
-        sections.append(
-            (
-                "scorecard",
-                "Scorecard",
-                f"<p>{verdict}</p>"
-                + _table(["scripted event", "ticker", "rule", "scripted", "fired", "resolved"], rows),
-            )
-        )
+        sections.append(_scorecard_section(scorecard))
     if "per_class" in summary:
         per_class = [
             [label, _pct(m["precision"]), _pct(m["recall"]), f"{m['f1']:.3f}", f"{m['support']:,}"]
@@ -344,7 +325,33 @@ def _sections(summary: dict, alerts: list[dict], images: dict[str, str], scoreca
         )
     sections.append(("throughput", "Throughput", img("throughput")))
     sections.append(("tickers", "Tickers", img("ticker_windows")))
-    alert_rows = [
+    sections.append(_alerts_section(alerts))
+    letters = [[reason, f"{n:,}"] for reason, n in sorted(summary["dead_letters"].items(), key=lambda x: -x[1])]
+    sections.append(
+        ("dead-letters", "Dead letters", _table(["reason", "messages"], letters) if letters else "<p>none</p>")
+    )
+    return sections
+
+
+def _scorecard_section(scorecard) -> tuple[str, str, str]:
+    rows = [
+        [
+            r["event"],
+            r["ticker"],
+            r["rule"],
+            f"min {r['scripted'].removesuffix(' min')}",
+            f"min {r['fired_min']:.0f}" if r["fired_at"] else "MISSED",
+            f"min {r['resolved_min']:.0f}" if r.get("resolved_at") else "–",
+        ]
+        for r in scorecard.found
+    ] + [["false alert", a["topic"], a["rule"], "–", a["fired_at"][11:16], ""] for a in scorecard.false_alerts]
+    verdict = "every scripted alert fired, no false alert" if scorecard.passed else "the run missed its script"
+    table = _table(["scripted event", "ticker", "rule", "scripted", "fired", "resolved"], rows)
+    return "scorecard", "Scorecard", f"<p>{verdict}</p>" + table
+
+
+def _alerts_section(alerts: list[dict]) -> tuple[str, str, str]:
+    rows = [
         [
             a["topic"],
             a["rule"],
@@ -355,18 +362,7 @@ def _sections(summary: dict, alerts: list[dict], images: dict[str, str], scoreca
         ]
         for a in sorted(alerts, key=lambda a: a["window_start"])
     ]
-    sections.append(
-        (
-            "alerts",
-            "Alerts",
-            _table(["ticker", "rule", "severity", "fired (window)", "resolved", "summary"], alert_rows),
-        )
-    )
-    letters = [[reason, f"{n:,}"] for reason, n in sorted(summary["dead_letters"].items(), key=lambda x: -x[1])]
-    sections.append(
-        ("dead-letters", "Dead letters", _table(["reason", "messages"], letters) if letters else "<p>none</p>")
-    )
-    return sections
+    return "alerts", "Alerts", _table(["ticker", "rule", "severity", "fired (window)", "resolved", "summary"], rows)
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1050px;color:#222}
