@@ -196,33 +196,18 @@ def train(
 
     The default model (`make model`): `finsent train -o runs/default --epochs 3 --soft-labels
     data/soft_labels/mpnet-default.jsonl.gz`, a 22M student taught by a 110M teacher's scores."""
+    options = dict(locals())  # every option but these four is a TrainConfig field of the same name
     from training.data import BadDataError
     from training.distill import SoftLabelError
     from training.train import train as run_training
 
+    for name in ("dataset", "output", "soft_labels", "resume"):
+        options.pop(name)
     config = TrainConfig(
+        **options,
         datasets=[str(d) for d in dataset] if dataset else default_datasets(),
         output=str(output),
-        base_model=base_model,
-        epochs=epochs,
-        seed=seed,
-        split_seed=split_seed,
-        max_length=max_length,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        class_weights=class_weights,
-        label_smoothing=label_smoothing,
-        layer_lr_decay=layer_lr_decay,
-        patience=patience,
-        max_examples=max_examples,
-        max_steps=max_steps,
-        skip_bad_rows=skip_bad_rows,
-        text_column=text_column,
-        label_column=label_column,
         soft_labels=str(soft_labels) if soft_labels else None,
-        distill_alpha=distill_alpha,
-        distill_temperature=distill_temperature,
-        checkpoint_minutes=checkpoint_minutes,
         extra={"resume": resume},
     )
     try:

@@ -103,3 +103,25 @@ def test_soft_label_files_record_data_paths_relative_to_the_repository(tmp_path:
     inside = DATA_DIR / "financial_phrasebank" / "Sentences_50Agree.txt"
     assert portable(inside) == "data/financial_phrasebank/Sentences_50Agree.txt"
     assert portable(tmp_path / "x.csv") == str((tmp_path / "x.csv").resolve())
+
+
+def test_the_train_command_passes_every_option_to_the_recipe_and_defaults_to_it(monkeypatch, tmp_path: Path):
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    import training.train
+    from pipeline.cli import app
+    from training.config import default_datasets
+
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(training.train, "train", lambda config: seen.append(config) or tmp_path / "best")
+    run = ["train", "-o", str(tmp_path / "run")]
+    assert CliRunner().invoke(app, run).exit_code == 0
+    assert seen[-1] == TrainConfig(output=str(tmp_path / "run"), datasets=default_datasets(), extra={"resume": False})
+    given = ["--epochs", "5", "--seed", "7", "--distill-alpha", "0.5", "--soft-labels", "x.jsonl.gz", "--resume"]
+    assert CliRunner().invoke(app, [*run, *given, "-d", "a.csv", "-d", "b.csv"]).exit_code == 0
+    changed = {f.name for f in dataclasses.fields(TrainConfig) if getattr(seen[-1], f.name) != getattr(seen[0], f.name)}
+    assert changed == {"epochs", "seed", "distill_alpha", "soft_labels", "datasets", "extra"}
+    assert (seen[-1].epochs, seen[-1].seed, seen[-1].soft_labels) == (5, 7, "x.jsonl.gz")
+    assert seen[-1].datasets == ["a.csv", "b.csv"] and seen[-1].extra == {"resume": True}
