@@ -239,6 +239,44 @@ def soft_labels(
 
 
 @app.command()
+def pretrain(
+    output: Path = typer.Option(..., "--output", "-o", help="Directory for the adapted encoder (for --base-model)."),
+    base_model: str = typer.Option("", help="As for `finsent train` (default: all-MiniLM-L6-v2)."),
+    dataset: list[Path] = typer.Option(
+        None, "--dataset", "-d", help="Labelled file(s) whose training split joins in. Default: the default recipe's."
+    ),
+    unlabelled: list[Path] = typer.Option(
+        None, help="CSV file(s) with a `text` column. Default: the Twitter Financial News topic train file."
+    ),
+    epochs: int = typer.Option(1, min=1),
+    learning_rate: float = typer.Option(5e-5),
+    max_steps: int | None = typer.Option(None, help="Stop after this many optimiser steps."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Domain-adaptive pretraining: masked-LM on finance text before `finsent train --base-model OUTPUT`."""
+    from training.data import BadDataError
+    from training.pretrain import PretrainConfig
+    from training.pretrain import pretrain as run_pretraining
+
+    config = PretrainConfig(
+        output=str(output),
+        base_model=base_model,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        seed=seed,
+    )
+    if dataset:
+        config.datasets = [str(d) for d in dataset]
+    if unlabelled:
+        config.unlabelled = [str(u) for u in unlabelled]
+    try:
+        run_pretraining(config, log=console.print)
+    except (BadDataError, OSError) as exc:
+        _fail(exc)
+
+
+@app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory (e.g. TRAIN_OUTPUT/best)."),
     output: Path = typer.Option(..., "--output", "-o", help="Bundle directory to write."),

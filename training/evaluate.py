@@ -61,6 +61,71 @@ def markdown_report(result: dict, png_name: str) -> str:
     return "\n".join(lines)
 
 
+def _split_facts(model_path: Path, is_bundle: bool) -> tuple[int, int, list[str]]:
+    """(split seed, max length, training files) as the bundle or checkpoint records them."""
+    if is_bundle:
+        from pipeline.bundle import open_bundle
+
+        bundle = open_bundle(model_path)
+        return bundle.manifest["split_seed"], bundle.max_length, [d["path"] for d in bundle.manifest["training_data"]]
+    meta = json.loads((model_path / "finsent_checkpoint.json").read_text())
+    return meta["data"]["split_seed"], meta["max_length"], list(meta["data"]["files"])
+
+
+def _examples(datasets: list[str], split_name: str, seed: int, trained_on: list[str], skip_bad_rows: bool):
+    """The examples to score and the loaded dataset (for its bad-row counts)."""
+    from .data import load_datasets, split
+
+    if split_name == "all":
+        dataset = load_datasets(datasets, skip_bad_rows=skip_bad_rows)
+        return dataset.examples, dataset
+    # Re-create the training split over all the files the model was trained on (a combined
+    # run splits them together), then keep the part that came from the requested files.
+    wanted = {Path(d).name for d in datasets}
+    unknown = wanted - {Path(t).name for t in trained_on}
+    if unknown:
+        raise ValueError(
+            f"{', '.join(sorted(unknown))} was not part of this model's training data "
+            f"({', '.join(Path(t).name for t in trained_on)}); use --split all for unseen data"
+        )
+    by_name = {Path(d).name: d for d in datasets}
+    sources = [by_name.get(Path(t).name, t) for t in trained_on]
+    missing = [s for s in sources if not Path(s).exists()]
+    if missing:
+        raise ValueError(f"the training split needs {', '.join(missing)}; pass them with --dataset")
+    dataset = load_datasets(sources, skip_bad_rows=skip_bad_rows)
+    return [e for e in split(dataset, seed=seed).part(split_name) if e.source in wanted], dataset
+
+
+def _logits(model_path: Path, is_bundle: bool, variant: str, texts: list[str], max_length: int, batch_size: int):
+    """The probabilities' logits as the worker (ONNX variants) or the checkpoint (torch) gives them."""
+    if variant == "torch":
+        from .inference import best_device, predict_logits
+        from .model import SentimentClassifier
+
+        if is_bundle:
+            raise ValueError(f"{model_path} is a bundle (ONNX only): --variant torch needs the training checkpoint")
+        model, tokenizer, _ = SentimentClassifier.load(model_path)
+        return predict_logits(model.to(best_device()), tokenizer, texts, max_length, batch_size=batch_size)
+    if not is_bundle:
+        raise ValueError(f"{model_path} is a checkpoint: evaluate it with --variant torch, or export it first")
+    from pipeline.bundle import open_bundle
+    from pipeline.classify import Classifier
+
+    classifier = Classifier(open_bundle(model_path), variant=variant, batch_size=batch_size)
+    return classifier.logits(texts) / classifier.temperature  # the probabilities the worker writes
+
+
+def _write_reports(result: dict, confusion: list[list[int]], json_out: Path) -> None:
+    """JSON, Markdown and the confusion-matrix picture beside each other."""
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    png = json_out.with_suffix(".confusion.png")
+    title = f"{Path(result['model']).name} ({result['variant']}, {result['split']})"
+    plot_confusion_matrix(confusion, png, title)
+    json_out.write_text(json.dumps(result, indent=2))
+    json_out.with_suffix(".md").write_text(markdown_report(result, png.name))
+
+
 def evaluate(
     model_path: Path,
     datasets: list[str],
@@ -74,58 +139,17 @@ def evaluate(
 
     ``split_name`` other than ``all`` reproduces the training split from the seed the model records.
     """
-    from pipeline.bundle import open_bundle
-    from pipeline.classify import Classifier
-
-    from .data import LABEL_TO_ID, load_datasets, split
+    from .data import LABEL_TO_ID
 
     model_path = Path(model_path)
     is_bundle = (model_path / "manifest.json").exists()
-    if is_bundle:
-        bundle = open_bundle(model_path)
-        seed, max_length = bundle.manifest["split_seed"], bundle.max_length
-        trained_on = [d["path"] for d in bundle.manifest["training_data"]]
-    else:
-        meta = json.loads((model_path / "finsent_checkpoint.json").read_text())
-        seed, max_length = meta["data"]["split_seed"], meta["max_length"]
-        trained_on = list(meta["data"]["files"])
-    if split_name == "all":
-        dataset = load_datasets(datasets, skip_bad_rows=skip_bad_rows)
-        examples = dataset.examples
-    else:
-        # Re-create the training split over all the files the model was trained on (a combined
-        # run splits them together), then keep the part that came from the requested files.
-        wanted = {Path(d).name for d in datasets}
-        unknown = wanted - {Path(t).name for t in trained_on}
-        if unknown:
-            raise ValueError(
-                f"{', '.join(sorted(unknown))} was not part of this model's training data "
-                f"({', '.join(Path(t).name for t in trained_on)}); use --split all for unseen data"
-            )
-        by_name = {Path(d).name: d for d in datasets}
-        sources = [by_name.get(Path(t).name, t) for t in trained_on]
-        missing = [s for s in sources if not Path(s).exists()]
-        if missing:
-            raise ValueError(f"the training split needs {', '.join(missing)}; pass them with --dataset")
-        dataset = load_datasets(sources, skip_bad_rows=skip_bad_rows)
-        examples = [e for e in split(dataset, seed=seed).part(split_name) if e.source in wanted]
+    seed, max_length, trained_on = _split_facts(model_path, is_bundle)
+    examples, dataset = _examples(datasets, split_name, seed, trained_on, skip_bad_rows)
     texts = [e.text for e in examples]
     y_true = [LABEL_TO_ID[e.label] for e in examples]
 
     started = time.perf_counter()
-    if variant == "torch":
-        from .inference import best_device, predict_logits
-        from .model import SentimentClassifier
-
-        if is_bundle:
-            raise ValueError(f"{model_path} is a bundle (ONNX only): --variant torch needs the training checkpoint")
-        model, tokenizer, _ = SentimentClassifier.load(model_path)
-        logits = predict_logits(model.to(best_device()), tokenizer, texts, max_length, batch_size=batch_size)
-    else:
-        if not is_bundle:
-            raise ValueError(f"{model_path} is a checkpoint: evaluate it with --variant torch, or export it first")
-        classifier = Classifier(bundle, variant=variant, batch_size=batch_size)
-        logits = classifier.logits(texts) / classifier.temperature  # the probabilities the worker writes
+    logits = _logits(model_path, is_bundle, variant, texts, max_length, batch_size)
     elapsed = time.perf_counter() - started
 
     metrics = classification_metrics(y_true, logits)
@@ -141,11 +165,6 @@ def evaluate(
         "bad_rows": dict(dataset.bad_rows),
     }
     if json_out is not None:
-        json_out = Path(json_out)
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        png = json_out.with_suffix(".confusion.png")
-        plot_confusion_matrix(metrics["confusion_matrix"], png, f"{model_path.name} ({variant}, {split_name})")
-        json_out.write_text(json.dumps(result, indent=2))
-        json_out.with_suffix(".md").write_text(markdown_report(result, png.name))
+        _write_reports(result, metrics["confusion_matrix"], Path(json_out))
     result["predictions"] = metrics["predictions"]
     return result
