@@ -156,7 +156,15 @@ def pretrain(config: PretrainConfig, log=print) -> Path:
 def _save(mlm: MaskedLM, config, base_model, n_texts, history, dev_before, dev_after) -> Path:
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
-    mlm.model.base_model.save_pretrained(output)
+    # Saved as the base model's own class, so parts the masked-LM model lacks (BERT's pooler) keep
+    # their original weights instead of being re-initialised when the encoder is loaded.
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(base_model)
+    loaded = encoder.load_state_dict(mlm.model.base_model.state_dict(), strict=False)
+    if loaded.unexpected_keys:
+        raise RuntimeError(f"the adapted encoder has weights {base_model} lacks: {loaded.unexpected_keys[:5]}")
+    encoder.save_pretrained(output)
     mlm.tokenizer.save_pretrained(output)
     meta = {
         "base_model": base_model,
