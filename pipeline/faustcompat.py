@@ -376,16 +376,22 @@ class OffsetGaps:
                 await self._accept(tp, want, offset)
                 return False
             if await self._deleted(tp, want):
+                kept_from = min(self.log_start[tp], offset)
                 log.error(
                     "%s[%d]: offsets %d-%d were deleted by retention before they were read; continuing without them",
                     tp.topic,
                     tp.partition,
                     want,
-                    offset - 1,
+                    kept_from - 1,
                 )
-                await self._accept(tp, want, offset)
-                return False
-            tries = self.max_attempts - 1
+                await self._accept(tp, want, kept_from)
+                if kept_from == offset:
+                    return False
+                # The broker still has the rest of the run: read it from the new log start.
+                self.expected[tp] = want = kept_from
+                tries, last = 0, 0.0
+            else:
+                tries = self.max_attempts - 1
         if watching and (self._next(tp) != want or self.busy[tp.topic]):
             return True  # the stream has moved on meanwhile: no hole to seek back to
         if time.monotonic() - last >= self.interval_s:

@@ -125,6 +125,17 @@ def test_a_hole_retention_deleted_is_accepted_after_the_last_attempt():
     assert len(consumer.seeks) == 2
 
 
+def test_only_the_part_of_a_hole_retention_deleted_is_given_up_the_rest_is_read():
+    # 1-2 are gone, 3-5 are still on the broker: they must be read, not skipped with the deleted part
+    gaps, consumer = make(committed={RAW: 0}, attempts=2, interval_s=0, earliest=3)
+    run(gaps.in_order(events(0)))
+    for _ in range(3):
+        assert run(gaps.in_order(events(6))) == []
+    assert consumer.gaps == [(RAW, 1, 3)]
+    assert consumer.seeks == [(RAW, 1), (RAW, 1), (RAW, 3)]
+    assert offsets(run(gaps.in_order(events(3, 4, 5, 6)))) == [3, 4, 5, 6]
+
+
 def test_a_quiet_partition_behind_its_high_watermark_is_sought_back_even_before_its_first_message():
     gaps, consumer = make(committed={RAW: 7}, highwater={RAW: 9}, quiet_s=0)
     run(gaps.watch())
