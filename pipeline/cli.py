@@ -14,12 +14,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from training.config import TrainConfig, default_datasets
+from training.config import PretrainConfig, TrainConfig, default_datasets
 
 from .config import DATA_DIR, ConfigError, Settings, load_settings
 
 # `finsent train` takes its defaults from the recipe itself.
 _TRAIN = {f.name: f.default for f in fields(TrainConfig)}
+_PRETRAIN = {f.name: f.default for f in fields(PretrainConfig)}
 
 app = typer.Typer(
     help="finsent: real-time financial sentiment monitor.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -241,21 +242,20 @@ def soft_labels(
 @app.command()
 def pretrain(
     output: Path = typer.Option(..., "--output", "-o", help="Directory for the adapted encoder (for --base-model)."),
-    base_model: str = typer.Option("", help="As for `finsent train` (default: all-MiniLM-L6-v2)."),
+    base_model: str = typer.Option(_PRETRAIN["base_model"], help="As for `finsent train` (default: all-MiniLM-L6-v2)."),
     dataset: list[Path] = typer.Option(
         None, "--dataset", "-d", help="Labelled file(s) whose training split joins in. Default: the default recipe's."
     ),
     unlabelled: list[Path] = typer.Option(
         None, help="CSV file(s) with a `text` column. Default: the Twitter Financial News topic train file."
     ),
-    epochs: int = typer.Option(1, min=1),
-    learning_rate: float = typer.Option(5e-5),
-    max_steps: int | None = typer.Option(None, help="Stop after this many optimiser steps."),
-    seed: int = typer.Option(0),
+    epochs: int = typer.Option(_PRETRAIN["epochs"], min=1),
+    learning_rate: float = typer.Option(_PRETRAIN["learning_rate"]),
+    max_steps: int | None = typer.Option(_PRETRAIN["max_steps"], help="Stop after this many optimiser steps."),
+    seed: int = typer.Option(_PRETRAIN["seed"]),
 ) -> None:
     """Domain-adaptive pretraining: masked-LM on finance text before `finsent train --base-model OUTPUT`."""
     from training.data import BadDataError
-    from training.pretrain import PretrainConfig
     from training.pretrain import pretrain as run_pretraining
 
     config = PretrainConfig(

@@ -14,6 +14,10 @@ DEFAULT_DATASETS = (
 )
 
 
+# Unlabelled finance text for distillation and domain-adaptive pretraining.
+DEFAULT_UNLABELLED = (DATA_DIR / "twitter_financial_news_topic" / "topic_train.csv",)
+
+
 def default_datasets(data_dir: Path | str = DATA_DIR) -> list[str]:
     return [str(Path(data_dir) / name) for name in DEFAULT_DATASETS]
 
@@ -48,3 +52,23 @@ class TrainConfig:
     text_column: str = "text"  # for generic CSV/JSONL files
     label_column: str = "label"
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class PretrainConfig:
+    """Domain-adaptive pretraining (training/pretrain.py)."""
+
+    output: str
+    base_model: str = ""
+    datasets: list[str] = field(default_factory=default_datasets)
+    unlabelled: list[str] = field(default_factory=lambda: [str(p) for p in DEFAULT_UNLABELLED])
+    split_seed: int = 0  # the split `finsent train` will use, so its dev and test texts stay unseen
+    epochs: int = 1
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 64
+    mask_probability: float = 0.15
+    # The MLM head starts untrained: fit it alone first, so its noise does not reach the encoder.
+    head_warmup_steps: int = 100
+    seed: int = 0
+    max_steps: int | None = None

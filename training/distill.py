@@ -23,10 +23,8 @@ import torch
 
 from pipeline.bundle import sha256_of
 
-from .config import DATA_DIR
+from .config import DATA_DIR, DEFAULT_UNLABELLED
 from .data import BadDataError, load_datasets, split
-
-DEFAULT_UNLABELLED = (DATA_DIR / "twitter_financial_news_topic" / "topic_train.csv",)
 
 
 def portable(path: Path | str) -> str:

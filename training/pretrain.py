@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -20,33 +20,14 @@ import torch
 from pipeline.bundle import sha256_of
 from pipeline.progress import Progress
 
-from .config import default_datasets
+from .config import PretrainConfig
 from .data import load_datasets, split
-from .distill import DEFAULT_UNLABELLED, portable, unlabelled_texts
+from .distill import portable, unlabelled_texts
 from .inference import best_device
 from .model import resolve_base_model
 from .train import seed_everything
 
 META = "finsent_pretrain.json"
-
-
-@dataclass
-class PretrainConfig:
-    output: str
-    base_model: str = ""
-    datasets: list[str] = field(default_factory=default_datasets)
-    unlabelled: list[str] = field(default_factory=lambda: [str(p) for p in DEFAULT_UNLABELLED])
-    split_seed: int = 0  # the split `finsent train` will use, so its dev and test texts stay unseen
-    epochs: int = 1
-    learning_rate: float = 5e-5
-    batch_size: int = 32
-    max_length: int = 64
-    mask_probability: float = 0.15
-    head_warmup_steps: int = (
-        100  # the MLM head starts untrained: fit it alone first, so its noise does not reach the encoder
-    )
-    seed: int = 0
-    max_steps: int | None = None
 
 
 def adaptation_texts(config: PretrainConfig) -> tuple[list[str], list[str]]:
@@ -64,22 +45,22 @@ class MaskedLM:
     """A masked-LM model whose vocabulary head runs on the masked positions only (the head is as
     costly as the encoder when run on every token)."""
 
-    def __init__(self, base_model: str, device: torch.device):
+    def __init__(self, base_model: str, device: torch.device, max_length: int, mask_probability: float):
         from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling
 
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
         self.model = AutoModelForMaskedLM.from_pretrained(base_model).to(device)
         self.device = device
         self.head = getattr(self.model, "cls", None) or getattr(self.model, "lm_head", None)
-        self.collator = DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=0.15)
+        self.collator = DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=mask_probability)
+        self.max_length = max_length
 
     def freeze_encoder(self, frozen: bool) -> None:
         for param in self.model.base_model.parameters():
             param.requires_grad_(not frozen)
 
-    def masked_batch(self, texts: list[str], max_length: int, mask_probability: float) -> dict:
-        self.collator.mlm_probability = mask_probability
-        encoded = self.tokenizer(texts, truncation=True, max_length=max_length)
+    def masked_batch(self, texts: list[str]) -> dict:
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         features = [dict(zip(encoded, values, strict=True)) for values in zip(*encoded.values(), strict=True)]
         return {k: v.to(self.device) for k, v in self.collator(features).items()}
 
@@ -93,15 +74,12 @@ class MaskedLM:
         return torch.nn.functional.cross_entropy(logits, labels[masked])
 
     @torch.no_grad()
-    def held_out_loss(self, texts: list[str], config: PretrainConfig) -> float:
+    def held_out_loss(self, texts: list[str]) -> float:
         """Mean masked-LM loss over ``texts`` with a fixed masking (same seed before and after)."""
         self.model.eval()
         state = torch.get_rng_state()
         torch.manual_seed(1234)
-        losses = [
-            self.loss(self.masked_batch(texts[i : i + 64], config.max_length, config.mask_probability)).item()
-            for i in range(0, len(texts), 64)
-        ]
+        losses = [self.loss(self.masked_batch(texts[i : i + 64])).item() for i in range(0, len(texts), 64)]
         torch.set_rng_state(state)
         self.model.train()
         return sum(losses) / max(len(losses), 1)
@@ -114,8 +92,8 @@ def pretrain(config: PretrainConfig, log=print) -> Path:
     seed_everything(config.seed)
     base_model = resolve_base_model(config.base_model)
     texts, dev_texts = adaptation_texts(config)
-    mlm = MaskedLM(base_model, best_device())
-    dev_before = mlm.held_out_loss(dev_texts, config)
+    mlm = MaskedLM(base_model, best_device(), config.max_length, config.mask_probability)
+    dev_before = mlm.held_out_loss(dev_texts)
     log(f"{len(texts)} texts; dev masked-LM loss before: {dev_before:.3f}")
     steps_per_epoch = (len(texts) + config.batch_size - 1) // config.batch_size
     total = min(steps_per_epoch * config.epochs, config.max_steps or steps_per_epoch * config.epochs)
@@ -131,12 +109,9 @@ def pretrain(config: PretrainConfig, log=print) -> Path:
             for start in range(0, len(order), config.batch_size):
                 if step >= total:
                     break
-                batch = mlm.masked_batch(
-                    [texts[i] for i in order[start : start + config.batch_size]],
-                    config.max_length,
-                    config.mask_probability,
-                )
-                mlm.freeze_encoder(step < config.head_warmup_steps)
+                if step in (0, config.head_warmup_steps):  # the head warm-up starts or ends
+                    mlm.freeze_encoder(step < config.head_warmup_steps)
+                batch = mlm.masked_batch([texts[i] for i in order[start : start + config.batch_size]])
                 loss = mlm.loss(batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(mlm.model.parameters(), 1.0)
@@ -148,7 +123,7 @@ def pretrain(config: PretrainConfig, log=print) -> Path:
                 bar.update()
                 bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
         history.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1)})
-    dev_after = mlm.held_out_loss(dev_texts, config)
+    dev_after = mlm.held_out_loss(dev_texts)
     log(f"dev masked-LM loss after: {dev_after:.3f} ({time.monotonic() - started:.0f} s)")
     return _save(mlm, config, base_model, len(texts), history, dev_before, dev_after)
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.config import PretrainConfig
 from training.data import load_datasets, split
-from training.pretrain import META, PretrainConfig, adaptation_texts, pretrain
+from training.pretrain import META, adaptation_texts, pretrain
 
 
 def _unlabelled(tmp_path: Path, texts: list[str]) -> str:
