@@ -30,7 +30,7 @@ from pipeline import stack, windows
 from pipeline.admin import ensure_topics
 from pipeline.config import PHRASEBANK_ALL
 
-from .harness import Pipeline, texts_by_prediction, wait_for
+from .harness import Pipeline, texts_by_prediction
 
 BASE = datetime(2024, 7, 1, 8, 0, tzinfo=UTC)
 TICKERS = ["AAPL", "MSFT", "NOK", "TSLA", "AMZN", "NVDA", "SAP", "ASML"]
@@ -243,15 +243,7 @@ def run_drill(
 
         config = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20)
         cutoff = end.timestamp() - 30 * 60
-        expected, got = pipeline.window_comparison(config, cutoff)
-        wait_for(
-            lambda: set(expected) <= set(pipeline.window_comparison(config, cutoff)[1]),
-            300,
-            "every window to be aggregated",
-            interval_s=5,
-            diagnosis=lambda: pipeline.missing_windows(*pipeline.window_comparison(config, cutoff)),
-        )
-        expected, got = pipeline.window_comparison(config, cutoff)
+        expected, got = pipeline.wait_windows(config, cutoff, timeout_s=300, interval_s=5)
         result.windows_compared = len(expected)
         for key, row in expected.items():
             aggregate = got.get(key)

@@ -199,6 +199,21 @@ class Pipeline:
         got = {(a["topic"], a["window"], _epoch(a["start"])): a for a in self.documents("aggregates")}
         return expected, {k: v for k, v in got.items() if k[2] < cutoff_s}
 
+    def wait_windows(self, config, cutoff_s: float, timeout_s: float = 120, interval_s: float = 0.5):
+        """``window_comparison`` once every recomputed window has its streamed aggregate."""
+
+        def complete():
+            expected, got = self.window_comparison(config, cutoff_s)
+            return (expected, got) if set(expected) <= set(got) else None
+
+        return wait_for(
+            complete,
+            timeout_s,
+            "every window to be aggregated",
+            interval_s=interval_s,
+            diagnosis=lambda: self.missing_windows(*self.window_comparison(config, cutoff_s)),
+        )
+
     def missing_windows(self, expected: dict, got: dict) -> str:
         """A failed wait for aggregates: which windows are missing, and the worker's view."""
         missing = sorted(set(expected) - set(got), key=lambda k: (k[2], k[0], k[1]))

@@ -78,40 +78,7 @@ def test_two_workers_with_rebalances_lose_and_duplicate_nothing(pipeline: Pipeli
 
     # Window aggregates (before the sentinels' windows) equal a recomputation from what was scored.
     config = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20)
-    es = pipeline.es()
-    es.indices.refresh(index=f"{pipeline.name}-scored")
-    scored = [h["_source"] for h in es.search(index=f"{pipeline.name}-scored", size=10_000)["hits"]["hits"]]
-    rows = [
-        (
-            t,
-            datetime.fromisoformat(r["published_at"].replace("Z", "+00:00")).timestamp(),
-            r["sentiment_score"],
-            r["label"],
-        )
-        for r in scored
-        for t in r["tickers"]
-    ]
-    cutoff = (BASE + timedelta(minutes=40)).timestamp()
-    expected = {k: v for k, v in windows.recompute(config, rows).items() if k[2] < cutoff}
-
-    def streamed() -> dict:
-        es.indices.refresh(index=f"{pipeline.name}-aggregates")
-        hits = es.search(index=f"{pipeline.name}-aggregates", size=10_000)["hits"]["hits"]
-        return {
-            (a["topic"], a["window"], datetime.fromisoformat(a["start"].replace("Z", "+00:00")).timestamp()): a
-            for a in (h["_source"] for h in hits)
-        }
-
-    def aggregates() -> dict | None:
-        got = streamed()
-        return got if set(expected) <= set(got) else None
-
-    got = wait_for(
-        aggregates,
-        120,
-        "every window to be aggregated",
-        diagnosis=lambda: pipeline.missing_windows(expected, streamed()),
-    )
+    expected, got = pipeline.wait_windows(config, cutoff_s=(BASE + timedelta(minutes=40)).timestamp())
     # Exact, as with one worker: a source silent because a rebalance moved it holds stream time
     # back (the group has not committed it to its end) instead of making its records late.
     late = sum(a["late_records"] for a in got.values() if a["window"] == "1m")

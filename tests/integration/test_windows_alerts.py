@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import windows
 
-from .harness import Pipeline, texts_by_prediction, wait_for
+from .harness import Pipeline, texts_by_prediction
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 RULES = """
@@ -113,33 +113,7 @@ def test_burst_and_spike_fire_once_resolve_once_and_windows_match_a_recomputatio
     # Every window that starts before minute 30 (the sentinels are at 40) against a batch
     # recomputation from the scored records in Elasticsearch.
     config = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20)
-    cutoff = (BASE + timedelta(minutes=30)).timestamp()
-    es.indices.refresh(index=f"{pipeline.name}-scored")
-    scored = [h["_source"] for h in es.search(index=f"{pipeline.name}-scored", size=10_000)["hits"]["hits"]]
-    rows = [
-        (
-            t,
-            datetime.fromisoformat(r["published_at"].replace("Z", "+00:00")).timestamp(),
-            r["sentiment_score"],
-            r["label"],
-        )
-        for r in scored
-        for t in r["tickers"]
-    ]
-    expected = {k: v for k, v in windows.recompute(config, rows).items() if k[2] < cutoff}
-
-    def streamed() -> dict:
-        es.indices.refresh(index=f"{pipeline.name}-aggregates")
-        hits = es.search(index=f"{pipeline.name}-aggregates", size=10_000)["hits"]["hits"]
-        return {
-            (a["topic"], a["window"], datetime.fromisoformat(a["start"].replace("Z", "+00:00")).timestamp()): a
-            for a in (h["_source"] for h in hits)
-        }
-
-    got = wait_for(
-        lambda: (lambda g: g if set(expected) <= set(g) else None)(streamed()), 120, "every window to be aggregated"
-    )
-    got = {k: v for k, v in got.items() if k[2] < cutoff}
+    expected, got = pipeline.wait_windows(config, cutoff_s=(BASE + timedelta(minutes=30)).timestamp())
     assert set(got) == set(expected)
     for key, row in expected.items():
         aggregate = got[key]
