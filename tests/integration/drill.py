@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline import stack, windows
+from pipeline import stack
 from pipeline.admin import ensure_topics
 from pipeline.config import PHRASEBANK_ALL
 
-from .harness import Pipeline, texts_by_prediction
+from .harness import WINDOW_CONFIG, WINDOW_ENV, Pipeline, texts_by_prediction
 
 BASE = datetime(2024, 7, 1, 8, 0, tzinfo=UTC)
 TICKERS = ["AAPL", "MSFT", "NOK", "TSLA", "AMZN", "NVDA", "SAP", "ASML"]
@@ -39,13 +39,6 @@ rules:
   - {name: neg-burst, kind: negative_share, window: 1m, threshold: 0.6, min_messages: 5, severity: page,
      resolve_after: 2}
 """
-WINDOW_ENV = {
-    "FINSENT_WINDOW_TUMBLING_S": "60",
-    "FINSENT_WINDOW_HOPPING_S": "300",
-    "FINSENT_WINDOW_HOP_S": "60",
-    "FINSENT_WINDOW_LATENESS_S": "20",
-    "FINSENT_WINDOW_IDLE_S": "3",
-}
 COMMITTED = "read_committed"  # as a downstream consumer of finsent's outputs reads
 PER_MINUTE = 48  # 6 per ticker and minute of event time
 
@@ -241,9 +234,8 @@ def run_drill(
         result.dead_letters = len(letters)
         result.dead_lettered_bad = len({d["payload"] for d in letters})  # each bad payload is unique
 
-        config = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20)
         cutoff = end.timestamp() - 30 * 60
-        expected, got = pipeline.wait_windows(config, cutoff, timeout_s=300, interval_s=5)
+        expected, got = pipeline.wait_windows(WINDOW_CONFIG, cutoff, timeout_s=300, interval_s=5)
         result.windows_compared = len(expected)
         for key, row in expected.items():
             aggregate = got.get(key)

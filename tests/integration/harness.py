@@ -19,10 +19,21 @@ from pathlib import Path
 from elasticsearch import Elasticsearch
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from pipeline import windows
 from pipeline.bundle import open_bundle
 from pipeline.classify import Classifier
 from pipeline.config import Settings
 from pipeline.schemas import LABELS
+
+# Short windows for tests, and the same windows for recomputing them from the scored records.
+WINDOW_ENV = {
+    "FINSENT_WINDOW_TUMBLING_S": "60",
+    "FINSENT_WINDOW_HOPPING_S": "300",
+    "FINSENT_WINDOW_HOP_S": "60",
+    "FINSENT_WINDOW_LATENESS_S": "20",
+    "FINSENT_WINDOW_IDLE_S": "3",
+}
+WINDOW_CONFIG = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20)
 
 
 def render(url: str, profile, screenshot=None) -> str:
@@ -187,8 +198,6 @@ class Pipeline:
         """(a batch recomputation of every window starting before ``cutoff_s`` from the scored
         records in Elasticsearch, the streamed aggregates of those windows), both keyed by
         (topic, window, start)."""
-        from pipeline import windows
-
         rows = [
             (t, _epoch(r["published_at"]), r["sentiment_score"], r["label"])
             for r in self.documents("scored")

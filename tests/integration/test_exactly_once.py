@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from .harness import Pipeline, texts_by_prediction, wait_for
-from .test_windows_alerts import RULES, WINDOW_ENV, scripted_stream
+from .harness import WINDOW_ENV, Pipeline, texts_by_prediction, wait_for
+from .test_windows_alerts import RULES, scripted_stream
 from .test_worker import BAD_INPUT
 
 

@@ -10,10 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline import windows
 from pipeline.admin import ReadableProbe, ensure_topics, group_state
 
-from .harness import Pipeline, wait_for
+from .harness import WINDOW_CONFIG, WINDOW_ENV, Pipeline, wait_for
 
 BASE = datetime(2024, 6, 3, 9, 0, tzinfo=UTC)
 TICKERS = ["AAPL", "MSFT", "NOK", "TSLA", "AMZN", "NVDA"]
@@ -28,14 +27,7 @@ def pipeline(local_stack, tiny_bundle, tmp_path, unique):
         bundle=tiny_bundle,
         workdir=tmp_path,
         partitions=3,
-        extra_env={
-            "FINSENT_WINDOW_TUMBLING_S": "60",
-            "FINSENT_WINDOW_HOPPING_S": "300",
-            "FINSENT_WINDOW_HOP_S": "60",
-            "FINSENT_WINDOW_LATENESS_S": "20",
-            "FINSENT_WINDOW_IDLE_S": "3",
-            "FINSENT_ALERT_RULES": str(rules),
-        },
+        extra_env={**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules)},
     )
     ensure_topics(p.settings)  # with all partitions before the first produce
     yield p
@@ -77,8 +69,7 @@ def test_two_workers_with_rebalances_lose_and_duplicate_nothing(pipeline: Pipeli
     assert len(ids) == len(set(ids)) == len(messages) + len(sentinels)
 
     # Window aggregates (before the sentinels' windows) equal a recomputation from what was scored.
-    config = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20)
-    expected, got = pipeline.wait_windows(config, cutoff_s=(BASE + timedelta(minutes=40)).timestamp())
+    expected, got = pipeline.wait_windows(WINDOW_CONFIG, cutoff_s=(BASE + timedelta(minutes=40)).timestamp())
     # Exact, as with one worker: a source silent because a rebalance moved it holds stream time
     # back (the group has not committed it to its end) instead of making its records late.
     late = sum(a["late_records"] for a in got.values() if a["window"] == "1m")

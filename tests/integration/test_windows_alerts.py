@@ -10,9 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline import windows
-
-from .harness import Pipeline, texts_by_prediction
+from .harness import WINDOW_CONFIG, WINDOW_ENV, Pipeline, texts_by_prediction
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 RULES = """
@@ -21,13 +19,6 @@ rules:
      resolve_after: 2}
   - {name: vol-spike, kind: volume_spike, window: 1m, threshold: 3, min_messages: 5, resolve_after: 2}
 """
-WINDOW_ENV = {
-    "FINSENT_WINDOW_TUMBLING_S": "60",
-    "FINSENT_WINDOW_HOPPING_S": "300",
-    "FINSENT_WINDOW_HOP_S": "60",
-    "FINSENT_WINDOW_LATENESS_S": "20",
-    "FINSENT_WINDOW_IDLE_S": "3",
-}
 
 
 def scripted_stream(negative: list[str], positive: list[str]) -> list[dict]:
@@ -112,8 +103,7 @@ def test_burst_and_spike_fire_once_resolve_once_and_windows_match_a_recomputatio
 
     # Every window that starts before minute 30 (the sentinels are at 40) against a batch
     # recomputation from the scored records in Elasticsearch.
-    config = windows.WindowConfig.from_seconds(60, 300, 60, lateness_s=20)
-    expected, got = pipeline.wait_windows(config, cutoff_s=(BASE + timedelta(minutes=30)).timestamp())
+    expected, got = pipeline.wait_windows(WINDOW_CONFIG, cutoff_s=(BASE + timedelta(minutes=30)).timestamp())
     assert set(got) == set(expected)
     for key, row in expected.items():
         aggregate = got[key]
