@@ -340,6 +340,8 @@ def evaluate(
     table.add_row("macro-F1", f"{m['macro_f1']:.4f}")
     table.add_row("ECE", f"{m['ece']:.4f}")
     table.add_row("messages/s", f"{result['throughput_msgs_per_s']:.1f}")
+    for level, group in result["by_agreement"].items():
+        table.add_row(f"accuracy, {level} of annotators agree", f"{group['accuracy']:.4f} ({group['n']})")
     console.print(table)
     if json_out:
         console.print(f"report: {json_out} (+ .md, .confusion.png)")

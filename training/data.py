@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +195,30 @@ def load_datasets(paths: list[Path | str], **kwargs) -> Dataset:
         seen.add(example.text)
         kept.append(example)
     return Dataset(kept, files, bad_rows, duplicates, conflicting)
+
+
+# Financial PhraseBank's release files, strictest first (each is a subset of the next): a
+# sentence's share of agreeing annotators is given by the strictest file that holds it.
+PHRASEBANK_AGREEMENT = (("AllAgree", "100 %"), ("75Agree", "75-99 %"), ("66Agree", "66-74 %"), ("50Agree", "50-65 %"))
+
+
+def phrasebank_agreement(path: Path | str) -> dict[str, str]:
+    """Each sentence of a Financial PhraseBank ``Sentences_*Agree.txt`` file mapped to the share
+    of annotators who agreed on its label (``"100 %"``, ``"75-99 %"``, ...), read from the
+    release's stricter sibling files; empty for any other file or when a sibling is missing."""
+    path = Path(path)
+    names = [name for name, _ in PHRASEBANK_AGREEMENT]
+    match = re.fullmatch(r"Sentences_(\w+)\.txt", path.name)
+    if not match or match.group(1) not in names:
+        return {}
+    levels: dict[str, str] = {}
+    for name, level in PHRASEBANK_AGREEMENT[: names.index(match.group(1)) + 1]:
+        sibling = path.with_name(f"Sentences_{name}.txt")
+        if not sibling.is_file():
+            return {}
+        for example in load_file(sibling, fmt="phrasebank", skip_bad_rows=True):
+            levels.setdefault(example.text, level)
+    return levels
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.schemas import LABELS
 
-from .metrics import classification_metrics
+from .metrics import accuracy_by_group, classification_metrics
 
 
 def plot_confusion_matrix(matrix: list[list[int]], path: Path, title: str) -> Path:
@@ -57,6 +57,9 @@ def markdown_report(result: dict, png_name: str) -> str:
     ]
     for label, c in m["per_class"].items():
         lines.append(f"| {label} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
+    if result.get("by_agreement"):
+        lines += ["", "| annotators agreeing (Financial PhraseBank) | examples | accuracy |", "|---|---|---|"]
+        lines += [f"| {level} | {g['n']} | {g['accuracy']:.4f} |" for level, g in result["by_agreement"].items()]
     lines += ["", f"![confusion matrix]({png_name})", ""]
     return "\n".join(lines)
 
@@ -95,6 +98,17 @@ def _examples(datasets: list[str], split_name: str, seed: int, trained_on: list[
         raise ValueError(f"the training split needs {', '.join(missing)}; pass them with --dataset")
     dataset = load_datasets(sources, skip_bad_rows=skip_bad_rows)
     return [e for e in split(dataset, seed=seed).part(split_name) if e.source in wanted], dataset
+
+
+def _by_agreement(examples, predictions: list[int], datasets: list[str]) -> dict[str, dict]:
+    """Accuracy per annotator-agreement level for the Financial PhraseBank examples (where the
+    errors sit: a sentence half the annotators read otherwise is a different test from a unanimous one)."""
+    from .data import LABEL_TO_ID, PHRASEBANK_AGREEMENT, phrasebank_agreement
+
+    levels = {Path(d).name: phrasebank_agreement(d) for d in datasets}
+    groups = [levels.get(e.source, {}).get(e.text) for e in examples]
+    order = [level for _, level in PHRASEBANK_AGREEMENT]
+    return accuracy_by_group([LABEL_TO_ID[e.label] for e in examples], predictions, groups, order)
 
 
 def _logits(model_path: Path, is_bundle: bool, variant: str, texts: list[str], max_length: int, batch_size: int):
@@ -163,6 +177,7 @@ def evaluate(
         "throughput_msgs_per_s": len(texts) / elapsed if elapsed else 0.0,
         "metrics": {k: v for k, v in metrics.items() if k != "predictions"},
         "bad_rows": dict(dataset.bad_rows),
+        "by_agreement": _by_agreement(examples, metrics["predictions"], datasets),
     }
     if json_out is not None:
         _write_reports(result, metrics["confusion_matrix"], Path(json_out))

@@ -69,3 +69,15 @@ def classification_metrics(y_true, logits: np.ndarray) -> dict:
         "ece": expected_calibration_error(probs, y_true),
         "predictions": y_pred.tolist(),
     }
+
+
+def accuracy_by_group(y_true, y_pred, groups: list[str | None], order: list[str]) -> dict[str, dict]:
+    """Examples and accuracy per group (e.g. annotator agreement) in ``order``; examples whose
+    group is None and groups without examples are left out."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    result = {}
+    for group in order:
+        mask = np.array([g == group for g in groups], dtype=bool)
+        if mask.any():
+            result[group] = {"n": int(mask.sum()), "accuracy": float((y_true[mask] == y_pred[mask]).mean())}
+    return result

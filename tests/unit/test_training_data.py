@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from training.data import BadDataError, load_datasets, load_file, split
+from training.data import BadDataError, load_datasets, load_file, phrasebank_agreement, split
+from training.metrics import accuracy_by_group
 
 
 def test_phrasebank_50agree(data_dir: Path):
@@ -17,6 +18,28 @@ def test_phrasebank_50agree(data_dir: Path):
     assert Counter(e.label for e in examples) == {"neutral": 2879, "positive": 1363, "negative": 604}
     # latin-1: the mis-encoded company names decode instead of failing.
     assert any("+ñ" in e.text for e in examples)
+
+
+def test_phrasebank_agreement_is_the_strictest_release_file_holding_a_sentence(data_dir: Path, tmp_path: Path):
+    folder = data_dir / "financial_phrasebank"
+    levels = phrasebank_agreement(folder / "Sentences_50Agree.txt")
+    unique = {name: {e.text for e in load_file(folder / f"Sentences_{name}.txt")} for name in ("AllAgree", "75Agree")}
+    assert set(levels) == {e.text for e in load_file(folder / "Sentences_50Agree.txt")}
+    assert {t for t, level in levels.items() if level == "100 %"} == unique["AllAgree"]
+    assert {t for t, level in levels.items() if level == "75-99 %"} == unique["75Agree"] - unique["AllAgree"]
+    assert set(levels.values()) == {"100 %", "75-99 %", "66-74 %", "50-65 %"}
+    assert set(phrasebank_agreement(folder / "Sentences_66Agree.txt").values()) == {"100 %", "75-99 %", "66-74 %"}
+    # Not a release file, or a release file without its stricter siblings: no levels.
+    assert phrasebank_agreement(data_dir / "twitter_financial_news_sentiment/sent_train.csv") == {}
+    alone = tmp_path / "Sentences_75Agree.txt"
+    alone.write_bytes((folder / "Sentences_75Agree.txt").read_bytes())
+    assert phrasebank_agreement(alone) == {}
+
+
+def test_accuracy_by_group_in_the_given_order_without_empty_or_unknown_groups():
+    result = accuracy_by_group([0, 1, 2, 1, 0], [0, 2, 2, 1, 1], ["b", "a", "a", None, "b"], order=["a", "b", "c"])
+    assert list(result) == ["a", "b"]
+    assert result == {"a": {"n": 2, "accuracy": 0.5}, "b": {"n": 2, "accuracy": 0.5}}
 
 
 def test_twitter_labels_are_mapped(data_dir: Path):

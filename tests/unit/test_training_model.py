@@ -172,6 +172,7 @@ def test_evaluate_on_a_file_with_known_predictions(tiny_bundle: Path, tmp_path: 
 
     good = evaluate(tiny_bundle, [str(agree)], "all", "int8", tmp_path / "out" / "agree.json")
     assert good["metrics"]["accuracy"] == 1.0 and good["metrics"]["n"] == 6
+    assert good["by_agreement"] == {}  # not Financial PhraseBank
     bad = evaluate(tiny_bundle, [str(disagree)], "all", "int8")
     assert bad["metrics"]["accuracy"] == 0.0
     assert sum(map(sum, bad["metrics"]["confusion_matrix"])) == 6
@@ -226,6 +227,8 @@ def test_evaluate_test_split_refuses_data_the_model_never_saw(tiny_bundle: Path,
     result = evaluate(tiny_bundle, [str(data_dir / "financial_phrasebank/Sentences_AllAgree.txt")], "test", "fp32")
     meta = json.loads((tiny_bundle / "manifest.json").read_text())
     assert result["metrics"]["n"] == meta["split"]["sizes"]["test"]
+    # Every AllAgree sentence is unanimous: one agreement level, holding the whole split.
+    assert result["by_agreement"] == {"100 %": {"n": result["metrics"]["n"], "accuracy": result["metrics"]["accuracy"]}}
 
 
 def test_layer_wise_learning_rates_and_weight_decay_groups():
