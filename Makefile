@@ -13,7 +13,7 @@ demo: setup
 # The default model at models/default: the default recipe (Financial PhraseBank 50Agree + the
 # Twitter Financial News sentiment train file, one stratified split, distilled from a 110M
 # teacher's soft labels), ONNX export with its parity checks, then each source's test split
-# evaluated (reports/default-*.json and confusion matrices). About 70 min on 2 cores.
+# evaluated (reports/default-*.json and confusion matrices). About an hour on 2 cores.
 MODEL_DIR ?= models/default
 # The 110M teacher's scores (docs/model.md says how they were made and how to remake them).
 SOFT_LABELS ?= data/soft_labels/mpnet-default.jsonl.gz
