@@ -114,6 +114,53 @@ def bare_onnx_rate(bundle: Path, texts: list[str], batch: int, threads: int | No
     return len(texts) / (time.perf_counter() - started)
 
 
+def drain_backlog(args, pipeline: Pipeline, texts: list[str], run: str) -> tuple:
+    """(2) The worker started on a backlog of ``texts``: (worker, sustained msg/s with every stage
+    drained, msg/s of scoring alone, the indexed ids)."""
+    payloads = [
+        json.dumps({"id": f"b{run}-{i}", "text": unique_text(texts, i), "source": "bench"}).encode()
+        for i in range(len(texts))
+    ]
+    pipeline.produce(payloads)
+    worker = pipeline.start_worker()
+    samples: list[tuple[float, float]] = []
+    windows_topic = f"{pipeline.env['FINSENT_CONSUMER_GROUP']}.windows"
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        count = worker.metric("finsent_messages_total", outcome="scored") + worker.metric(
+            "finsent_messages_total", outcome="duplicate"
+        )
+        samples.append((time.monotonic(), count))
+        # Drained: every message scored and the window stage caught up too (ticks aside).
+        if count >= len(texts) and window_backlog(worker, windows_topic) <= 2 * args.partitions:
+            break
+        time.sleep(0.25)
+    (t10, c10), (t90, c90) = (next(s for s in samples if s[1] >= f * len(texts)) for f in (0.1, 0.9))
+    scored_rate = (c90 - c10) / (t90 - t10)
+    # The rate every stage keeps up with: from 10 % scored until the windows are drained too.
+    sustained = (len(texts) - c10) / (samples[-1][0] - t10)
+    return worker, sustained, scored_rate, pipeline.wait_indexed(len(texts), timeout_s=300)
+
+
+def latency_phase(
+    args, pipeline: Pipeline, texts: list[str], prefix: str, rate: float, first: int, before: int
+) -> dict:
+    """(3) Produce -> scored latency of new texts paced at ``rate`` (numbered from ``first``), once
+    they and the ``before`` messages already sent are indexed."""
+    visible = VisibleLatency(pipeline, prefix)
+    n = pace(pipeline, texts, prefix, rate, args.latency_seconds, first=first)
+    pipeline.wait_indexed(before + n, timeout_s=300)
+    latencies = kafka_latencies(pipeline, prefix)
+    seen = visible.wait(n)
+    return {
+        "rate_msgs_per_s": rate,
+        "messages": n,
+        "latency_ms": {q: float(np.percentile(latencies, int(q[1:]))) for q in ("p50", "p95", "p99")},
+        "visible_latency_ms": {q: float(np.percentile(seen, int(q[1:]))) for q in ("p50", "p95", "p99")},
+        "samples": latencies.tolist(),
+    }
+
+
 def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env: dict) -> dict:
     bare_rate = bare["all_cores"]
     workdir = Path(tempfile.mkdtemp(prefix="finsent-bench-"))
@@ -121,30 +168,7 @@ def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env:
         name=f"bench{run}", bundle=args.bundle, workdir=workdir, partitions=args.partitions, extra_env=extra_env
     )
     try:
-        # (2) sustained throughput draining a backlog.
-        payloads = [
-            json.dumps({"id": f"b{run}-{i}", "text": unique_text(texts, i), "source": "bench"}).encode()
-            for i in range(len(texts))
-        ]
-        pipeline.produce(payloads)
-        worker = pipeline.start_worker()
-        samples: list[tuple[float, float]] = []
-        windows_topic = f"{pipeline.env['FINSENT_CONSUMER_GROUP']}.windows"
-        deadline = time.monotonic() + 1800
-        while time.monotonic() < deadline:
-            count = worker.metric("finsent_messages_total", outcome="scored") + worker.metric(
-                "finsent_messages_total", outcome="duplicate"
-            )
-            samples.append((time.monotonic(), count))
-            # Drained: every message scored and the window stage caught up too (ticks aside).
-            if count >= len(texts) and window_backlog(worker, windows_topic) <= 2 * args.partitions:
-                break
-            time.sleep(0.25)
-        (t10, c10), (t90, c90) = (next(s for s in samples if s[1] >= f * len(texts)) for f in (0.1, 0.9))
-        scored_rate = (c90 - c10) / (t90 - t10)
-        # The rate every stage keeps up with: from 10 % scored until the windows are drained too.
-        sustained = (len(texts) - c10) / (samples[-1][0] - t10)
-        ids = pipeline.wait_indexed(len(texts), timeout_s=300)
+        worker, sustained, scored_rate, ids = drain_backlog(args, pipeline, texts, run)
         print(
             f"pipeline sustained: {sustained:.0f} msg/s, every stage drained ({sustained / bare_rate:.0%} of bare, "
             f"{sustained / bare['worker_threads']:.0%} of bare on the worker's threads); "
@@ -152,37 +176,22 @@ def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env:
             f"indexed {len(ids)} of {len(texts)}, distinct {len(set(ids))}",
             flush=True,
         )
-
-        # (3) produce -> scored latency at shares of the sustained rate, one phase after another.
-        phases = {}
-        sent = len(texts)  # texts numbered so far: each phase's are new to the de-duplication stage
+        # One load after another; each phase's texts are new to the de-duplication stage.
+        phases, sent = {}, len(texts)
         for share in args.loads:
-            rate = sustained * share
+            before = len(texts) + sum(p["messages"] for p in phases.values())
             prefix = f"l{run}-{int(share * 100)}-"
-            visible = VisibleLatency(pipeline, prefix)
-            n = pace(pipeline, texts, prefix, rate, args.latency_seconds, first=sent)
-            sent += n
-            expected = len(texts) + sum(p["messages"] for p in phases.values()) + n
-            pipeline.wait_indexed(expected, timeout_s=300)
-            latencies = kafka_latencies(pipeline, prefix)
-            seen = visible.wait(n)
-            phases[f"{share:.0%}"] = {
-                "share_of_sustained": share,
-                "rate_msgs_per_s": rate,
-                "messages": n,
-                "latency_ms": {q: float(np.percentile(latencies, int(q[1:]))) for q in ("p50", "p95", "p99")},
-                "visible_latency_ms": {q: float(np.percentile(seen, int(q[1:]))) for q in ("p50", "p95", "p99")},
-                "samples": latencies.tolist(),
-            }
-            figures, shown = phases[f"{share:.0%}"]["latency_ms"], phases[f"{share:.0%}"]["visible_latency_ms"]
+            phase = latency_phase(args, pipeline, texts, prefix, sustained * share, first=sent, before=before)
+            phases[f"{share:.0%}"] = {"share_of_sustained": share, **phase}
+            sent += phase["messages"]
             print(
-                f"latency at {share:.0%} of sustained ({rate:.0f} msg/s, {n} messages): "
-                + ", ".join(f"{q} {v:.0f} ms" for q, v in figures.items())
+                f"latency at {share:.0%} of sustained ({phase['rate_msgs_per_s']:.0f} msg/s, {phase['messages']} "
+                "messages): "
+                + ", ".join(f"{q} {v:.0f} ms" for q, v in phase["latency_ms"].items())
                 + "; visible to a read_committed consumer: "
-                + ", ".join(f"{q} {v:.0f} ms" for q, v in shown.items()),
+                + ", ".join(f"{q} {v:.0f} ms" for q, v in phase["visible_latency_ms"].items()),
                 flush=True,
             )
-        peak = peak_rss_mb(worker.process.pid)
         guarantee = extra_env.get("FINSENT_PROCESSING_GUARANTEE", "configured")
         plot(phases, sustained, args.out.with_name(f"{args.out.stem}.{guarantee}.png"), guarantee)
         return {
@@ -199,7 +208,7 @@ def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env:
             "indexed": len(ids),
             "indexed_distinct": len(set(ids)),
             "latency": {k: {f: v for f, v in p.items() if f != "samples"} for k, p in phases.items()},
-            "worker_peak_rss_mb": peak,
+            "worker_peak_rss_mb": peak_rss_mb(worker.process.pid),
         }
     finally:
         pipeline.stop_all()
