@@ -198,6 +198,10 @@ class OffsetGaps:
         # tp -> end of a run accepted before the partition's first message (it holds nothing to
         # process): counts for ``pending`` only, never for which offsets the stage reads
         self.quiet_until: dict = {}
+        # tp -> (hole start, monotonic time seeking back to it began, time of the last warning):
+        # the re-seeks log at INFO, so a hole that stays open warns now and then on its own
+        self.open_holes: dict = {}
+        self.probed: dict = {}  # tp -> the broker's last answer on a hole (readable: True/False/None)
         self.assigned_at = time.monotonic()
         SKIPPED.topics |= topics
         _note_skipped_offsets()
@@ -208,6 +212,7 @@ class OffsetGaps:
         self.last_seen.clear()
         self.log_start.clear()
         self.quiet_until.clear()
+        self.open_holes.clear()
         self.assigned_at = time.monotonic()
 
     def _next(self, tp) -> int | None:
@@ -338,7 +343,8 @@ class OffsetGaps:
         if self.readable is None:
             return False
         try:
-            return await self.readable(tp, start, end) is False
+            self.probed[tp] = await self.readable(tp, start, end)
+            return self.probed[tp] is False
         except Exception as exc:  # the broker unreachable: unknown, so treat it as a real hole
             log.info(
                 "%s[%d]: cannot tell whether offsets %d-%d are readable (%r)",
@@ -354,10 +360,28 @@ class OffsetGaps:
         """Accepts offsets ``start``..``end - 1`` as holding nothing to process: faust may commit
         past them (it otherwise stops committing at the first offset it never acknowledged)."""
         self.tries.pop(tp, None)
+        self.open_holes.pop(tp, None)
         await add_gap(self.app, tp, start, end)
 
     async def _deleted(self, tp, offset: int) -> bool:
         return await self._read_log_start(tp) and self.log_start[tp] > offset
+
+    def _warn_still_open(self, tp, want: int, offset: int, every_s: float = 30.0) -> None:
+        start, since, warned = self.open_holes.get(tp, (None, 0.0, 0.0))
+        now = time.monotonic()
+        if start != want:
+            self.open_holes[tp] = (want, now, now)
+        elif now - warned >= every_s:
+            self.open_holes[tp] = (want, since, now)
+            log.warning(
+                "%s[%d]: offsets %d-%d still not read after %.0f s of seeking back to them (readable by the broker: %s)",
+                tp.topic,
+                tp.partition,
+                want,
+                offset - 1,
+                now - since,
+                self.probed.get(tp, "not asked"),
+            )
 
     async def _hole(self, tp, want: int, offset: int, watching: bool = False) -> bool:
         """Seeks back to a hole when due; False once the hole is accepted as real. ``watching``:
@@ -392,6 +416,7 @@ class OffsetGaps:
                 tries, last = 0, 0.0
             else:
                 tries = self.max_attempts - 1
+                self._warn_still_open(tp, want, offset)
         if watching and (self._next(tp) != want or self.busy[tp.topic]):
             return True  # the stream has moved on meanwhile: no hole to seek back to
         if time.monotonic() - last >= self.interval_s:

@@ -116,6 +116,30 @@ def test_a_hole_is_sought_again_and_again_while_the_broker_still_has_it():
     assert consumer.seeks == [(RAW, 1)] * 6
 
 
+def test_a_hole_that_stays_open_warns_with_the_brokers_answer(caplog, monkeypatch):
+    import pipeline.faustcompat as faustcompat
+
+    async def unknown(tp, start, end):
+        return None  # an open transaction holds the range
+
+    clock = [1000.0]
+    monkeypatch.setattr(faustcompat.time, "monotonic", lambda: clock[0])
+    gaps, consumer = make(committed={RAW: 0}, attempts=2, interval_s=0, readable=unknown)
+    run(gaps.in_order(events(0)))
+    caplog.set_level("WARNING", logger=faustcompat.log.name)
+    for _ in range(4):  # seeks back, then keeps seeking once out of attempts: nothing to warn yet
+        assert run(gaps.in_order(events(3))) == []
+    warned = [r.getMessage() for r in caplog.records if "still not read" in r.getMessage()]
+    assert warned == []
+    clock[0] += 31
+    run(gaps.in_order(events(3)))
+    warned = [r.getMessage() for r in caplog.records if "still not read" in r.getMessage()]
+    assert warned == [
+        "raw[0]: offsets 1-2 still not read after 31 s of seeking back to them (readable by the broker: None)"
+    ]
+    assert consumer.seeks[-1] == (RAW, 1)
+
+
 def test_a_hole_retention_deleted_is_accepted_after_the_last_attempt():
     gaps, consumer = make(committed={RAW: 0}, attempts=2, interval_s=0, earliest=3)
     run(gaps.in_order(events(0)))
