@@ -410,6 +410,10 @@ def test_dedup_entries_expire_after_the_horizon_so_the_store_stays_bounded(local
         wait_for(lambda: worker.metric("finsent_dedup_expired_total") >= 400, 30, "the first wave to expire")
         assert worker.metric("finsent_dedup_entries") <= 401  # the second wave (and "again") only
         scored = {r["id"]: r for r in pipeline.read_topic("FINSENT_TOPIC_SCORED", 802)}
-        assert scored["again"]["duplicate_of"] is None and scored["copy"]["duplicate_of"] == "b-3"
+        assert scored["again"]["duplicate_of"] is None
+        # "b-3" and "copy" travel through different raw partitions, so either may reach the
+        # dedup stage first: exactly one of them is marked, as a copy of the other.
+        marks = {scored["b-3"]["duplicate_of"], scored["copy"]["duplicate_of"]}
+        assert marks in ({None, "b-3"}, {None, "copy"}), marks
     finally:
         pipeline.stop_all()
