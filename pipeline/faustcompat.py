@@ -213,6 +213,7 @@ class OffsetGaps:
         self.log_start.clear()
         self.quiet_until.clear()
         self.open_holes.clear()
+        self.probed.clear()
         self.assigned_at = time.monotonic()
 
     def _next(self, tp) -> int | None:

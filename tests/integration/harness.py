@@ -267,13 +267,19 @@ class Pipeline:
     def diagnosis(self) -> str:
         """What a failed wait needs to be understood: the group's committed offsets against each
         partition's end, and the workers' warnings."""
-        from pipeline.admin import group_state
+        from pipeline.admin import ReadableProbe, group_state
 
         topics = [*self.upstream_topics(), f"{self.env['FINSENT_CONSUMER_GROUP']}.windows"]
         lines = [f"indexed: {self.indexed_count()}"]
-        lines += [
-            f"{s.topic}[{s.partition}] committed {s.committed} end {s.end}" for s in group_state(self.settings, topics)
-        ]
+        probe = ReadableProbe(self.settings, timeout_s=10.0)
+        try:
+            for s in group_state(self.settings, topics):
+                behind = s.committed is not None and s.committed < s.end
+                # whether the unread range holds a record at all, or only markers and aborted writes
+                readable = probe.readable(s.topic, s.partition, s.committed, s.end) if behind else "-"
+                lines.append(f"{s.topic}[{s.partition}] committed {s.committed} end {s.end} readable {readable}")
+        finally:
+            probe.close()
         for worker in self.workers:
             lines += [
                 f"{worker.log.name} metric: {line}"
