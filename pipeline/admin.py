@@ -95,16 +95,22 @@ class ReadableProbe:
         self._consumer = None
 
     def readable(self, topic: str, partition: int, start: int, end: int) -> bool | None:
+        first = self.first_readable(topic, partition, start, end)
+        return None if first is None else first < end
+
+    def first_readable(self, topic: str, partition: int, start: int, end: int) -> int | None:
+        """The offset of the first record from ``start`` on, if below ``end``; ``end`` if there
+        is none below it; None if not known in time."""
         if end <= start:
-            return False
+            return end
         tp = self._seek(topic, partition, start)
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             records = self._consumer.poll(timeout_ms=100, max_records=1).get(tp, [])
             if records:
-                return records[0].offset < end
+                return min(records[0].offset, end)
             if self._consumer.position(tp) >= end:
-                return False
+                return end
         return None
 
     def last_readable(self, topic: str, partition: int, end: int, lookback: int = 1000) -> int | None:

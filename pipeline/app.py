@@ -202,11 +202,11 @@ def _offset_gaps(app: faust.App, settings: Settings, topics: set[str]) -> faustc
     probe = ReadableProbe(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offset-probe")
 
-    async def readable(tp, start: int, end: int) -> bool | None:
+    async def first_readable(tp, start: int, end: int) -> int | None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, probe.readable, tp.topic, tp.partition, start, end)
+        return await loop.run_in_executor(executor, probe.first_readable, tp.topic, tp.partition, start, end)
 
-    return faustcompat.OffsetGaps(app, topics, readable=readable)
+    return faustcompat.OffsetGaps(app, topics, first_readable=first_readable)
 
 
 def _transactions(app: faust.App, settings: Settings, topics: set[str], intake) -> Transactions | None:

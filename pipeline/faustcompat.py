@@ -102,8 +102,9 @@ class SkippedOffsets:
             with self.lock:
                 self.ranges[topic, partition].append((start, end))
 
-    def covers(self, tp, start: int, end: int) -> bool:
-        """Whether every offset in ``start``..``end - 1`` was passed over; forgets older runs."""
+    def passed_over_from(self, tp, start: int) -> int:
+        """The first offset from ``start`` on that was not passed over (``start`` itself if it
+        was not); forgets older runs."""
         with self.lock:
             ranges = self.ranges.get((tp.topic, tp.partition), [])
             ranges[:] = [r for r in ranges if r[1] > start]
@@ -111,9 +112,11 @@ class SkippedOffsets:
                 if run_start > start:
                     break
                 start = max(start, run_end)
-                if start >= end:
-                    return True
-        return start >= end
+        return start
+
+    def covers(self, tp, start: int, end: int) -> bool:
+        """Whether every offset in ``start``..``end - 1`` was passed over."""
+        return self.passed_over_from(tp, start) >= end
 
 
 SKIPPED = SkippedOffsets()
@@ -173,9 +176,11 @@ class OffsetGaps:
     hole at the end, when the stage has waited ``quiet_s`` while its partition holds more), the
     stage seeks back to the hole (again after a second, as the consumer can drop the re-read too)
     and sets aside the messages past it: they are not acknowledged, and come again after the seek.
-    A hole that holds nothing readable (transaction markers, aborted transactions: ``readable``
-    asks the broker, see admin.ReadableProbe) is accepted at once; otherwise, after ``attempts``
-    seeks, only if the broker has deleted those offsets (retention). An accepted hole is handed to
+    A hole that holds nothing readable (transaction markers, aborted transactions:
+    ``first_readable`` asks the broker, see admin.ReadableProbe) is accepted at once; so is the run
+    of such offsets a hole starts with, and the stage then waits for the first readable offset,
+    which is where a re-read starts delivering. Otherwise a hole is accepted, after ``attempts``
+    seeks, only if the broker has deleted those offsets (retention). An accepted run is handed to
     faust as a gap, so its committed offset moves past it."""
 
     def __init__(
@@ -185,10 +190,12 @@ class OffsetGaps:
         attempts: int = 5,
         interval_s: float = 1.0,
         quiet_s: float = 3.0,
-        readable=None,
+        first_readable=None,
     ):
         self.app, self.topics = app, topics
-        self.readable = readable  # async (tp, start, end) -> bool | None, or None: assume readable
+        # async (tp, start, end) -> the first offset from start on holding a record to read (end:
+        # none below it; None: not known), or None: assume every offset holds one
+        self.first_readable = first_readable
         self.max_attempts, self.interval_s, self.quiet_s = attempts, interval_s, quiet_s
         self.expected: dict = {}  # tp -> next offset, advanced only without holes
         self.tries: dict = {}  # tp -> (hole start, seeks so far, monotonic time of the last)
@@ -201,7 +208,7 @@ class OffsetGaps:
         # tp -> (hole start, monotonic time seeking back to it began, time of the last warning):
         # the re-seeks log at INFO, so a hole that stays open warns now and then on its own
         self.open_holes: dict = {}
-        self.probed: dict = {}  # tp -> the broker's last answer on a hole (readable: True/False/None)
+        self.probed: dict = {}  # tp -> the broker's last answer on a hole (its first readable offset)
         self.assigned_at = time.monotonic()
         SKIPPED.topics |= topics
         _note_skipped_offsets()
@@ -303,26 +310,29 @@ class OffsetGaps:
 
     async def in_order(self, events) -> list:
         """The events to process now; the others (past a hole) are set aside, unacknowledged."""
-        keep, blocked = [], set()
+        keep, holes = [], set()
         now = time.monotonic()
         self.busy.update({event.message.tp.topic for event in events})
         for event in events:
             tp, offset = event.message.tp, event.message.offset
             self.last_seen[tp] = now
             want = await self._start(tp)
-            if tp not in blocked and (want is None or offset == want):
+            # Each event is checked, not only the first past a hole: a batch can hold copies left
+            # from before a seek back and, after them, the re-read that starts at ``want``.
+            if want is None or offset == want:
                 self.expected[tp] = offset + 1
                 keep.append(event)
                 continue
-            if tp not in blocked and offset < want:
+            if offset < want:
                 # Already processed by this worker (the consumer delivered it twice, as it does
                 # around a restart): processing it again would only re-send what is already out.
                 continue
-            if tp not in blocked and not await self._hole(tp, want, offset):
-                self.expected[tp] = offset + 1  # a real hole: accept it
-                keep.append(event)
-                continue
-            blocked.add(tp)
+            if tp not in holes:  # one seek back per partition and batch
+                if not await self._hole(tp, want, offset):
+                    self.expected[tp] = offset + 1  # a real hole: accept it
+                    keep.append(event)
+                    continue
+                holes.add(tp)
             # Never acknowledged: its offset is committed only once its re-read copy is processed.
             event.message.incref()
             self.app.consumer._unacked_messages.discard(event.message)
@@ -338,14 +348,14 @@ class OffsetGaps:
         else:
             await consumer.seek(tp, offset)
 
-    async def _unreadable(self, tp, start: int, end: int) -> bool:
-        if SKIPPED.covers(tp, start, end):  # the fetcher passed over them: nothing to read there
-            return True
-        if self.readable is None:
-            return False
+    async def _readable_from(self, tp, start: int, end: int) -> int:
+        """The first offset in ``start``..``end - 1`` that may hold a record to read; ``end`` if
+        none does. Where the broker cannot tell, the first one not known to be empty."""
+        start = SKIPPED.passed_over_from(tp, start)  # the fetcher passed over them: nothing there
+        if start >= end or self.first_readable is None:
+            return min(start, end)
         try:
-            self.probed[tp] = await self.readable(tp, start, end)
-            return self.probed[tp] is False
+            self.probed[tp] = await self.first_readable(tp, start, end)
         except Exception as exc:  # the broker unreachable: unknown, so treat it as a real hole
             log.info(
                 "%s[%d]: cannot tell whether offsets %d-%d are readable (%r)",
@@ -355,7 +365,11 @@ class OffsetGaps:
                 end - 1,
                 exc,
             )
-            return False
+            self.probed[tp] = None
+        return start if self.probed[tp] is None else max(start, min(self.probed[tp], end))
+
+    async def _unreadable(self, tp, start: int, end: int) -> bool:
+        return await self._readable_from(tp, start, end) >= end
 
     async def _accept(self, tp, start: int, end: int) -> None:
         """Accepts offsets ``start``..``end - 1`` as holding nothing to process: faust may commit
@@ -375,7 +389,7 @@ class OffsetGaps:
         elif now - warned >= every_s:
             self.open_holes[tp] = (want, since, now)
             log.warning(
-                "%s[%d]: offsets %d-%d still not read after %.0f s of seeking back to them (readable by the broker: %s)",
+                "%s[%d]: offsets %d-%d still not read after %.0f s of seeking back to them (first readable per the broker: %s)",
                 tp.topic,
                 tp.partition,
                 want,
@@ -390,9 +404,14 @@ class OffsetGaps:
         start, tries, last = self.tries.get(tp, (None, 0, 0.0))
         if start != want:
             tries, last = 0, 0.0
-            if await self._unreadable(tp, want, offset):
+            first = await self._readable_from(tp, want, offset)
+            if first >= offset:
                 await self._accept(tp, want, offset)
                 return False
+            if first > want and not watching:
+                # Only the run before ``first`` is empty: a re-read delivers ``first`` first.
+                await self._accept(tp, want, first)
+                self.expected[tp] = want = first
         if tries >= self.max_attempts:
             # Only data the broker no longer has (retention) is given up on; otherwise keep
             # asking: a partition paused by backpressure (e.g. while Elasticsearch is down) is

@@ -9,6 +9,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from pipeline.admin import ReadableProbe
+
 
 def test_kafka_python_round_trip(local_stack, settings, unique):
     topic = f"test.kp.{unique}"
@@ -84,3 +86,39 @@ def test_a_started_broker_already_has_its_internal_topics(local_stack, settings)
         assert {"__consumer_offsets", "__transaction_state"} <= set(admin.list_topics())
     finally:
         admin.close()
+
+
+def test_the_probe_finds_the_first_record_past_markers_and_a_fenced_producers_writes(local_stack, settings, unique):
+    """What OffsetGaps asks the broker after a worker is killed: the killed worker's open
+    transaction is aborted when its successor starts a producer with the same transactional id,
+    so a read_committed consumer finds nothing in it, only in what commits after."""
+    topic = f"test.probe.{unique}"
+    kwargs = settings.kafka_client_kwargs()
+
+    async def scenario() -> None:
+        killed = AIOKafkaProducer(**kwargs, transactional_id=f"t-{unique}")
+        await killed.start()
+        async with killed.transaction():
+            await killed.send_and_wait(topic, b"committed", partition=0)  # offset 0, marker at 1
+        await killed.begin_transaction()
+        for _ in range(300):  # offsets 2-301, never committed: the producer "dies" here
+            await killed.send(topic, b"open", partition=0)
+        await killed.flush()
+        successor = AIOKafkaProducer(**kwargs, transactional_id=f"t-{unique}")
+        await successor.start()  # fences the killed one: abort marker at 302
+        try:
+            async with successor.transaction():
+                await successor.send_and_wait(topic, b"after", partition=0)  # offset 303
+        finally:
+            await successor.stop()  # the killed one is never stopped: asyncio.run cancels its tasks
+
+    asyncio.run(scenario())
+    probe = ReadableProbe(settings, timeout_s=10.0)
+    try:
+        assert probe.first_readable(topic, 0, 0, 305) == 0
+        assert probe.first_readable(topic, 0, 1, 303) == 303  # markers and aborted writes only
+        assert probe.first_readable(topic, 0, 1, 305) == 303
+        assert probe.first_readable(topic, 0, 150, 400) == 303
+        assert probe.readable(topic, 0, 1, 303) is False and probe.readable(topic, 0, 1, 304) is True
+    finally:
+        probe.close()

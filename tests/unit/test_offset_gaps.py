@@ -124,7 +124,7 @@ def test_a_hole_that_stays_open_warns_with_the_brokers_answer(caplog, monkeypatc
 
     clock = [1000.0]
     monkeypatch.setattr(faustcompat.time, "monotonic", lambda: clock[0])
-    gaps, consumer = make(committed={RAW: 0}, attempts=2, interval_s=0, readable=unknown)
+    gaps, consumer = make(committed={RAW: 0}, attempts=2, interval_s=0, first_readable=unknown)
     run(gaps.in_order(events(0)))
     caplog.set_level("WARNING", logger=faustcompat.log.name)
     for _ in range(4):  # seeks back, then keeps seeking once out of attempts: nothing to warn yet
@@ -135,7 +135,7 @@ def test_a_hole_that_stays_open_warns_with_the_brokers_answer(caplog, monkeypatc
     run(gaps.in_order(events(3)))
     warned = [r.getMessage() for r in caplog.records if "still not read" in r.getMessage()]
     assert warned == [
-        "raw[0]: offsets 1-2 still not read after 31 s of seeking back to them (readable by the broker: None)"
+        "raw[0]: offsets 1-2 still not read after 31 s of seeking back to them (first readable per the broker: None)"
     ]
     assert consumer.seeks[-1] == (RAW, 1)
 
@@ -192,22 +192,25 @@ def test_a_partition_not_fetched_yet_counts_as_pending():
 
 
 def readable_except(*runs):
-    """A stand-in for the broker probe: offsets inside ``runs`` hold transaction markers."""
+    """A stand-in for the broker probe: offsets inside ``runs`` (start, end) hold transaction
+    markers; it answers with the first other offset from ``start`` on, ``end`` at most."""
 
-    async def readable(tp, start, end):
-        return not any(a <= start and end <= b for a, b in runs)
+    async def first_readable(tp, start, end):
+        while start < end and any(a <= start < b for a, b in runs):
+            start += 1
+        return start
 
-    return readable
+    return first_readable
 
 
 def test_a_run_of_transaction_markers_is_accepted_at_once_and_committed_past():
-    gaps, consumer = make(committed={RAW: 0}, readable=readable_except((3, 4)))
+    gaps, consumer = make(committed={RAW: 0}, first_readable=readable_except((3, 4)))
     assert offsets(run(gaps.in_order(events(0, 1, 2, 4, 5)))) == [0, 1, 2, 4, 5]
     assert consumer.seeks == [] and consumer.gaps == [(RAW, 3, 4)]
 
 
 def test_markers_at_the_end_of_a_quiet_partition_are_not_pending():
-    gaps, consumer = make(committed={RAW: 0}, highwater={RAW: 4}, quiet_s=0, readable=readable_except((3, 4)))
+    gaps, consumer = make(committed={RAW: 0}, highwater={RAW: 4}, quiet_s=0, first_readable=readable_except((3, 4)))
     run(gaps.in_order(events(0, 1, 2)))
     gaps.done(events(0))
     run(gaps.watch())
@@ -217,13 +220,13 @@ def test_markers_at_the_end_of_a_quiet_partition_are_not_pending():
 def test_markers_at_the_end_of_a_partition_taken_over_without_new_messages_are_not_pending():
     # A worker takes over a partition whose previous owner committed everything: the committed
     # offset points at the last transaction's marker, and no message ever comes to move past it.
-    gaps, consumer = make(committed={RAW: 3}, highwater={RAW: 4}, quiet_s=0, readable=readable_except((3, 4)))
+    gaps, consumer = make(committed={RAW: 3}, highwater={RAW: 4}, quiet_s=0, first_readable=readable_except((3, 4)))
     run(gaps.watch())
     assert consumer.seeks == [] and consumer.gaps == [(RAW, 3, 4)] and not gaps.pending({"raw"})
 
 
 def test_a_hole_with_readable_records_is_still_read_again():
-    gaps, consumer = make(committed={RAW: 0}, readable=readable_except((3, 4)))
+    gaps, consumer = make(committed={RAW: 0}, first_readable=readable_except((3, 4)))
     assert offsets(run(gaps.in_order(events(0, 1, 5)))) == [0, 1]  # 2-4 hold a record: not markers only
     assert consumer.seeks == [(RAW, 2)] and consumer.gaps == []
 
@@ -244,3 +247,14 @@ def test_passed_over_offsets_cover_a_run_exactly_when_their_union_does(noted, st
     assert skipped.covers(RAW, start, end) == (set(range(start, end)) <= covered)
     skipped.note("other", 0, 0, 100)  # a topic no stage watches is not kept
     assert ("other", 0) not in skipped.ranges
+
+
+def test_a_hole_that_starts_with_markers_is_read_again_from_its_first_record():
+    # The committed offset points at the previous owner's commit markers (0-2): a re-read
+    # delivers 3 first, so the stage must seek to 3 and wait for 3, not for 0.
+    gaps, consumer = make(committed={RAW: 0}, first_readable=readable_except((0, 3)))
+    assert run(gaps.in_order(events(10, 11))) == []
+    assert consumer.gaps == [(RAW, 0, 3)] and consumer.seeks == [(RAW, 3)]
+    # Copies left from before the seek come first in the next batch, then the re-read.
+    assert offsets(run(gaps.in_order(events(12, 13, 3, 4, 5)))) == [3, 4, 5]
+    assert offsets(run(gaps.in_order(events(6, 7, 8, 9, 10, 11, 12, 13)))) == [6, 7, 8, 9, 10, 11, 12, 13]
