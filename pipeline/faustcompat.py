@@ -408,10 +408,15 @@ class OffsetGaps:
             if first >= offset:
                 await self._accept(tp, want, offset)
                 return False
-            if first > want and not watching:
-                # Only the run before ``first`` is empty: a re-read delivers ``first`` first.
-                await self._accept(tp, want, first)
-                self.expected[tp] = want = first
+        else:  # sought back already: what the re-fetch passed over (no broker probe per batch)
+            first = SKIPPED.passed_over_from(tp, want)
+        if first > want and not watching:
+            # Only the run before ``first`` is empty: a re-read delivers ``first`` first.
+            await self._accept(tp, want, first)
+            self.expected[tp] = want = first
+            if first >= offset:
+                return False
+            tries, last = 0, 0.0
         if tries >= self.max_attempts:
             # Only data the broker no longer has (retention) is given up on; otherwise keep
             # asking: a partition paused by backpressure (e.g. while Elasticsearch is down) is

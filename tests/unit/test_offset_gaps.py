@@ -258,3 +258,25 @@ def test_a_hole_that_starts_with_markers_is_read_again_from_its_first_record():
     # Copies left from before the seek come first in the next batch, then the re-read.
     assert offsets(run(gaps.in_order(events(12, 13, 3, 4, 5)))) == [3, 4, 5]
     assert offsets(run(gaps.in_order(events(6, 7, 8, 9, 10, 11, 12, 13)))) == [6, 7, 8, 9, 10, 11, 12, 13]
+
+
+def test_a_marker_run_the_refetch_passes_over_is_accepted_without_asking_the_broker_again(monkeypatch):
+    # The broker probe saw a record in the hole (1-9), so the stage sought back to 1; the
+    # re-fetch then passed over 1-2 (markers): the stage must wait for 3, not for 1.
+    import pipeline.faustcompat as faustcompat
+
+    asked = []
+
+    async def first_readable(tp, start, end):
+        asked.append((start, end))
+        return start  # "a record is there": the broker cannot say more than that it is readable
+
+    skipped = SkippedOffsets()
+    skipped.topics.add(RAW.topic)
+    monkeypatch.setattr(faustcompat, "SKIPPED", skipped)
+    gaps, consumer = make(committed={RAW: 1}, first_readable=first_readable)
+    assert run(gaps.in_order(events(10))) == []
+    assert consumer.seeks == [(RAW, 1)] and asked == [(1, 10)]
+    skipped.note(RAW.topic, RAW.partition, 1, 3)  # what aiokafka's fetcher reports
+    assert offsets(run(gaps.in_order(events(11, 3, 4)))) == [3, 4]
+    assert consumer.gaps == [(RAW, 1, 3)] and asked == [(1, 10)]
