@@ -114,10 +114,6 @@ class SkippedOffsets:
                 start = max(start, run_end)
         return start
 
-    def covers(self, tp, start: int, end: int) -> bool:
-        """Whether every offset in ``start``..``end - 1`` was passed over."""
-        return self.passed_over_from(tp, start) >= end
-
 
 SKIPPED = SkippedOffsets()
 
@@ -368,9 +364,6 @@ class OffsetGaps:
             self.probed[tp] = None
         return start if self.probed[tp] is None else max(start, min(self.probed[tp], end))
 
-    async def _unreadable(self, tp, start: int, end: int) -> bool:
-        return await self._readable_from(tp, start, end) >= end
-
     async def _accept(self, tp, start: int, end: int) -> None:
         """Accepts offsets ``start``..``end - 1`` as holding nothing to process: faust may commit
         past them (it otherwise stops committing at the first offset it never acknowledged)."""
@@ -421,7 +414,7 @@ class OffsetGaps:
             # Only data the broker no longer has (retention) is given up on; otherwise keep
             # asking: a partition paused by backpressure (e.g. while Elasticsearch is down) is
             # re-read only once it flows again, which can take minutes.
-            if await self._unreadable(tp, want, offset):  # e.g. a transaction that was open at first
+            if await self._readable_from(tp, want, offset) >= offset:  # e.g. a transaction open at first
                 await self._accept(tp, want, offset)
                 return False
             if await self._deleted(tp, want):
