@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from . import admission as admission_policy
 from . import windows
+from .admission import OTHER, AdmissionPolicy
 from .alerts import Rule, apply_rules
 from .schemas import Alert, WindowAggregate, WindowItem
-
-OTHER = "other"
-
 
 def _iso(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
@@ -48,6 +48,7 @@ class WindowOutputs:
     out_of_bounds: dict[str, int] = field(default_factory=dict)  # "future" / "too_old" -> records dropped
     closed: list[windows.ClosedWindow] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)  # names no longer tracked (metrics to drop)
+    evicted: int = 0  # names that lost their slot to more active ones (admission.py)
 
 
 class WindowProcessor:
@@ -62,18 +63,28 @@ class WindowProcessor:
         upstream_sources: list[str] | None = None,
         max_clock_skew_s: float = 300.0,
         max_event_age_s: float = 7 * 86_400.0,
+        upstream_hold_s: float = 120.0,
+        known_names: frozenset[str] = frozenset(),
+        name_half_life_s: float = 600.0,
     ):
         self.config = config
+        # The longest a stalled upstream (batches in flight, a partition not committed to its end)
+        # holds stream time beyond ``idle_s``: past it, a silent source counts as idle anyway.
+        self.upstream_hold_s = upstream_hold_s
         self.max_clock_skew_s, self.max_event_age_s = max_clock_skew_s, max_event_age_s
         # The upstream streams whose event times each run forward (see ``record``'s ``src``).
         self.upstream = upstream_sources if upstream_sources is not None else [str(p) for p in range(partitions)]
         self.rules = rules
-        self.per_partition = max(1, math.ceil(max_topics / partitions))
+        self.admission = AdmissionPolicy(
+            capacity=max(1, math.ceil(max_topics / partitions)), known=known_names, half_life_s=name_half_life_s
+        )
         self.lookup = lookup  # key -> stored value or None (the Faust table's get)
         self.idle_s = idle_s
         self._pending: dict[str, tuple[int, dict | None]] = {}
         self._copied: set[str] = set()  # names whose pending state is this batch's own copy
         self._last_record_wall: dict[int, float] = {}
+        self._last_arrival_wall: dict[int, float] = {}  # the last record itself (stalls do not move it)
+        self._candidates: dict[int, OrderedDict] = {}  # partition -> names waiting for a slot (admission.py)
         self._last_advance_wall: dict[int, float] = {}
         self._heard_wall: dict[int, dict[str, float]] = {}  # partition -> upstream partition -> last heard
         self.tracked: dict[int, int] = {}  # partition -> names with their own windows
@@ -109,9 +120,22 @@ class WindowProcessor:
         return pending
 
     def _meta(self, partition: int) -> dict:
-        meta = self._get(f"p/{partition}")
-        # sources: upstream partition -> latest event time received from it
-        return dict(meta) if meta else {"stream_time": None, "topics": [], "sources": {}}
+        """The partition's meta value to change in this batch (the stored one stays as it was).
+        sources: upstream source -> latest event time received from it; topics: names with
+        windows of their own; activity: see admission.py."""
+        key = f"p/{partition}"
+        if key in self._pending and self._pending[key][1] is not None:
+            return self._pending[key][1]  # this batch's own copy
+        meta = self.lookup(key)
+        if not meta:
+            return {"stream_time": None, "topics": [], "sources": {}, "activity": {}}
+        copy = {**meta, "topics": list(meta["topics"]), "sources": dict(meta.get("sources", {}))}
+        if "activity" in meta:
+            copy["activity"] = dict(meta["activity"])
+        else:  # written before admission by activity: every name it tracked keeps its slot
+            at = meta["stream_time"] or 0.0
+            copy["activity"] = {n: [1.0, at] for n in meta["topics"] if n not in self.admission.known | {OTHER}}
+        return copy
 
     def stream_time(self, partition: int) -> float | None:
         """The partition's watermark: windows ending (plus lateness) before it are closed."""
@@ -124,6 +148,7 @@ class WindowProcessor:
         crossed: internal by-fingerprint topic and raw topic); its offsets there (optional)
         recognise repeats (``_delivered_before``)."""
         self._last_record_wall[partition] = self._last_advance_wall[partition] = wall_now
+        self._last_arrival_wall[partition] = wall_now
         meta = self._meta(partition)
         t = item.time
         bound = self._out_of_bounds(t, meta["stream_time"], wall_now)
@@ -131,14 +156,16 @@ class WindowProcessor:
             out.out_of_bounds[bound] = out.out_of_bounds.get(bound, 0) + 1
             return
         name = item.topic
-        if name not in meta["topics"]:
-            tracked = sum(1 for t in meta["topics"] if t != OTHER)
-            if name != OTHER and tracked >= self.per_partition:
-                # Offsets of several upstream partitions mix under one source here: drop them.
-                update = {"topic": OTHER, "source": f"w{partition}", "offset": None, "raw_offset": None}
-                out.reroute.append(item.model_copy(update=update))
-                return
-            meta["topics"] = meta["topics"] + [name]
+        candidates = self._candidates.setdefault(partition, OrderedDict())
+        admission = admission_policy.admit(self.admission, meta, candidates, name, t)
+        if admission.evicted is not None:
+            self._evict(partition, admission.evicted, out)
+        if not admission.admitted:
+            # Offsets of several upstream partitions mix under one source here: drop them.
+            update = {"topic": OTHER, "source": f"w{partition}", "offset": None, "raw_offset": None}
+            out.reroute.append(item.model_copy(update=update))
+            self._advance_on(partition, meta, item, t, wall_now)
+            return
         state = self._state(name, partition)
         bucket = str(self.config.bucket_of(t))
         digest = hashlib.blake2b(item.id.encode(), digest_size=8).hexdigest()
@@ -158,11 +185,22 @@ class WindowProcessor:
             state["seen"].setdefault(bucket, {})[digest] = 1
             windows.add(self.config, state, t, item.score, item.label)
         _note_delivery(state, item)
-        sources = meta["sources"] = dict(meta.get("sources", {}))
+        self._advance_on(partition, meta, item, t, wall_now)
+
+    def _advance_on(self, partition: int, meta: dict, item: WindowItem, t: float, wall_now: float) -> None:
+        """The record's source has progressed to ``t``: stream time may move."""
+        sources = meta["sources"]
         sources[item.source] = max(sources.get(item.source, t), t)
         self._heard(partition)[item.source] = wall_now
         self._advance(partition, meta, wall_now)
-        self._put(f"p/{partition}", partition, meta)
+
+    def _evict(self, partition: int, name: str, out: WindowOutputs) -> None:
+        """``name`` lost its slot to a more active one: its open windows are dropped, not emitted."""
+        key = f"t/{name}"
+        self._put(key, partition, None)
+        self._copied.discard(key)
+        out.forgotten.append(name)
+        out.evicted += 1
 
     def _out_of_bounds(self, t: float, stream_time: float | None, wall_now: float) -> str | None:
         """A time ahead of the wall clock by more than the skew, or behind stream time by more
@@ -177,25 +215,33 @@ class WindowProcessor:
         return self._heard_wall.setdefault(partition, {})
 
     def _advance(self, partition: int, meta: dict, wall_now: float) -> None:
-        """Stream time = the least progress among the upstream partitions heard from within
-        ``idle_s``: items from several upstream partitions interleave, and one running behind must
-        not make the others' records late. It never goes back."""
+        """Stream time = the least progress among the upstream sources that are not idle: items
+        from several sources interleave, and one running behind must not make the others'
+        records late. It never goes back.
+
+        A source is idle once silent for ``idle_s``, or, while upstream stages hold unprocessed
+        messages (it may be stalled rather than idle), for ``idle_s + upstream_hold_s``. A source
+        never heard from counts as silent since the processor first asked about it. So a source
+        that carries nothing for this partition (a producer that keys by source) holds stream time
+        once, for at most that bound, and never again while the others flow."""
         heard = self._heard(partition)
         sources = meta.get("sources", {})
-        # While upstream stages hold unprocessed messages, a quiet source is stalled, not idle.
-        stalled = self.upstream_pending()
+        patience = self.idle_s + (self.upstream_hold_s if self.upstream_pending() else 0.0)
 
         def waiting_for(src: str) -> bool:
-            return stalled or wall_now - heard.setdefault(src, wall_now) < self.idle_s
+            return wall_now - heard.setdefault(src, wall_now) < patience
 
-        for src in self.upstream:  # not heard from yet, but not idle yet either: wait for it
-            if src not in sources and waiting_for(src):
-                self._put(f"p/{partition}", partition, meta)
-                return
+        unheard = [src for src in self.upstream if src not in sources and waiting_for(src)]
+        if unheard:  # not heard from yet, but not idle yet either: wait for them
+            self._put(f"p/{partition}", partition, meta)
+            return
         active = [t for src, t in sources.items() if waiting_for(src)]
         if active:
             current = meta["stream_time"]
             meta["stream_time"] = min(active) if current is None else max(current, min(active))
+            # An idle source already behind stream time adds nothing; it is noted again when heard.
+            stream_time = meta["stream_time"]
+            meta["sources"] = {s: t for s, t in sources.items() if t >= stream_time or waiting_for(s)}
         self._put(f"p/{partition}", partition, meta)
 
     def tick(self, partition: int, wall_now: float) -> None:
@@ -204,11 +250,15 @@ class WindowProcessor:
         event time it received and then follows the wall clock, so the last windows of a stream
         close even when no later record arrives."""
         self._last_record_wall.setdefault(partition, wall_now)
+        arrival = self._last_arrival_wall.setdefault(partition, wall_now)
         last_advance = self._last_advance_wall.setdefault(partition, wall_now)
         meta = self._meta(partition)
         if not meta.get("sources"):
             return
-        if self.upstream_pending():  # a stall upstream is not silence: the clock starts after it
+        # A stall upstream is not silence: the clock starts after it, or once it has held the
+        # partition for ``upstream_hold_s`` past ``idle_s`` (an answer that never comes must
+        # not hold the last windows for good).
+        if self.upstream_pending() and wall_now - arrival < self.idle_s + self.upstream_hold_s:
             self._last_advance_wall[partition] = self._last_record_wall[partition] = wall_now
         if wall_now - self._last_record_wall[partition] < self.idle_s:
             self._advance(partition, meta, wall_now)
@@ -244,6 +294,7 @@ class WindowProcessor:
                     out.aggregates.append(_aggregate(window, late))
                 self._evaluate(window, state, out)
             if windows.idle(state, meta["stream_time"], self.config):
+                admission_policy.forget(meta, name)
                 self._put(key, partition, None)
                 self._copied.discard(key)
                 out.forgotten.append(name)
@@ -255,7 +306,14 @@ class WindowProcessor:
         self.names[partition] = keep
         if keep != meta["topics"]:
             meta["topics"] = keep
+            meta["activity"] = {n: a for n, a in meta["activity"].items() if n in keep}
             self._put(f"p/{partition}", partition, meta)
+
+    def forget_partition(self, partition: int) -> None:
+        """The partition moved to another worker: what is kept in memory for it goes."""
+        for kept in (self._candidates, self._heard_wall, self._last_record_wall, self._last_arrival_wall):
+            kept.pop(partition, None)
+        self._last_advance_wall.pop(partition, None)
 
     def _evaluate(self, window: windows.ClosedWindow, state: dict, out: WindowOutputs) -> None:
         out.alerts.extend(Alert(**document) for document in apply_rules(self.rules, window, state["alerts"]))

@@ -33,7 +33,7 @@ from .aggregation import WindowProcessor
 from .alerts import load_rules
 from .classify import ModelHolder
 from .config import Settings
-from .enrich import CompanyDictionary
+from .enrich import CompanyDictionary, read_names
 from .sinks.elasticsearch import ElasticsearchSink
 from .stages.classify import ClassifyStage, FirstScores
 from .stages.dead_letters import DeadLetters
@@ -78,7 +78,9 @@ def create_app(settings: Settings) -> faust.App:
     live = LiveView(settings.window_config().specs[0].name)
     sink = ElasticsearchSink(settings)
     dead_letters = DeadLetters(topics.deadletter)
-    first_scores = FirstScores(dedup_table, settings.dedup_horizon_s, settings.topic_partitions)
+    first_scores = FirstScores(
+        dedup_table, settings.dedup_horizon_s, settings.topic_partitions, settings.dedup_max_entries
+    )
     upstream_progress = UpstreamProgress(settings, upstream, gaps)
 
     transactions = _transactions(app, settings, upstream | {topics.windows.get_topic_name()}, intake)
@@ -110,7 +112,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(interval=5.0)
     async def index_restored_dedup_entries():
         if first_scores.stale and intake.settled():
-            first_scores.index_restored()
+            await first_scores.index_restored()
 
     # Loading a new bundle takes seconds: on its own thread, so scoring goes on meanwhile.
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
@@ -247,9 +249,20 @@ def _window_processor(settings: Settings, table, upstream: UpstreamProgress) -> 
         upstream_sources=[f"{fp}:{raw}" for fp in range(partitions) for raw in range(partitions)],
         max_clock_skew_s=settings.max_clock_skew_s,
         max_event_age_s=settings.max_event_age_s,
+        upstream_hold_s=settings.window_upstream_hold_s,
+        known_names=known_names(settings),
+        name_half_life_s=settings.window_name_half_life_s,
     )
     processor.upstream_pending = upstream.pending
     return processor
+
+
+def known_names(settings: Settings) -> frozenset[str]:
+    """Names always given windows of their own: the configured list and the dictionary's tickers."""
+    names = set(_dictionary(settings).alias_to_ticker.values())
+    if settings.window_known_names:
+        names |= read_names(settings.window_known_names)
+    return frozenset(names)
 
 
 def _dictionary(settings: Settings) -> CompanyDictionary:

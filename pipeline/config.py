@@ -180,6 +180,8 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(default=10_000, ge=16, le=1_000_000)
     unknown_fields: Literal["keep", "ignore"] = "ignore"
     dedup_horizon_s: int = Field(default=86_400, ge=0)
+    # De-duplication entries kept at most (the oldest go first past it; ~170 B each in memory).
+    dedup_max_entries: int = Field(default=2_000_000, ge=1, le=1_000_000_000)
     # Event-time bounds: a published_at further ahead of the worker's clock than this is a source
     # clock error; such a record is scored and indexed but kept out of the windows.
     max_clock_skew_s: float = Field(default=300.0, ge=0, le=7 * 86_400)
@@ -196,7 +198,18 @@ class Settings(BaseSettings):
     window_hop_s: int = Field(default=60, ge=1, le=86_400)
     window_lateness_s: float = Field(default=30.0, ge=0, le=86_400)
     window_idle_s: float = Field(default=10.0, gt=0, le=3600)  # then stream time follows the wall clock
-    window_max_topics: int = Field(default=500, ge=1, le=100_000)  # the rest are counted as "other"
+    # Names with windows of their own, besides the known ones (spread over the window
+    # partitions); the rest are counted under "other". Once full, a more active name takes the
+    # least active one's place (docs/architecture.md, "Which names get windows").
+    window_max_topics: int = Field(default=500, ge=1, le=100_000)
+    # Names always given windows of their own: a file with a `ticker` or `Symbol` column (or one
+    # name a line); the company dictionary's tickers are known too.
+    window_known_names: Path | None = None
+    # A name's activity (what admission compares) halves over this much event time.
+    window_name_half_life_s: float = Field(default=600.0, gt=0, le=30 * 86_400)
+    # The longest a stall upstream (batches in flight, partitions not committed to their end)
+    # holds a window partition's stream time beyond window_idle_s.
+    window_upstream_hold_s: float = Field(default=120.0, ge=0, le=86_400)
     baseline_span_windows: int = Field(default=30, ge=2, le=10_000)
     alert_rules: Path | None = Field(default_factory=lambda: _deploy_file("alerts/rules.yml"))
 

@@ -31,15 +31,17 @@ def fingerprint_partition(key: str, partitions: int) -> int:
 
 
 class Expiry:
-    """Which de-duplication entries have outlived the horizon, per partition of the table.
+    """Which de-duplication entries have outlived the horizon, or exceed the size cap, per
+    partition of the table.
 
     Entries are noted as they are written (and, after an assignment, as the restored table is
-    read once), oldest first; ``due`` hands back those older than the horizon so the stage can
-    delete them (a tombstone in the changelog), which keeps the store, and its changelog after
-    compaction, bounded by what arrived within the horizon."""
+    read once), oldest first; ``due`` hands back those older than the horizon and ``over_cap``
+    the oldest beyond ``max_entries``, so the stage can delete them (a tombstone in the
+    changelog). The store, and its changelog after compaction, stays bounded by what arrived
+    within the horizon and by the cap, whichever is smaller."""
 
-    def __init__(self, horizon_s: float):
-        self.horizon_s = horizon_s
+    def __init__(self, horizon_s: float, max_entries: int | None = None):
+        self.horizon_s, self.max_entries = horizon_s, max_entries
         self._entries: dict[int, list[tuple[float, str]]] = {}  # partition -> heap of (at, fingerprint)
 
     def note(self, partition: int, key: str, at: float) -> None:
@@ -49,6 +51,16 @@ class Expiry:
         """Up to ``limit`` (fingerprint, written at) entries of ``partition`` past the horizon."""
         heap, out = self._entries.get(partition, []), []
         while heap and len(out) < limit and heap[0][0] < now_s - self.horizon_s:
+            at, key = heapq.heappop(heap)
+            out.append((key, at))
+        return out
+
+    def over_cap(self, partition: int, limit: int = 1000) -> list[tuple[str, float]]:
+        """Up to ``limit`` of the oldest entries of ``partition`` beyond ``max_entries``."""
+        heap, out = self._entries.get(partition, []), []
+        if self.max_entries is None:
+            return out
+        while len(heap) > self.max_entries and len(out) < limit:
             at, key = heapq.heappop(heap)
             out.append((key, at))
         return out

@@ -58,6 +58,31 @@ class CompanyDictionary:
         return [self.alias_to_ticker[m.group(1).lower()] for m in self.pattern.finditer(text)]
 
 
+def read_names(path: Path | str) -> set[str]:
+    """Ticker symbols from a CSV with a ``ticker`` or ``Symbol`` column, or a file of one name a
+    line (``#`` comments allowed); upper-cased like the names the worker windows by."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            first = handle.readline()
+            handle.seek(0)
+            header = next(csv.reader([first]), [])
+            column = next((c for c in header if c.strip().lower() in ("ticker", "symbol")), None)
+            if column is not None:
+                rows = csv.DictReader(handle)
+                names = {(row[column] or "").strip().upper() for row in rows}
+            else:
+                names = {line.split("#", 1)[0].strip().upper() for line in handle}
+    except OSError as exc:
+        raise DictionaryError(f"{path}: {exc.strerror}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DictionaryError(f"{path}: not a CSV or text file of names ({exc})") from None
+    names.discard("")
+    if not names:
+        raise DictionaryError(f"{path}: no names (a `ticker` or `Symbol` column, or one name a line)")
+    return names
+
+
 def cashtags(text: str) -> list[str]:
     return [m.group(1).upper() for m in CASHTAG.finditer(text)]
 

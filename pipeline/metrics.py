@@ -84,7 +84,10 @@ DEDUP_ENTRIES = Gauge(
     "finsent_dedup_entries", "De-duplication entries this worker holds (within the horizon).", registry=REGISTRY
 )
 DEDUP_EXPIRED = Counter(
-    "finsent_dedup_expired", "De-duplication entries deleted once past the horizon.", registry=REGISTRY
+    "finsent_dedup_expired",
+    "De-duplication entries deleted, once past the horizon or beyond the size cap.",
+    ["reason"],
+    registry=REGISTRY,
 )
 MODEL_SWAPS = Counter("finsent_model_swaps", "Model bundles hot-swapped in.", registry=REGISTRY)
 
@@ -114,6 +117,11 @@ EVENT_TIME_OUT_OF_BOUNDS = Counter(
     "finsent_event_time_out_of_bounds",
     "Records kept out of the windows: event time too far ahead of the clock (future) or behind stream time (too_old).",
     ["bound"],
+    registry=REGISTRY,
+)
+NAMES_EVICTED = Counter(
+    "finsent_window_names_evicted",
+    "Names that lost their windows to more active ones (their open windows dropped).",
     registry=REGISTRY,
 )
 TRACKED_TOPICS = Gauge(
@@ -152,7 +160,9 @@ def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def record_windows(closed, alerts, late: int, forgotten: list[str], tracked: int, out_of_bounds=None) -> None:
+def record_windows(
+    closed, alerts, late: int, forgotten: list[str], tracked: int, out_of_bounds=None, evicted: int = 0
+) -> None:
     """Metrics from one batch of the window stage, once its outputs are acknowledged."""
     for window in closed:
         WINDOWS_CLOSED.labels(window.spec.name).inc()
@@ -172,6 +182,7 @@ def record_windows(closed, alerts, late: int, forgotten: list[str], tracked: int
     for bound, count in (out_of_bounds or {}).items():
         EVENT_TIME_OUT_OF_BOUNDS.labels(bound).inc(count)
     TRACKED_TOPICS.set(tracked)
+    NAMES_EVICTED.inc(evicted)
     forget_names(forgotten)
 
 

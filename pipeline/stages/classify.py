@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,10 +44,12 @@ class FirstScores:
     """The de-duplication table (changelog-backed: it survives restarts and rebalances):
     fingerprint -> the scores of the first copy seen, deleted once past the horizon."""
 
-    def __init__(self, table, horizon_s: float, partitions: int):
+    def __init__(self, table, horizon_s: float, partitions: int, max_entries: int | None = None):
         self.table, self.partitions = table, partitions
-        self.expiry = Expiry(horizon_s)  # which entries are past the horizon
+        per_partition = None if max_entries is None else max(1, math.ceil(max_entries / partitions))
+        self.expiry = Expiry(horizon_s, per_partition)  # which entries are past the horizon or the cap
         self.stale = True  # the restored table is not in the expiry index yet
+        self.assignments = 0  # a restore walk stops when a new assignment comes
 
     def lookup(self, events, keys: list[str]) -> dict[str, Scores | None]:
         found = {}
@@ -66,25 +69,36 @@ class FirstScores:
         now_s = time.time()
         for event in {e.message.partition: e for e in events}.values():
             faustcompat.set_current_event(event)
-            for key, at in self.expiry.due(event.message.partition, now_s):
-                entry = self.table.get(key)
-                if entry is not None and entry.get("at") == at:  # not written again since
-                    self.table.pop(key, None)
-                    metrics.DEDUP_EXPIRED.inc()
+            partition = event.message.partition
+            for reason, due in (("horizon", self.expiry.due(partition, now_s)), ("cap", self.expiry.over_cap(partition))):
+                for key, at in due:
+                    entry = self.table.get(key)
+                    if entry is not None and entry.get("at") == at:  # not written again since
+                        self.table.pop(key, None)
+                        metrics.DEDUP_EXPIRED.labels(reason).inc()
         metrics.DEDUP_ENTRIES.set(len(self.expiry))
 
     def on_assigned(self) -> None:
         self.expiry.clear()
         self.stale = True
+        self.assignments += 1
 
-    def index_restored(self) -> None:
-        """After an assignment (and its recovery), the restored entries join the expiry index once."""
+    async def index_restored(self, slice_size: int = 2000) -> None:
+        """After an assignment (and its recovery), the restored entries join the expiry index
+        once. The walk yields to the event loop every ``slice_size`` entries (a table of millions
+        must not stop the stages, the web page and the metrics meanwhile) and stops when another
+        assignment comes (that one walks again)."""
+        assignments = self.assignments
         self.stale = False
         self.expiry.clear()  # the table is the truth: entries noted since the assignment are in it too
-        for key, entry in self.table.items():
+        for n, (key, entry) in enumerate(self.table.items(), 1):
             if isinstance(entry, dict) and "at" in entry:
                 partition = entry["p"] if "p" in entry else fingerprint_partition(key, self.partitions)
                 self.expiry.note(partition, key, entry["at"])
+            if n % slice_size == 0:
+                await asyncio.sleep(0)
+                if self.assignments != assignments:
+                    return
         metrics.DEDUP_ENTRIES.set(len(self.expiry))
 
 

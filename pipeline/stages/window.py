@@ -197,7 +197,9 @@ class WindowStage:
         for partition in parts:
             metrics.set_stream_time(partition, processor.stream_time(partition))
         for out in outs:
-            metrics.record_windows(out.closed, out.alerts, out.late, out.forgotten, tracked, out.out_of_bounds)
+            metrics.record_windows(
+                out.closed, out.alerts, out.late, out.forgotten, tracked, out.out_of_bounds, out.evicted
+            )
             self.live.on_windows(out.aggregates, out.alerts, out.forgotten)
         self.intake.ack(batch)
 
@@ -233,6 +235,7 @@ class WindowStage:
                 metrics.forget_names(self.processor.names.pop(tp.partition, []))
                 metrics.forget_partition(tp.partition)
                 self.processor.tracked.pop(tp.partition, None)
+                self.processor.forget_partition(tp.partition)
 
 
 def _output(topic, key: bytes, document) -> Output:

@@ -160,6 +160,20 @@ def test_dedup_entries_expire_after_the_horizon_oldest_first_per_partition():
     assert len(expiry) == 0
 
 
+def test_dedup_entries_beyond_the_cap_go_oldest_first_whatever_the_horizon():
+    from pipeline.dedup import Expiry
+
+    expiry = Expiry(horizon_s=86_400, max_entries=3)
+    for i in range(8):
+        expiry.note(0, f"fp{i}", 1000.0 + i)
+    expiry.note(1, "other", 1000.0)
+    assert expiry.due(0, now_s=2000) == []  # nothing past the horizon
+    assert expiry.over_cap(0, limit=2) == [("fp0", 1000.0), ("fp1", 1001.0)]
+    assert expiry.over_cap(0) == [("fp2", 1002.0), ("fp3", 1003.0), ("fp4", 1004.0)]
+    assert expiry.over_cap(0) == [] and expiry.over_cap(1) == []
+    assert len(expiry) == 4
+
+
 def test_an_entry_written_without_its_partition_is_found_where_the_producer_put_it():
     from aiokafka.partitioner import DefaultPartitioner
 

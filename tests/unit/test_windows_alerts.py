@@ -511,3 +511,140 @@ def test_a_window_batch_cut_short_by_an_error_leaves_nothing_in_the_next_batch()
 
     assert set(parts) == {1}
     assert writes and {partition for partition, _value in writes.values()} == {1}
+
+
+# --- progress that does not wait on silence, admission a flood cannot exhaust --------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    n_sources=st.integers(1, 8),
+    carrying=st.data(),
+    pending=st.sampled_from(["always", "never", "random"]),
+    delay=st.floats(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_stream_time_follows_the_sources_that_carry_data_whatever_the_others_do(
+    n_sources, carrying, pending, delay, seed
+):
+    """Steady traffic from any subset of the upstream sources (a producer that keys by source
+    leaves the others empty), upstream work pending or not: after the start-up bound
+    (idle + hold), stream time trails the wall clock by at most idle_s + the records' delay, so a
+    window closes within lateness + idle_s (+ delay) of its end."""
+    rng = random.Random(seed)
+    sources = [str(s) for s in range(n_sources)]
+    active = carrying.draw(st.lists(st.sampled_from(sources), min_size=1, unique=True))
+    store = Store()
+    proc = WindowProcessor(CONFIG, [], 100, 1, store.data.get, idle_s=5, upstream_sources=sources, upstream_hold_s=30)
+    proc.upstream_pending = {
+        "always": lambda: True,
+        "never": lambda: False,
+        "random": lambda: rng.random() < 0.5,
+    }[pending]
+    start, out, offsets = T0 + 1000.0, WindowOutputs(), dict.fromkeys(active, 0)
+    emitted_by: dict[float, float] = {}
+    schedule = [src for _round in range(400 // len(active) + 1) for src in rng.sample(active, len(active))][:400]
+    last_t: dict[str, float] = {}
+    for step, src in enumerate(schedule):  # each carrying source at least every 2 rounds (< idle_s)
+        wall = start + step * 0.5
+        offsets[src] += 1
+        last_t[src] = wall - delay
+        proc.record(0, as_window_item(item("AAPL", wall - delay, off=offsets[src], src=src)), wall, out)
+        proc.close_partition(0, out)
+        store.apply(proc)
+        for a in out.aggregates:
+            emitted_by.setdefault(a.end.timestamp(), wall)
+        if wall >= start + 5 + 30 + len(active) * 0.5:
+            assert proc.stream_time(0) is not None
+            assert proc.stream_time(0) >= min(last_t.values())  # the slowest carrying source, no silent one
+    for end, wall in emitted_by.items():  # closed within lateness + idle (+ delay, round-robin) of the end
+        assert wall <= max(end + CONFIG.lateness_s + 5 + delay + len(active) * 0.5, start + 35 + len(active) * 0.5)
+    one_minute = [a for a in out.aggregates if a.window == "1m"]
+    assert one_minute, "no window closed"
+    assert sum(a.messages for a in one_minute) >= 400 - (60 + CONFIG.lateness_s + 5 + delay) * 2 - len(active)
+    assert out.late == 0
+
+
+def test_a_stall_upstream_holds_the_last_windows_only_for_the_hold_bound():
+    store = Store()
+    proc = WindowProcessor(CONFIG, [], 100, 1, store.data.get, idle_s=5, upstream_sources=["0"], upstream_hold_s=30)
+    proc.upstream_pending = lambda: True  # e.g. an answer about markers that never comes
+    out = WindowOutputs()
+    proc.record(0, as_window_item(item("AAPL", T0 + 1, off=1)), wall_now=T0 + 1000.0, out=out)
+    proc.close_partition(0, out)
+    for wall in range(1001, 1030):  # within the hold: the stall is not silence
+        proc.tick(0, T0 + wall)
+        proc.close_partition(0, out)
+    assert not out.aggregates
+    for wall in range(1030, 1200, 5):
+        proc.tick(0, T0 + wall)
+        proc.close_partition(0, out)
+    assert ("1m", T0 + 60) in [(a.window, a.end.timestamp()) for a in out.aggregates]
+
+
+def test_sources_idle_and_behind_stream_time_are_pruned():
+    store = Store()
+    proc = WindowProcessor(CONFIG, [], 100, 1, store.data.get, idle_s=5, upstream_sources=["0"])
+    out = WindowOutputs()
+    for i, src in enumerate(["0", "old"]):
+        proc.record(0, as_window_item(item("AAPL", T0 + i, off=1, src=src)), T0 + 1000.0, out)
+    for i in range(1, 30):
+        proc.record(0, as_window_item(item("AAPL", T0 + 10 + i, off=1 + i, src="0")), T0 + 1000.0 + i, out)
+    store.apply(proc)
+    assert set(store.data["p/0"]["sources"]) == {"0"}
+
+
+def flood_partition(known=frozenset(), capacity=20):
+    store = Store()
+    proc = WindowProcessor(CONFIG, [], capacity, 1, store.data.get, idle_s=5, known_names=known)
+    return store, proc
+
+
+def test_a_real_name_first_seen_during_a_flood_of_junk_names_gets_its_own_windows():
+    """20,000 names seen once each at 100 msg/s into one window partition (4x the per-partition
+    rate of 100 msg/s over 4 partitions), real names first seen during it, once a second each:
+    the real ones get their own windows from their second message on and keep them; tracked
+    names, candidates and stored state stay bounded; the junk never displaces a real name."""
+    store, proc = flood_partition(known=frozenset({"AAPL"}), capacity=125)
+    first_own, evicted, forgotten = {}, 0, set()
+    real = ["IBM", "ORCL", "INTC", "CSCO", "AAPL"]
+    t = T0 + 0.0
+    for i in range(20_000):
+        t += 0.01
+        out = WindowOutputs()
+        proc.record(0, as_window_item(item(f"JUNK{i}", t, off=i)), t + 1, out)
+        if i >= 1_000 and i % 100 == 0:  # after the slots filled: each real name once a second
+            for name in real:
+                proc.record(0, as_window_item(item(name, t, off=i, src=name)), t + 1, out)
+                if name not in first_own and not any(r.id.startswith(name) for r in out.reroute):
+                    first_own[name] = i
+        evicted += out.evicted
+        forgotten |= set(out.forgotten)
+        if i % 50 == 0:
+            proc.close_partition(0, out)
+            store.apply(proc)
+    store.apply(proc)
+    meta = store.data["p/0"]
+    assert set(real) <= set(first_own)  # every real name has its own windows...
+    assert max(first_own.values()) <= 1_000 + 100  # ...from its second message on
+    assert set(real) <= set(meta["topics"]) and not set(real) & forgotten  # and keeps them
+    assert evicted == len(forgotten) == len(real) - 1  # each admission took one junk name's slot
+    assert len(meta["activity"]) <= 125 and len(proc._candidates[0]) <= 16 * 125
+    assert len(meta["topics"]) <= 125 + 1  # capacity + the known AAPL
+    assert sum(1 for k in store.data if k.startswith("t/")) <= 126
+
+
+def test_a_known_name_is_admitted_even_when_every_slot_is_taken():
+    store, proc = flood_partition(known=frozenset({"KNOWN"}), capacity=2)
+    out = feed(proc, store, [item(n, T0 + i, off=i) for i, n in enumerate(["A", "B", "C", "KNOWN"])], batch=10)
+    assert [r.id for r in out.reroute] == ["C-0-2"]
+    assert store.data["p/0"]["topics"] == ["A", "B", "KNOWN"]
+
+
+def test_an_evicted_name_loses_its_state_and_its_series():
+    store, proc = flood_partition(capacity=1)
+    feed(proc, store, [item("QUIET", T0, off=0)])
+    out = feed(proc, store, [item("BUSY", T0 + 1 + i, off=1 + i) for i in range(3)], batch=10)
+    assert out.evicted == 1 and out.forgotten == ["QUIET"]
+    assert "t/QUIET" not in store.data and "t/BUSY" in store.data
+    assert store.data["p/0"]["topics"] == ["BUSY"]
