@@ -34,6 +34,7 @@ from .admission import OTHER, AdmissionPolicy
 from .alerts import Rule, apply_rules
 from .schemas import Alert, WindowAggregate, WindowItem
 
+
 def _iso(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 

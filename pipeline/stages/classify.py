@@ -70,7 +70,10 @@ class FirstScores:
         for event in {e.message.partition: e for e in events}.values():
             faustcompat.set_current_event(event)
             partition = event.message.partition
-            for reason, due in (("horizon", self.expiry.due(partition, now_s)), ("cap", self.expiry.over_cap(partition))):
+            for reason, due in (
+                ("horizon", self.expiry.due(partition, now_s)),
+                ("cap", self.expiry.over_cap(partition)),
+            ):
                 for key, at in due:
                     entry = self.table.get(key)
                     if entry is not None and entry.get("at") == at:  # not written again since

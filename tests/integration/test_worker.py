@@ -407,7 +407,11 @@ def test_dedup_entries_expire_after_the_horizon_so_the_store_stays_bounded(local
         ]
         pipeline.produce(second)
         pipeline.wait_indexed(802)
-        wait_for(lambda: worker.metric("finsent_dedup_expired_total", reason="horizon") >= 400, 30, "the first wave to expire")
+        wait_for(
+            lambda: worker.metric("finsent_dedup_expired_total", reason="horizon") >= 400,
+            30,
+            "the first wave to expire",
+        )
         assert worker.metric("finsent_dedup_entries") <= 401  # the second wave (and "again") only
         scored = {r["id"]: r for r in pipeline.read_topic("FINSENT_TOPIC_SCORED", 802)}
         assert scored["again"]["duplicate_of"] is None
