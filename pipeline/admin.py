@@ -39,6 +39,40 @@ def internal_topic_names(settings: Settings) -> tuple[str, str]:
     return f"{group}.{settings.topic_raw}.by-fingerprint", f"{group}.windows"
 
 
+def state_topic_names(settings: Settings) -> list[str]:
+    """Topics partitioned like the worker's state: the internal topics and the tables'
+    changelogs (faust names them ``<group>-<table>-changelog``)."""
+    group = settings.consumer_group
+    return [*internal_topic_names(settings), f"{group}-finsent-dedup-changelog", f"{group}-finsent-windows-changelog"]
+
+
+class PartitionMismatch(ValueError):
+    """The group's topics have another partition count than the configured one."""
+
+
+def check_partitions(settings: Settings) -> None:
+    """Refuses a partition count that differs from the group's existing topics: fingerprints
+    and names hash to partitions, so another count splits de-duplication and window state, and
+    changelog writes would go to partitions that do not exist."""
+    admin = kafka_admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        names = [name for name in state_topic_names(settings) if name in existing]
+        described = admin.describe_topics(names) if names else []
+    finally:
+        admin.close()
+    wrong = {d["name"]: len(d["partitions"]) for d in described if len(d["partitions"]) != settings.topic_partitions}
+    if wrong:
+        found = ", ".join(f"{topic} has {count}" for topic, count in sorted(wrong.items()))
+        raise PartitionMismatch(
+            f"FINSENT_TOPIC_PARTITIONS is {settings.topic_partitions} but consumer group "
+            f"{settings.consumer_group!r} keeps its state in topics with another count ({found}). Set "
+            f"FINSENT_TOPIC_PARTITIONS to that count, or, to change it, start a new consumer group "
+            "(FINSENT_CONSUMER_GROUP) with the new count and a fresh state directory and replay the raw "
+            "topic into it (docs/operations.md, 'Changing the partition count')."
+        )
+
+
 def ensure_topics(settings: Settings, internal: bool = False) -> list[str]:
     """Creates the missing finsent topics (with ``internal``, the group's own ones too) with the
     configured partitions and replication; returns the names created."""

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import faust
 
 from . import faustcompat
-from .admin import CommittedOffsets, ReadableProbe, ensure_topics, internal_topic_names
+from .admin import CommittedOffsets, ReadableProbe, check_partitions, ensure_topics, internal_topic_names
 from .aggregation import WindowProcessor
 from .alerts import load_rules
 from .classify import ModelHolder
@@ -91,7 +91,7 @@ def create_app(settings: Settings) -> faust.App:
         settings, intake, outbox, model, first_scores, sink, topics, dead_letters, _dictionary(settings), live
     )
     processor = _window_processor(settings, window_table, upstream_progress)
-    window = WindowStage(settings, intake, outbox, processor, window_table, topics, sink, live)
+    window = WindowStage(settings, intake, outbox, processor, window_table, topics, sink, live, dead_letters)
     app.agent(topics.raw, name="decode_stage")(decode.run)
     app.agent(topics.valid, name="classify_stage")(classify.run)
     app.agent(topics.windows, name="window_stage")(window.run)
@@ -286,6 +286,7 @@ def _declare_topics(settings: Settings) -> None:
     from .clients import ConnectionFailure
 
     try:
+        check_partitions(settings)
         ensure_topics(settings, internal=True)
     except (ConnectionFailure, KafkaError, OSError) as exc:  # Kafka not up yet: faust declares them later
         logging.getLogger("finsent.worker").warning("topics not declared before start (%s)", exc)

@@ -29,9 +29,20 @@ log = logging.getLogger(__name__)
 
 
 def _retryable(status: int | None) -> bool:
-    """An outage, not the content: no answer, overload, server-side failures, and refused
-    credentials or permissions (401/403), which an operator fixes without touching the data."""
-    return status is None or status in (401, 403, 429) or status >= 500
+    """An outage, not the content: no answer, overload, server-side failures, refused
+    credentials or permissions (401/403), which an operator fixes without touching the data, and
+    a whole request answered 404/408 (an index gone with auto-create off, or a proxy in front)."""
+    return status is None or status in (401, 403, 404, 408, 429) or status >= 500
+
+
+# Per-document errors that say the index cannot take documents now, whatever they hold: an
+# operator closed or deleted it (with auto-create off), or a disk watermark blocked writes.
+OUTAGE_ERRORS = frozenset({"index_closed_exception", "index_not_found_exception", "cluster_block_exception"})
+
+
+def _item_outage(result: dict) -> bool:
+    error = result.get("error")
+    return _retryable(result.get("status")) or (isinstance(error, dict) and error.get("type") in OUTAGE_ERRORS)
 
 
 def _refused(status: int | None) -> bool:
@@ -247,7 +258,7 @@ class ElasticsearchSink:
                 doc_id = result["_id"]
                 if ok:
                     pending.pop(doc_id, None)
-                elif _retryable(result.get("status")):
+                elif _item_outage(result):
                     refused = refused or _refused(result.get("status"))
                     retry_later[doc_id] = pending[doc_id]
                 else:

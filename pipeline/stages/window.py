@@ -20,11 +20,13 @@ from ..admin import GroupProgress
 from ..aggregation import WindowOutputs, WindowProcessor
 from ..clients import ConnectionFailure, redact
 from ..config import Settings
+from ..decode import Origin, dead_letter
 from ..faustcompat import Batch, Intake
 from ..schemas import WindowTick, parse_window_event
 from ..sinks.elasticsearch import ElasticsearchSink, index_name
 from ..transactions import Output, TransactionFailed
 from ..web import LiveView
+from .dead_letters import DeadLetters
 from .outbox import Outbox
 
 log = logging.getLogger("finsent.worker")
@@ -112,9 +114,10 @@ class WindowStage:
         topics,  # .windows, .aggregates, .alerts
         sink: ElasticsearchSink,
         live: LiveView,
+        dead_letters: DeadLetters,
     ):
         self.settings, self.intake, self.processor, self.table = settings, intake, processor, table
-        self.outbox = outbox
+        self.outbox, self.dead_letters = outbox, dead_letters
         self.topics, self.sink, self.live = topics, sink, live
 
     async def run(self, stream) -> None:
@@ -170,18 +173,22 @@ class WindowStage:
 
     async def _emit(self, parts: dict, writes: dict, batch: Batch, generation: int) -> None:
         await self.sink.ensure_template()
-        outs = [out for out, _event in parts.values()]
+        letters = []
         for suffix in ("aggregates", "alerts"):
-            documents = [d for out in outs for d in getattr(out, suffix)]
+            documents = {d.id: (event, d) for out, event in parts.values() for d in getattr(out, suffix)}
             if documents:
                 index = index_name(self.settings, suffix)
-                rejected = await self.sink.write([d.model_dump(mode="json") for d in documents], index=index)
-                for r in rejected:  # our own documents: a rejection is a bug or a broken template
+                dumped = [d.model_dump(mode="json") for _event, d in documents.values()]
+                for r in await self.sink.write(dumped, index=index):
+                    # Our own documents: a rejection is a bug or a broken template; the record
+                    # stays on its Kafka topic and goes to the dead-letter topic with the reason.
                     log.error("Elasticsearch rejected %s document %s: %s", suffix, r.doc_id, r.reason)
+                    event, document = documents[r.doc_id]
+                    letters.append((event, self._dead_letter(event, document, r.reason)))
         if self.outbox.exactly_once and self.intake.generation() != generation:
             return self._abandon(batch, "a rebalance came during the batch")
         try:
-            await self.outbox.deliver(batch.events, self._outputs(parts, writes))
+            await self.outbox.deliver(batch.events, self._outputs(parts, writes) + letters)
         except TransactionFailed as exc:
             return self._abandon(batch, str(exc))
         if self.intake.generation() != generation:
@@ -202,6 +209,12 @@ class WindowStage:
             )
             self.live.on_windows(out.aggregates, out.alerts, out.forgotten)
         self.intake.ack(batch)
+
+    def _dead_letter(self, event, document, reason: str) -> Output:
+        stamp = event.message.timestamp
+        origin = Origin(*event.message.tp, event.message.offset, int(stamp * 1000) if stamp else None)
+        payload = document.model_dump_json().encode()
+        return self.dead_letters.output(dead_letter(payload, origin, "es_rejected", reason))
 
     def _abandon(self, batch: Batch, why: str) -> None:
         self.intake.abandon(batch)

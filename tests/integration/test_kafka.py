@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -122,3 +123,33 @@ def test_the_probe_finds_the_first_record_past_markers_and_a_fenced_producers_wr
         assert probe.readable(topic, 0, 1, 303) is False and probe.readable(topic, 0, 1, 304) is True
     finally:
         probe.close()
+
+
+def test_a_worker_refuses_a_partition_count_its_groups_topics_do_not_have(local_stack, settings, unique):
+    """Topics of the group made with 2 partitions, a worker configured for 4: it refuses to start
+    and says what to do, before it reads or writes anything."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline.admin import PartitionMismatch, check_partitions, internal_topic_names
+
+    group = f"partitions-{unique}"
+    settings = settings.model_copy(update={"consumer_group": group, "topic_partitions": 4})
+    by_fingerprint, windows = internal_topic_names(settings)
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(by_fingerprint, 4, 1), NewTopic(windows, 2, 1)])
+    finally:
+        admin.close()
+    check_partitions(settings.model_copy(update={"consumer_group": f"other-{unique}"}))  # no topics yet: fine
+    with pytest.raises(PartitionMismatch, match=rf"{windows} has 2"):
+        check_partitions(settings)
+
+    env = {**os.environ, "FINSENT_CONSUMER_GROUP": group, "FINSENT_TOPIC_PARTITIONS": "4", "COLUMNS": "200"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "worker"], env=env, capture_output=True, text=True, timeout=120
+    )
+    said = " ".join((run.stderr + run.stdout).split())  # as wrapped for the terminal
+    assert run.returncode == 1
+    assert f"{windows} has 2" in said and "FINSENT_CONSUMER_GROUP" in said

@@ -58,8 +58,10 @@ def documents(n: int) -> list[dict]:
     return [{"id": f"d{i}", "text": "x"} for i in range(n)]
 
 
-@pytest.mark.parametrize("status", [401, 403, 429, 503])
-def test_a_whole_request_refused_for_credentials_or_load_is_an_outage_not_a_rejection(sink, monkeypatch, status):
+@pytest.mark.parametrize("status", [401, 403, 404, 408, 429, 503])
+def test_a_whole_request_refused_for_credentials_load_or_a_missing_index_is_an_outage_not_a_rejection(
+    sink, monkeypatch, status
+):
     bulk = ScriptedBulk(lambda attempt, ids: status if attempt <= 3 else None)
     monkeypatch.setattr(sink_module, "async_streaming_bulk", bulk)
     assert asyncio.run(sink.write(documents(10))) == []
