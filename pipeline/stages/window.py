@@ -203,7 +203,7 @@ class WindowStage:
         tracked = sum(processor.tracked.values())
         for partition in parts:
             metrics.set_stream_time(partition, processor.stream_time(partition))
-        for out in outs:
+        for out, _event in parts.values():
             metrics.record_windows(
                 out.closed, out.alerts, out.late, out.forgotten, tracked, out.out_of_bounds, out.evicted
             )
