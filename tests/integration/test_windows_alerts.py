@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from kafka import KafkaProducer
 
-from .harness import WINDOW_CONFIG, WINDOW_ENV, Pipeline, texts_by_prediction
+from .harness import WINDOW_CONFIG, WINDOW_ENV, Pipeline, _epoch, texts_by_prediction, wait_for
 
 BASE = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 RULES = """
@@ -115,3 +117,91 @@ def test_burst_and_spike_fire_once_resolve_once_and_windows_match_a_recomputatio
     topic_aggregates = pipeline.read_topic("FINSENT_TOPIC_AGGREGATES", len(got))
     ids = Counter(a["id"] for a in topic_aggregates)
     assert all(ids[a["id"]] == 1 for a in got.values())
+
+
+def _keys_on_distinct_partitions(partitions: int, count: int) -> list[bytes]:
+    """Producer keys that Kafka's default partitioner puts on ``count`` different partitions."""
+    from pipeline.dedup import fingerprint_partition
+
+    keys: dict[int, bytes] = {}
+    for n in range(1000):
+        keys.setdefault(fingerprint_partition(f"desk-{n}", partitions), f"desk-{n}".encode())
+        if len(keys) == count:
+            return list(keys.values())
+    raise AssertionError("no keys found")
+
+
+def _aggregates_with_times(pipeline: Pipeline) -> list[tuple[dict, float]]:
+    """Every aggregate on the topic (read_committed) with the time the worker produced it."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic = pipeline.env["FINSENT_TOPIC_AGGREGATES"]
+    consumer = KafkaConsumer(
+        **pipeline.settings.kafka_client_kwargs(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=2000,
+        isolation_level="read_committed",
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()])
+        return [(json.loads(r.value), r.timestamp / 1000) for r in consumer]
+    finally:
+        consumer.close()
+
+
+def test_windows_close_on_time_when_producers_key_their_messages(local_stack, tiny_bundle, tmp_path, unique):
+    """Live traffic from producers that key by desk: two keys carry every message, so one raw
+    partition carries nothing and each name arrives through one raw partition only. Past the
+    start-up bound (idle + hold), every 1-minute window closes within lateness + idle + 10 s of
+    its end (the target is + 5 s; 10 leaves room for a loaded CI host), while messages flow.
+    (Before bounded holds, no window closed at all.)"""
+    hold, idle, lateness = 10, float(WINDOW_ENV["FINSENT_WINDOW_IDLE_S"]), WINDOW_CONFIG.lateness_s
+    rules = tmp_path / "rules.yml"
+    rules.write_text(RULES)
+    pipeline = Pipeline(
+        name=f"k{unique}",
+        bundle=tiny_bundle,
+        workdir=tmp_path,
+        extra_env={**WINDOW_ENV, "FINSENT_WINDOW_UPSTREAM_HOLD_S": str(hold), "FINSENT_ALERT_RULES": str(rules)},
+    )
+    desks = dict(
+        zip(_keys_on_distinct_partitions(pipeline.partitions, 2), [["AAA", "BBB", "CCC"], ["DDD", "EEE"]], strict=True)
+    )
+    producer = KafkaProducer(**pipeline.settings.kafka_client_kwargs(), acks="all", linger_ms=5)
+    try:
+        pipeline.start_worker()
+        started = time.time()
+        # The first 1-minute window that starts past the start-up bound, and when it must be out.
+        first_end = math.ceil((started + idle + hold) / 60) * 60 + 60
+        produce_until = first_end + lateness + idle + 10
+        n = 0
+        while time.time() < produce_until:  # about 20 msg/s, at most 3 min
+            now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            for key, names in desks.items():
+                text = f"Desk note {n}: {names[n % len(names)]} trades in line with the market"
+                payload = {"id": f"{key.decode()}-{n}", "text": text, "tickers": [names[n % len(names)]]}
+                producer.send(
+                    pipeline.env["FINSENT_TOPIC_RAW"], json.dumps({**payload, "published_at": now}).encode(), key=key
+                )
+            n += 1
+            time.sleep(0.1)
+        producer.flush(timeout=60)
+        last_end = math.floor((time.time() - lateness - idle - 10) / 60) * 60
+        names = [name for names in desks.values() for name in names]
+        wanted = {(name, end) for name in names for end in range(first_end, last_end + 1, 60)}
+
+        def emitted():
+            found = {}
+            for aggregate, at in _aggregates_with_times(pipeline):
+                end = _epoch(aggregate["end"])
+                if aggregate["window"] == "1m" and (aggregate["topic"], end) in wanted:
+                    found[(aggregate["topic"], end)] = at
+            return found if set(found) == wanted else None
+
+        found = wait_for(emitted, 60, f"{len(wanted)} windows of {names} ending {first_end}-{last_end}")
+        delays = {key: at - key[1] for key, at in found.items()}
+        assert max(delays.values()) <= lateness + idle + 10, sorted(delays.items(), key=lambda kv: -kv[1])[:5]
+    finally:
+        producer.close()
+        pipeline.stop_all()
