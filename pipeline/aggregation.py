@@ -35,6 +35,12 @@ from .alerts import Rule, apply_rules
 from .schemas import Alert, WindowAggregate, WindowItem
 
 
+# Hashed ids a name's state keeps across its open buckets (~22 bytes each once encoded): what
+# bounds the table value, and so its changelog record, below the 900 kB record limit however
+# busy the name. Past it, repeats are recognised by their offsets alone (``_delivered_before``).
+MAX_SEEN_IDS = 16_000
+
+
 def _iso(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
@@ -143,11 +149,14 @@ class WindowProcessor:
         return self._meta(partition)["stream_time"]
 
     # --- events ----------------------------------------------------------------------------------
-    def record(self, partition: int, item: WindowItem, wall_now: float, out: WindowOutputs) -> None:
+    def record(
+        self, partition: int, item: WindowItem, wall_now: float, out: WindowOutputs, position: int | None = None
+    ) -> None:
         """One scored record for one name. ``item.source`` names the upstream stream it came
         through, one whose event time runs forward (the worker uses the pair of partitions it
         crossed: internal by-fingerprint topic and raw topic); its offsets there (optional)
-        recognise repeats (``_delivered_before``)."""
+        recognise repeats (``_delivered_before``). ``position``: the item's offset in the window
+        partition, which a copy counted under ``other`` carries as its offset there."""
         self._last_record_wall[partition] = self._last_advance_wall[partition] = wall_now
         self._last_arrival_wall[partition] = wall_now
         meta = self._meta(partition)
@@ -162,8 +171,8 @@ class WindowProcessor:
         if admission.evicted is not None:
             self._evict(partition, admission.evicted, out)
         if not admission.admitted:
-            # Offsets of several upstream partitions mix under one source here: drop them.
-            update = {"topic": OTHER, "source": f"w{partition}", "offset": None, "raw_offset": None}
+            # Its source in the other partition is this window partition, read in offset order.
+            update = {"topic": OTHER, "source": f"w{partition}", "offset": position, "raw_offset": None}
             out.reroute.append(item.model_copy(update=update))
             self._advance_on(partition, meta, item, t, wall_now)
             return
@@ -183,7 +192,8 @@ class WindowProcessor:
             state["late"] = state.get("late", 0) + 1
             out.late += 1
         else:
-            state["seen"].setdefault(bucket, {})[digest] = 1
+            if sum(len(ids) for ids in state["seen"].values()) < MAX_SEEN_IDS:
+                state["seen"].setdefault(bucket, {})[digest] = 1
             windows.add(self.config, state, t, item.score, item.label)
         _note_delivery(state, item)
         self._advance_on(partition, meta, item, t, wall_now)

@@ -153,7 +153,7 @@ class WindowStage:
             if isinstance(item, WindowTick):
                 self.processor.tick(partition, time.time())
             else:
-                self.processor.record(partition, item, time.time(), out)
+                self.processor.record(partition, item, time.time(), out, position=event.message.offset)
         self.processor.close_partition(partition, out)
         return out, events[-1]
 

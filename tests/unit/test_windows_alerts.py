@@ -648,3 +648,37 @@ def test_an_evicted_name_loses_its_state_and_its_series():
     assert out.evicted == 1 and out.forgotten == ["QUIET"]
     assert "t/QUIET" not in store.data and "t/BUSY" in store.data
     assert store.data["p/0"]["topics"] == ["BUSY"]
+
+
+def test_a_busy_names_state_stays_under_the_record_limit_and_still_knows_its_repeats():
+    """100,000 messages for one name within one window (a flood counted under "other"): its table
+    value, which goes to the changelog as one record, stays under the 900 kB record limit, and a
+    redelivered stretch past the id cap is still recognised, by its offsets."""
+    import json
+
+    from pipeline.decode import MAX_RECORD_BYTES
+
+    store = Store()
+    proc = processor(store)
+    out = WindowOutputs()
+    for i in range(100_000):
+        proc.record(0, as_window_item(item("BUSY", T0 + i * 0.0005, off=i)), WALL, out)
+    proc.close_partition(0, out)
+    store.apply(proc)
+    assert len(json.dumps(store.data["t/BUSY"]).encode()) < MAX_RECORD_BYTES
+    again = WindowOutputs()
+    for i in range(99_000, 100_000):  # a batch read again after a restart
+        proc.record(0, as_window_item(item("BUSY", T0 + i * 0.0005, off=i)), WALL, again)
+    assert again.duplicates == 1_000
+
+
+def test_a_copy_counted_under_other_carries_its_window_offset_so_a_redelivery_is_a_repeat():
+    store = Store()
+    proc = processor(store, max_topics=1)
+    out = WindowOutputs()
+    for position, name in enumerate(["A", "B", "C"]):
+        proc.record(0, as_window_item(item(name, T0 + position, off=position)), WALL, out, position=100 + position)
+    assert [(r.topic, r.source, r.offset) for r in out.reroute] == [(OTHER, "w0", 101), (OTHER, "w0", 102)]
+    store.apply(proc)
+    counted = feed(proc, store, out.reroute + out.reroute)  # delivered twice
+    assert counted.duplicates == 2
