@@ -34,7 +34,6 @@ from .admission import OTHER, AdmissionPolicy
 from .alerts import Rule, apply_rules
 from .schemas import Alert, WindowAggregate, WindowItem
 
-
 # Hashed ids a name's state keeps across its open buckets (~22 bytes each once encoded): what
 # bounds the table value, and so its changelog record, below the 900 kB record limit however
 # busy the name. Past it, repeats are recognised by their offsets alone (``_delivered_before``).
