@@ -209,6 +209,14 @@ class OffsetGaps:
         SKIPPED.topics |= topics
         _note_skipped_offsets()
 
+    def rewind(self, events) -> None:
+        """Events given up on (their batch abandoned) are expected again: a partition's next
+        offset goes back to the first of them, so their re-read is processed."""
+        for event in events:
+            tp, offset = event.message.tp, event.message.offset
+            if tp in self.expected and self.expected[tp] > offset:
+                self.expected[tp] = offset
+
     def reset(self) -> None:  # a new assignment starts from the committed offsets
         self.expected.clear()
         self.tries.clear()
@@ -538,8 +546,9 @@ class Batch:
     """A batch a stage took from its stream. ``events`` are the ones to process now, in offset
     order (``taken`` also holds those set aside past a hole, see OffsetGaps)."""
 
-    def __init__(self, taken: list, events: list):
+    def __init__(self, taken: list, events: list, generation: int | None = None):
         self.taken, self.events = taken, events
+        self.generation = generation  # the consumer group generation it was read in
         self.settled = False  # acknowledged or abandoned
         self.finished = False  # no longer counted as in progress (OffsetGaps.done)
 
@@ -560,7 +569,8 @@ class Intake:
     async def take(self, events) -> Batch:
         for event in events:
             event.message.incref()
-        return Batch(list(events), await self.gaps.in_order(events))
+        generation = self.generation()
+        return Batch(list(events), await self.gaps.in_order(events), generation)
 
     def ack(self, batch: Batch) -> None:
         """The batch's outputs are acknowledged: its offsets may be committed."""
@@ -573,8 +583,11 @@ class Intake:
         _record_lag(self.app, batch.events)
 
     def abandon(self, batch: Batch) -> None:
-        """Leaves the batch unacknowledged: it is read again (after a restart or rebalance)."""
+        """Leaves the batch unacknowledged: it is read again, by whoever owns its partitions
+        (this worker too: the offsets it expects next go back to the batch's first ones, so the
+        re-read is taken, not dropped as already processed)."""
         batch.settled = True
+        self.gaps.rewind(batch.events)
         self._finish(batch)
 
     def _finish(self, batch: Batch) -> None:

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import (
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import TopicPartition
 
 from . import metrics
@@ -31,6 +37,13 @@ from .config import Settings
 
 log = logging.getLogger("finsent.worker")
 RETRY_INITIAL_S, RETRY_MAX_S = 0.5, 5.0
+# Send errors that no retry cures: the transaction is aborted and the stage stops with the reason.
+PERMANENT_SEND_ERRORS = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,11 @@ class Output:
     @property
     def topic_name(self) -> str:
         return self.topic if isinstance(self.topic, str) else self.topic.get_topic_name()
+
+
+class DeliveryRefused(RuntimeError):
+    """The broker refuses a batch's records for good (too large, no such topic, not allowed):
+    a clear failure instead of a retry that never ends."""
 
 
 class TransactionFailed(RuntimeError):
@@ -74,17 +92,25 @@ class Transactions:
         self.owned |= wanted
         await asyncio.gather(*(self._ensure(key) for key in wanted))
 
-    async def fence(self, tps, patience_s: float = 60.0) -> None:
-        """``assign``, retried until every producer has started (the broker restarting), for at
-        most ``patience_s``: only then are the previous owners' transactions complete."""
-        deadline = time.monotonic() + patience_s
+    async def fence(self, tps, warn_every_s: float = 30.0) -> None:
+        """``assign``, retried until the producer of every partition still owned has started
+        (the broker restarting): only then are the previous owners' transactions complete, so
+        the stage never reads on unfenced (it would process their input again). Says so every
+        ``warn_every_s`` while it waits."""
+        started = warned = time.monotonic()
         while True:
             await self.assign(tps)
-            missing = {(tp.topic, tp.partition) for tp in tps if tp.topic in self.topics} - set(self.producers)
-            if not missing or time.monotonic() > deadline:
-                if missing:
-                    log.warning("transactional producers not started for %s; reading on", sorted(missing))
+            wanted = {(tp.topic, tp.partition) for tp in tps if tp.topic in self.topics} & self.owned
+            missing = wanted - set(self.producers)
+            if not missing:
                 return
+            if time.monotonic() - warned >= warn_every_s:
+                warned = time.monotonic()
+                log.warning(
+                    "transactional producers not started for %s after %.0f s; reading waits until they are",
+                    sorted(missing),
+                    warned - started,
+                )
             await asyncio.sleep(1.0)
 
     async def _ensure(self, key: tuple[str, int]) -> None:
@@ -151,6 +177,12 @@ class Transactions:
                 return await self._commit_once(key, outputs, next_offset, generation)
             except TransactionFailed:
                 raise
+            except PERMANENT_SEND_ERRORS as exc:
+                # Retrying cannot help: stop the stage with the reason rather than block for good.
+                raise DeliveryRefused(
+                    f"{topic}[{partition}]: the broker refuses this batch's records ({exc!r}); "
+                    "nothing was committed, the batch is read again on restart"
+                ) from exc
             except Exception as exc:
                 log.warning("%s[%d]: transaction failed, retrying in %.1f s (%r)", topic, partition, delay, exc)
             await asyncio.sleep(delay)

@@ -67,7 +67,13 @@ class Pending:
             await self.changed.wait_for(lambda: bool(self.batches))
             taken = [self.batches.popleft()]
             size = len(taken[0].events)
-            while self.batches and size + len(self.batches[0].events) <= max_batch:
+            # Never across a rebalance: a batch read before it may belong to another worker now.
+            generation = taken[0].generation
+            while (
+                self.batches
+                and self.batches[0].generation == generation
+                and size + len(self.batches[0].events) <= max_batch
+            ):
                 size += len(self.batches[0].events)
                 taken.append(self.batches.popleft())
             self.events -= size

@@ -282,3 +282,30 @@ def test_a_marker_run_the_refetch_passes_over_is_accepted_without_asking_the_bro
     skipped.note(RAW.topic, RAW.partition, 1, 3)  # what aiokafka's fetcher reports
     assert offsets(run(gaps.in_order(events(11, 3, 4)))) == [3, 4]
     assert consumer.gaps == [(RAW, 1, 3)] and asked == [(1, 10)]
+
+
+def test_an_abandoned_batch_is_expected_again_so_its_re_read_is_processed():
+    """A batch whose delivery was abandoned (a transaction that failed) is read again; the
+    offsets the stage expects go back to its first one, so the re-read is not dropped as
+    'already processed'."""
+    gaps, _consumer = make(committed={RAW: 10})
+    batch = events(10, 11, 12)
+    assert offsets(run(gaps.in_order(batch))) == [10, 11, 12]
+    gaps.rewind(batch)
+    assert offsets(run(gaps.in_order(events(10, 11, 12, 13)))) == [10, 11, 12, 13]
+
+
+def test_batches_read_in_different_generations_are_never_taken_together():
+    from pipeline.faustcompat import Batch
+    from pipeline.stages.batching import Pending
+
+    async def scenario():
+        pending = Pending(max_events=100)
+        for generation, offsets_ in ((3, (1, 2)), (3, (3,)), (4, (1, 2)), (4, (3,))):
+            taken = events(*offsets_)
+            await pending.put(Batch(taken, taken, generation))
+        first = await pending.take(64)
+        second = await asyncio.wait_for(pending.take(64), 5)
+        return [b.generation for b in first], [b.generation for b in second]
+
+    assert run(scenario()) == ([3, 3], [4, 4])

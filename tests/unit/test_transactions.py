@@ -171,3 +171,52 @@ def test_input_this_worker_committed_already_is_never_committed_again():
     transactions.commits.clear()
     asyncio.run(Outbox(transactions).deliver(events[:2], [(e, Output("out", None, b"x")) for e in events[:2]]))
     assert transactions.commits == {}  # a batch read twice, whole: nothing to write
+
+
+def test_a_record_the_broker_refuses_for_good_stops_the_stage_instead_of_retrying(monkeypatch):
+    """Too large (or no such topic, not allowed): retrying forever would block every partition
+    of the batch; the transaction is aborted and the stage fails with the reason."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from pipeline.transactions import DeliveryRefused
+
+    monkeypatch.setattr("pipeline.transactions.RETRY_INITIAL_S", 0.001)
+    transactions, log, started = transactions_with([MessageSizeTooLargeError()], committed_offsets=[41] * 5)
+    with pytest.raises(DeliveryRefused, match="in\\[0\\].*MessageSizeTooLarge"):
+        asyncio.run(asyncio.wait_for(transactions.commit("in", 0, [Output("out", b"k", b"v1")], 42, 7), 10))
+    assert [outcome for outcome, _ in log] == ["abort"] and len(started) == 1
+
+
+def test_fencing_waits_for_the_producers_of_partitions_still_owned_and_never_reads_on(monkeypatch):
+    """The broker refuses to start producers for a while: ``fence`` keeps waiting (reading on
+    unfenced would process the previous owner's input again); a partition revoked meanwhile no
+    longer counts."""
+    transactions = Transactions(Settings(), "grp", {"in"}, None, lambda: 7)
+    attempts = []
+
+    async def start(key):
+        attempts.append(key)
+        if len(attempts) < 6 or key == ("in", 1):
+            raise KafkaConnectionError()
+        transactions.producers[key] = FakeProducer([], [])
+        return transactions.producers[key]
+
+    real_sleep = asyncio.sleep
+
+    async def no_wait(_s):
+        await real_sleep(0)
+
+    transactions._start = start
+    monkeypatch.setattr("pipeline.transactions.asyncio.sleep", no_wait)
+    tps = [SimpleNamespace(topic="in", partition=0), SimpleNamespace(topic="in", partition=1)]
+
+    async def scenario():
+        fencing = asyncio.ensure_future(transactions.fence(tps))
+        for _ in range(50):
+            await no_wait(0)
+        assert not fencing.done()  # ("in", 1) never starts: still waiting, long past 6 attempts
+        assert ("in", 0) in transactions.producers
+        await transactions.revoke([tps[1]])
+        await asyncio.wait_for(fencing, 5)
+
+    asyncio.run(scenario())
