@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -179,6 +180,18 @@ class Pipeline:
             if len(records) >= expected and not batch:
                 break
         consumer.close()
+        return records
+
+    def assert_once_each(self, topic_env: str, expected_ids, timeout_s: float = 120) -> list[dict]:
+        """Every expected id on the topic exactly once for a read_committed reader, and nothing
+        else (Elasticsearch cannot show a repeat: a repeated ``_id`` overwrites)."""
+        expected_ids = set(expected_ids)
+        records = self.read_topic(topic_env, len(expected_ids), timeout_s, isolation_level="read_committed")
+        counts = Counter(r["id"] for r in records)
+        repeated = sorted((n, i) for i, n in counts.items() if n > 1)[-5:]
+        assert not repeated, f"{len(repeated)}+ ids repeated on {self.env[topic_env]}, e.g. {repeated}"
+        missing, extra = expected_ids - set(counts), set(counts) - expected_ids
+        assert not missing and not extra, f"missing {sorted(missing)[:5]} ({len(missing)}), extra {sorted(extra)[:5]}"
         return records
 
     def es(self) -> Elasticsearch:

@@ -47,14 +47,18 @@ def test_two_workers_with_rebalances_lose_and_duplicate_nothing(pipeline: Pipeli
     first = pipeline.start_worker(0)
     pipeline.produce([json.dumps(m).encode() for m in messages[:1200]])
     wait_for(lambda: len(pipeline.indexed_ids()) >= 300, 120, "the first worker under way")
-    pipeline.start_worker(1)  # rebalance: partitions move to the new worker mid-stream
-    pipeline.produce([json.dumps(m).encode() for m in messages[1200:]])
+    second = pipeline.start_worker(1)  # rebalance: partitions move to the new worker mid-stream
+    pipeline.produce([json.dumps(m).encode() for m in messages[1200:2100]])
     wait_for(lambda: len(pipeline.indexed_ids()) >= 1600, 180, "both workers under way")
+    # The rebalance happened mid-stream: the second worker scores while the first is under way.
+    wait_for(lambda: second.metric("finsent_messages_total", outcome="scored") > 0, 60, "the second worker scoring")
     # Rebalance again, the hard way: a SIGKILLed worker holds its partitions until its session
     # times out (10 s), far longer than FINSENT_WINDOW_IDLE_S (3 s), and leaves whatever part of
     # its last table writes reached the changelog. The survivor's windows must take the silence
     # for a stall, not for idle sources, and re-read items must meet consistent state.
     first.kill()
+    assert len(pipeline.indexed_ids()) < len(messages)  # the kill lands mid-stream: a tail is still to come
+    pipeline.produce([json.dumps(m).encode() for m in messages[2100:]])
     sentinels = [
         {
             "id": f"end-{t}",
@@ -66,7 +70,8 @@ def test_two_workers_with_rebalances_lose_and_duplicate_nothing(pipeline: Pipeli
     ]
     pipeline.produce([json.dumps(m).encode() for m in sentinels])
     ids = pipeline.wait_indexed(len(messages) + len(sentinels), timeout_s=300)
-    assert len(ids) == len(set(ids)) == len(messages) + len(sentinels)
+    assert sorted(ids) == sorted(m["id"] for m in messages + sentinels)
+    pipeline.assert_once_each("FINSENT_TOPIC_SCORED", ids)
 
     # Window aggregates (before the sentinels' windows) equal a recomputation from what was scored.
     expected, got = pipeline.wait_windows(WINDOW_CONFIG, cutoff_s=(BASE + timedelta(minutes=40)).timestamp())

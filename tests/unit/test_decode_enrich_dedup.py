@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.decode import Decoded, Origin, decode
+from pipeline.decode import MAX_DEAD_LETTER_PAYLOAD_BYTES, Decoded, Origin, decode
 from pipeline.dedup import fingerprint, normalise
 from pipeline.enrich import CompanyDictionary, DictionaryError, cashtags, enrich, routing_key
 from pipeline.schemas import DeadLetter
@@ -133,6 +133,9 @@ def test_crafted_payloads_become_messages_or_bounded_dead_letters(payload, reaso
     _assert_total(result)
     if reason is not None:
         assert isinstance(result, DeadLetter) and result.reason == reason and detail in result.detail
+        # What the letter carries: the payload itself, cut to its first 64 KiB when longer.
+        carried = result.payload.encode() if result.payload_encoding == "utf-8" else base64.b64decode(result.payload)
+        assert carried == payload[:MAX_DEAD_LETTER_PAYLOAD_BYTES] and len(carried) <= 65_536
 
 
 @pytest.mark.parametrize(
