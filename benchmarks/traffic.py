@@ -1,0 +1,253 @@
+"""Windows under the traffic users send, through one real worker, the broker and Elasticsearch.
+
+    python benchmarks/traffic.py [--bundle BUNDLE] [--scenarios keyed flood]
+
+keyed: live traffic (published_at = now) from 12 names, three runs one after another on fresh
+topics: producers without keys (the baseline), every message keyed alike (one raw partition
+carries all), and keyed by desk (two keys: some raw partitions carry some names, one none).
+Reports how long after its end each 1-minute window came out (its Kafka timestamp on the
+aggregates topic), past the start-up bound of idle + hold.
+
+flood: 8 real names at 30 msg/s throughout; after a warm-up, 20,000 distinct junk names at
+100 msg/s for --flood-seconds, during which 4 more real names appear for the first time. Reports
+the worker's RSS growth, the finsent_* series count, and for each real name its own windows and
+how many of its messages they counted.
+
+Default bundle: the demo's quick model (trained once, cached). Writes JSON next to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from pipeline import stack
+from pipeline.config import DATA_DIR, load_settings
+from pipeline.dedup import fingerprint_partition
+from tests.integration.harness import Pipeline, wait_for
+
+REAL = ["AAPL", "MSFT", "JPM", "NVDA", "TSLA", "AMZN", "META", "GOOGL"]
+NEWCOMERS = ["IBM", "ORCL", "INTC", "CSCO"]
+WINDOW_ENV = {"FINSENT_WINDOW_TUMBLING_S": "60", "FINSENT_WINDOW_HOPPING_S": "0", "FINSENT_WINDOW_LATENESS_S": "20"}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def aggregates_with_times(pipeline: Pipeline) -> list[tuple[dict, float]]:
+    topic = pipeline.env["FINSENT_TOPIC_AGGREGATES"]
+    consumer = KafkaConsumer(
+        **pipeline.settings.kafka_client_kwargs(),
+        enable_auto_commit=False,
+        consumer_timeout_ms=3000,
+        isolation_level="read_committed",
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()])
+        consumer.seek_to_beginning()
+        return [(json.loads(r.value), r.timestamp / 1000) for r in consumer]
+    finally:
+        consumer.close()
+
+
+def epoch(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def series_count(worker) -> int:
+    text = worker.metrics_text() or ""
+    return sum(1 for line in text.splitlines() if line.startswith("finsent_"))
+
+
+class Paced:
+    """Sends ``make(n)`` -> (key, payload) at ``rate`` msg/s until ``stop`` is set (bounded)."""
+
+    def __init__(self, pipeline: Pipeline, rate: float, make, limit_s: float):
+        self.pipeline, self.rate, self.make, self.limit_s = pipeline, rate, make, limit_s
+        self.stop, self.sent = threading.Event(), 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        producer = KafkaProducer(**self.pipeline.settings.kafka_client_kwargs(), acks="all", linger_ms=5)
+        topic, started = self.pipeline.env["FINSENT_TOPIC_RAW"], time.monotonic()
+        while not self.stop.is_set() and time.monotonic() - started < self.limit_s:
+            key, payload = self.make(self.sent)
+            producer.send(topic, json.dumps(payload).encode(), key=key)
+            self.sent += 1
+            delay = started + self.sent / self.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        producer.flush(timeout=60)
+        producer.close()
+
+
+def keyed_run(args, keys_by_name) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="finsent-traffic-"))
+    hold, idle, lateness = args.hold, 10.0, 20.0
+    env = {**WINDOW_ENV, "FINSENT_WINDOW_UPSTREAM_HOLD_S": str(hold), "FINSENT_WINDOW_IDLE_S": str(idle)}
+    pipeline = Pipeline(
+        name=f"tk{uuid.uuid4().hex[:6]}", bundle=args.bundle, workdir=workdir, partitions=4, extra_env=env
+    )
+    names = REAL + NEWCOMERS
+    try:
+        pipeline.start_worker()
+        started = time.time()
+
+        def make(n):
+            name = names[n % len(names)]
+            text = f"Note {n}: {name} trades in line with the market as desks rebalance"
+            return keys_by_name(name), {"id": f"m{n}", "text": text, "tickers": [name], "published_at": now_iso()}
+
+        paced = Paced(pipeline, args.rate, make, args.keyed_seconds + 5)
+        paced.thread.start()
+        paced.thread.join()
+        ended = time.time()
+        first_end = math.ceil((started + idle + hold) / 60) * 60 + 60
+        last_end = math.floor((ended - lateness - idle - 10) / 60) * 60
+        wanted = {(name, end) for name in names for end in range(first_end, last_end + 1, 60)}
+        found: dict = {}
+
+        def complete():
+            for aggregate, at in aggregates_with_times(pipeline):
+                key = (aggregate["topic"], epoch(aggregate["end"]))
+                if aggregate["window"] == "1m" and key in wanted:
+                    found[key] = at
+            return set(found) == wanted
+
+        try:
+            wait_for(complete, 120, "every window", interval_s=3)
+        except AssertionError:
+            pass
+        delays = sorted(at - key[1] for key, at in found.items())
+        return {
+            "messages": paced.sent,
+            "rate_msgs_per_s": paced.sent / (ended - started),
+            "windows_expected": len(wanted),
+            "windows_out": len(found),
+            "close_delay_s": {
+                "median": statistics.median(delays) if delays else None,
+                "max": max(delays) if delays else None,
+            },
+            "bound_s": lateness + idle + 5,
+        }
+    finally:
+        pipeline.stop_all()
+
+
+def keyed(args) -> dict:
+    desks = {}
+    for n in range(1000):  # two keys on different raw partitions
+        desks.setdefault(fingerprint_partition(f"desk-{n}", 4), f"desk-{n}".encode())
+    two = list(desks.values())[:2]
+    runs = {
+        "no_keys": lambda name: None,
+        "one_key": lambda name: b"newswire",
+        "by_desk": lambda name: two[0] if name in REAL[:6] else two[1],
+    }
+    results = {}
+    for label, keys in runs.items():
+        results[label] = keyed_run(args, keys)
+        print(f"keyed/{label}: {json.dumps(results[label])}", flush=True)
+    return results
+
+
+def flood(args) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="finsent-traffic-"))
+    pipeline = Pipeline(
+        name=f"tf{uuid.uuid4().hex[:6]}", bundle=args.bundle, workdir=workdir, partitions=4, extra_env=WINDOW_ENV
+    )
+    try:
+        worker = pipeline.start_worker()
+        newcomers_from = [0.0]
+
+        def real(n):
+            pool = REAL + (NEWCOMERS if newcomers_from[0] else [])
+            name = pool[n % len(pool)]
+            text = f"Desk {n}: {name} shares move with the sector"
+            return None, {"id": f"r{n}", "text": text, "tickers": [name], "published_at": now_iso()}
+
+        def junk(n):
+            name = f"J{n % 20_000:05d}X"
+            return None, {"id": f"j{n}", "text": f"Junk {n} about {name}", "tickers": [name], "published_at": now_iso()}
+
+        steady = Paced(pipeline, 30, real, args.warmup_seconds + args.flood_seconds + 120)
+        steady.thread.start()
+        time.sleep(args.warmup_seconds)
+        rss_before, series_before = worker.rss_mb(), series_count(worker)
+        flooding = Paced(pipeline, 100, junk, args.flood_seconds)
+        flooding.thread.start()
+        time.sleep(args.flood_seconds / 4)
+        newcomers_from[0] = time.time()  # the newcomers first appear a quarter into the flood
+        peak_rss, peak_series = rss_before, series_before
+        while flooding.thread.is_alive():
+            peak_rss, peak_series = max(peak_rss, worker.rss_mb()), max(peak_series, series_count(worker))
+            time.sleep(2)
+        time.sleep(60)  # the last windows of the flood close
+        steady.stop.set()
+        steady.thread.join()
+        peak_rss, peak_series = max(peak_rss, worker.rss_mb()), max(peak_series, series_count(worker))
+        own = {name: [0, 0] for name in REAL + NEWCOMERS}  # windows, messages counted in them
+        for aggregate, _at in aggregates_with_times(pipeline):
+            if aggregate["window"] == "1m" and aggregate["topic"] in own:
+                own[aggregate["topic"]][0] += 1
+                own[aggregate["topic"]][1] += aggregate["messages"]
+        sent_real = steady.sent
+        return {
+            "junk_messages": flooding.sent,
+            "junk_rate_msgs_per_s": flooding.sent / args.flood_seconds,
+            "real_messages": sent_real,
+            "rss_before_mb": rss_before,
+            "rss_peak_mb": peak_rss,
+            "rss_growth_mb": peak_rss - rss_before,
+            "finsent_series_before": series_before,
+            "finsent_series_peak": peak_series,
+            "evicted": worker.metric("finsent_window_names_evicted_total"),
+            "own_windows": {name: {"windows": w, "messages": m} for name, (w, m) in own.items()},
+        }
+    finally:
+        pipeline.stop_all()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=None)
+    parser.add_argument("--scenarios", nargs="+", default=["keyed", "flood"], choices=["keyed", "flood"])
+    parser.add_argument("--rate", type=float, default=90.0, help="keyed: msg/s (about half of sustained here)")
+    parser.add_argument("--keyed-seconds", type=float, default=240.0)
+    parser.add_argument("--hold", type=float, default=30.0, help="FINSENT_WINDOW_UPSTREAM_HOLD_S for keyed runs")
+    parser.add_argument("--warmup-seconds", type=float, default=60.0)
+    parser.add_argument("--flood-seconds", type=float, default=200.0)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/traffic.json"))
+    args = parser.parse_args()
+    settings = load_settings()
+    stack.up(settings.stack_home)
+    if args.bundle is None:
+        from pipeline.demo import demo_bundle
+
+        args.bundle, described = demo_bundle(settings, DATA_DIR, 1)
+        print(f"bundle: {described}", flush=True)
+    results = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "bundle": str(args.bundle)}
+    for scenario in args.scenarios:
+        results[scenario] = {"keyed": keyed, "flood": flood}[scenario](args)
+        print(f"{scenario}: {json.dumps(results[scenario], indent=1)}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
