@@ -132,13 +132,15 @@ class ReadableProbe:
         first = self.first_readable(topic, partition, start, end)
         return None if first is None else first < end
 
-    def first_readable(self, topic: str, partition: int, start: int, end: int) -> int | None:
+    def first_readable(
+        self, topic: str, partition: int, start: int, end: int, timeout_s: float | None = None
+    ) -> int | None:
         """The offset of the first record from ``start`` on, if below ``end``; ``end`` if there
-        is none below it; None if not known in time."""
+        is none below it; None if not known in time (``timeout_s``, default the probe's)."""
         if end <= start:
             return end
         tp = self._seek(topic, partition, start)
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         while time.monotonic() < deadline:
             records = self._consumer.poll(timeout_ms=100, max_records=1).get(tp, [])
             if records:
@@ -231,6 +233,9 @@ class GroupProgress:
         self._admin = self._consumer = None
         self.probe = ReadableProbe(settings)
         self._unreadable: dict[tuple[str, int], tuple[int | None, int]] = {}  # tp -> (committed, end) known empty
+        # tp -> (span, patience for the next probe, monotonic time before which it is not asked
+        # again): a probe that could not answer in time is asked again with twice the patience
+        self._unknown: dict[tuple[str, int], tuple[tuple, float, float]] = {}
 
     def states(self) -> list[PartitionState]:
         from kafka import TopicPartition
@@ -257,13 +262,26 @@ class GroupProgress:
         return any(s.lag > 0 and self._holds_messages(s) for s in self.states())
 
     def _holds_messages(self, state: PartitionState) -> bool:
+        """Whether the unprocessed range holds a record. Not known (the probe ran out of time, as
+        on a loaded host) counts as holding one, and is asked again after a backoff with twice
+        the patience (up to 8x), so an answer comes once the host can give it."""
         key, span = (state.topic, state.partition), (state.committed, state.end)
         if self._unreadable.get(key) == span:
             return False
-        readable = self.probe.readable(state.topic, state.partition, state.committed or 0, state.end)
-        if readable is False:
+        known_span, patience, not_before = self._unknown.get(key, (span, self.probe.timeout_s, 0.0))
+        if known_span != span:
+            patience, not_before = self.probe.timeout_s, 0.0
+        if time.monotonic() < not_before:
+            return True
+        first = self.probe.first_readable(state.topic, state.partition, state.committed or 0, state.end, patience)
+        if first is None:
+            self._unknown[key] = (span, min(patience * 2, 8 * self.probe.timeout_s), time.monotonic() + patience)
+            return True
+        self._unknown.pop(key, None)
+        if first >= state.end:
             self._unreadable[key] = span
-        return readable is not False
+            return False
+        return True
 
     def close(self) -> None:
         for client in (self._admin, self._consumer):

@@ -12,7 +12,8 @@ import asyncio
 import time
 from collections import defaultdict
 
-from ..transactions import Output, Transactions
+from ..decode import MAX_RECORD_BYTES
+from ..transactions import DeliveryRefused, Output, Transactions
 
 
 class Cadence:
@@ -45,7 +46,15 @@ class Outbox:
     async def deliver(self, events, outputs: list[tuple[object, Output]]) -> None:
         """``events``: the batch, in offset order per partition; ``outputs``: (the event each
         came from, the record). Returns once every record is acknowledged (and, exactly-once,
-        committed with the batch's offsets); raises TransactionFailed when a partition moved."""
+        committed with the batch's offsets); raises TransactionFailed when a partition moved,
+        DeliveryRefused (before sending anything) for a record over the record limit."""
+        for _event, output in outputs:
+            size = len(output.key or b"") + len(output.value or b"")
+            if size > MAX_RECORD_BYTES:  # the stages bound their records; only a bug gets here
+                raise DeliveryRefused(
+                    f"a record for {output.topic_name} is {size:,} bytes, over the {MAX_RECORD_BYTES:,}-byte "
+                    "limit; nothing of the batch was sent"
+                )
         if self.transactions is None:
             sends = [await o.topic.send(key=o.key, value=o.value, partition=o.partition) for _event, o in outputs]
             await asyncio.gather(*sends)

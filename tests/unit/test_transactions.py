@@ -220,3 +220,15 @@ def test_fencing_waits_for_the_producers_of_partitions_still_owned_and_never_rea
         await asyncio.wait_for(fencing, 5)
 
     asyncio.run(scenario())
+
+
+def test_a_record_over_the_limit_fails_the_batch_before_anything_is_sent():
+    from pipeline.decode import MAX_RECORD_BYTES
+    from pipeline.transactions import DeliveryRefused
+
+    transactions = RecordingTransactions()
+    e = event("in", 0, 5)
+    outputs = [(e, Output("out", b"k", b"small")), (e, Output("out", b"k", b"x" * (MAX_RECORD_BYTES + 1)))]
+    with pytest.raises(DeliveryRefused, match="over the 900,000-byte limit"):
+        asyncio.run(Outbox(transactions).deliver([e], outputs))
+    assert transactions.commits == {}

@@ -682,3 +682,29 @@ def test_a_copy_counted_under_other_carries_its_window_offset_so_a_redelivery_is
     store.apply(proc)
     counted = feed(proc, store, out.reroute + out.reroute)  # delivered twice
     assert counted.duplicates == 2
+
+
+def test_an_unknown_readable_answer_is_asked_again_with_backoff_and_never_holds_for_good(monkeypatch):
+    """The probe cannot answer in time (a loaded host): the range counts as holding messages,
+    is not probed again until a backoff passes, then with twice the patience; an answer ends it."""
+    from pipeline.admin import GroupProgress, PartitionState
+    from pipeline.config import Settings
+
+    progress = GroupProgress(Settings(), ["t"])
+    answers, asked = [None, None, 12], []
+
+    def first_readable(topic, partition, start, end, timeout_s=None):
+        asked.append(timeout_s)
+        return answers.pop(0)
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress.probe, "first_readable", first_readable)
+    monkeypatch.setattr("pipeline.admin.time.monotonic", lambda: clock[0])
+    state = PartitionState("t", 0, end=12, committed=9)  # 9-11: markers, as the probe finally says
+    assert progress._holds_messages(state) and asked == [3.0]
+    assert progress._holds_messages(state) and asked == [3.0]  # within the backoff: not asked again
+    clock[0] += 3.1
+    assert progress._holds_messages(state) and asked == [3.0, 6.0]
+    clock[0] += 6.1
+    assert not progress._holds_messages(state) and asked == [3.0, 6.0, 12.0]
+    assert not progress._holds_messages(state) and len(asked) == 3  # known empty: never asked again
