@@ -22,18 +22,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import faust
 
-from . import faustcompat
+from . import faustcompat, metrics
 from .admin import CommittedOffsets, ReadableProbe, check_partitions, ensure_topics, internal_topic_names
 from .aggregation import WindowProcessor
 from .alerts import load_rules
 from .classify import ModelHolder
 from .config import Settings
 from .enrich import CompanyDictionary, read_names
+from .health import GroupLag, readiness
 from .sinks.elasticsearch import ElasticsearchSink
 from .stages.classify import ClassifyStage, FirstScores
 from .stages.dead_letters import DeadLetters
@@ -103,8 +105,13 @@ def create_app(settings: Settings) -> faust.App:
         if transactions is not None:  # fences the previous owners before anything is read
             await transactions.assign(assigned)
 
+    consumed = upstream | {topics.windows.get_topic_name()}
+    group_lag = GroupLag(settings, sorted(consumed), lambda: _owned(app, consumed), settings.ready_stall_s)
+    app.timer(interval=5.0, name="watch_lag")(group_lag.refresh)
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
+        group_lag.forget(revoked)
         window.on_revoked(revoked)
         if transactions is not None:
             await transactions.revoke(revoked)
@@ -136,7 +143,11 @@ def create_app(settings: Settings) -> faust.App:
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread / platform
             pass
 
-    add_pages(app, model, live)
+    def ready():
+        assigned = bool(_owned(app, consumed)) and not app.rebalancing
+        return readiness(assigned, metrics.ES_BACKPRESSURE._value.get() == 1, group_lag.view.stalled(time.monotonic()))
+
+    add_pages(app, model, live, ready)
     app.finsent_model = model  # for tests
     faustcompat.disable_read_offset_filter(app)
     # The Elasticsearch client and the executors are not closed on shutdown: agents may still be
@@ -255,6 +266,13 @@ def _window_processor(settings: Settings, table, upstream: UpstreamProgress) -> 
     )
     processor.upstream_pending = upstream.pending
     return processor
+
+
+def _owned(app: faust.App, topics: set[str]) -> set[tuple[str, int]]:
+    try:
+        return {(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in topics}
+    except (AttributeError, AssertionError):  # the consumer not started yet
+        return set()
 
 
 def known_names(settings: Settings) -> frozenset[str]:

@@ -210,6 +210,9 @@ class Settings(BaseSettings):
     # The longest a stall upstream (batches in flight, partitions not committed to their end)
     # holds a window partition's stream time beyond window_idle_s.
     window_upstream_hold_s: float = Field(default=120.0, ge=0, le=86_400)
+    # /readyz turns red when an owned partition has lag and its committed offset has not moved
+    # for this long.
+    ready_stall_s: float = Field(default=120.0, gt=0, le=86_400)
     baseline_span_windows: int = Field(default=30, ge=2, le=10_000)
     alert_rules: Path | None = Field(default_factory=lambda: _deploy_file("alerts/rules.yml"))
 

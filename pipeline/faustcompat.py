@@ -580,7 +580,6 @@ class Intake:
         for event in batch.taken:
             event.ack()  # the final acknowledgement when take_events has already given its own
         self._finish(batch)
-        _record_lag(self.app, batch.events)
 
     def abandon(self, batch: Batch) -> None:
         """Leaves the batch unacknowledged: it is read again, by whoever owns its partitions
@@ -618,17 +617,6 @@ class Intake:
     def assigned(self, topic: str) -> list[int]:
         """The partitions of ``topic`` this worker owns now."""
         return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic)
-
-
-def _record_lag(app: faust.App, events) -> None:
-    last: dict = {}
-    for event in events:
-        tp = event.message.tp
-        last[tp] = max(last.get(tp, -1), event.message.offset)
-    for tp, offset in last.items():
-        highwater = end_offset(app, tp)
-        if highwater is not None:
-            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - offset - 1))
 
 
 def end_offset(app: faust.App, tp) -> int | None:

@@ -64,7 +64,7 @@ ES_BACKPRESSURE = Gauge(
 )
 CONSUMER_LAG = Gauge(
     "finsent_consumer_lag_messages",
-    "Messages not yet processed, per partition.",
+    "Offsets past the group's committed one, per partition this worker owns (read from the broker every 5 s).",
     ["topic", "partition"],
     registry=REGISTRY,
 )
@@ -202,6 +202,12 @@ def forget_names(names) -> None:
 def set_stream_time(partition: int, stream_time: float | None) -> None:
     if stream_time is not None:
         WINDOW_STREAM_TIME.labels(str(partition)).set(stream_time)
+
+
+def forget_lag(topic: str, partition: int) -> None:
+    """A partition no longer owned here: its lag is reported by its new owner."""
+    if (topic, str(partition)) in _label_values(CONSUMER_LAG):
+        CONSUMER_LAG.remove(topic, str(partition))
 
 
 def forget_partition(partition: int) -> None:

@@ -141,8 +141,9 @@ refresh(); setInterval(refresh, 2000);
 """
 
 
-def add_pages(app, model, live: LiveView) -> None:
-    """The worker's web pages on its Faust web server: metrics, health, the live view."""
+def add_pages(app, model, live: LiveView, ready) -> None:
+    """The worker's web pages on its Faust web server: metrics, health, readiness, the live view.
+    ``ready``: () -> (ready, checks), see health.readiness."""
 
     @app.page("/metrics")
     async def metrics_page(web, request):
@@ -160,5 +161,11 @@ def add_pages(app, model, live: LiveView) -> None:
 
     @app.page("/healthz")
     async def health_page(web, request):
+        # Liveness: answering at all means the event loop runs; a model is loaded.
         classifier = model.classifier
         return web.json({"status": "ok", "model_version": classifier.model_version, "provider": classifier.provider})
+
+    @app.page("/readyz")
+    async def ready_page(web, request):
+        ok, checks = ready()
+        return web.json({"status": "ready" if ok else "not ready", **checks}, status=200 if ok else 503)

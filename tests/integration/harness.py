@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
@@ -363,6 +364,26 @@ class Worker:
             if metric == name and found == {k: str(v) for k, v in labels.items()}:
                 return float(value)
         return 0.0
+
+    def metric_samples(self, name: str) -> dict[tuple, float]:
+        """Every sample of a metric: label values (sorted by name) -> value."""
+        samples = {}
+        for line in (self.metrics_text() or "").splitlines():
+            series, _, value = line.rpartition(" ")
+            metric, _, label_text = series.partition("{")
+            if metric == name:
+                samples[tuple(sorted(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', label_text)))] = float(value)
+        return samples
+
+    def readyz(self) -> tuple[int, dict] | None:
+        """(HTTP status, body) of the worker's /readyz, None when it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+        except OSError:
+            return None
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

@@ -39,7 +39,7 @@ def good_messages(n: int, prefix: str) -> list[dict]:
 
 @pytest.fixture
 def pipeline(local_stack, tiny_bundle, tmp_path, unique):
-    p = Pipeline(name=f"t{unique}", bundle=tiny_bundle, workdir=tmp_path)
+    p = Pipeline(name=f"t{unique}", bundle=tiny_bundle, workdir=tmp_path, extra_env={"FINSENT_READY_STALL_S": "10"})
     yield p
     p.stop_all()
 
@@ -181,6 +181,13 @@ def test_elasticsearch_outage_backpressure_and_recovery(pipeline: Pipeline, loca
             )
 
         wait_for(held_back_through_retries, 120, "five refused attempts under backpressure", interval_s=1)
+        # The operator's view: lag read from the broker shows what waits, and grows or holds
+        # (not the last value a batch happened to record); /readyz is red and says why.
+        waiting = lambda: sum(worker.metric_samples("finsent_consumer_lag_messages").values())  # noqa: E731
+        lag = wait_for(lambda: waiting() >= len(second) // 2 and waiting(), 60, "the lag of what waits")
+        status, body = wait_for(lambda: (r := worker.readyz()) and r[1]["stalled_partitions"] and r, 60, "a stall")
+        assert status == 503 and body["elasticsearch_backpressure"] is True and body["assigned"] is True
+        assert waiting() >= lag
     finally:
         es_service.start()
     ids = pipeline.wait_indexed(len(first) + len(second), timeout_s=240)
@@ -189,6 +196,8 @@ def test_elasticsearch_outage_backpressure_and_recovery(pipeline: Pipeline, loca
     assert pipeline.read_topic("FINSENT_TOPIC_DEADLETTER", 0, timeout_s=5) == []  # an outage, not bad documents
     assert peak - baseline_rss < 300, f"worker memory grew by {peak - baseline_rss:.0f} MB during the outage"
     assert worker.metric("finsent_es_backpressure") == 0
+    wait_for(lambda: (worker.readyz() or (0,))[0] == 200, 60, "/readyz green again")
+    wait_for(lambda: sum(worker.metric_samples("finsent_consumer_lag_messages").values()) == 0, 60, "no lag")
 
 
 def test_hot_swap_between_batches(local_stack, tiny_bundle, tmp_path, unique):
