@@ -32,6 +32,7 @@ from . import faustcompat, metrics
 from .admin import CommittedOffsets, ReadableProbe, check_partitions, ensure_topics, internal_topic_names
 from .aggregation import WindowProcessor
 from .alerts import load_rules
+from .bundle import open_bundle
 from .classify import ModelHolder
 from .config import Settings
 from .enrich import CompanyDictionary, read_names
@@ -291,6 +292,10 @@ def _dictionary(settings: Settings) -> CompanyDictionary:
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Blocks running one worker until it is stopped (SIGTERM/SIGINT)."""
+    # A bundle that is not there fails now, before anything waits on Kafka.
+    if settings.model_bundle is None:
+        raise ValueError("FINSENT_MODEL_BUNDLE is not set: point it at a bundle written by `finsent export`")
+    open_bundle(settings.model_bundle, verify_checksums=False)
     _declare_topics(settings)
     faustcompat.run(create_app(settings), loglevel)
 

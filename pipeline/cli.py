@@ -53,6 +53,25 @@ def _main(
 console = Console()
 err = Console(stderr=True)
 
+
+def _one_of(*choices: str):
+    """A CLI check: the option's value is one of ``choices`` (None: not given)."""
+
+    def check(value):
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _positive(value: float | None) -> float | None:
+    """A rate or speed-up: zero or less means nothing."""
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"{value:g} must be more than 0")
+    return value
+
+
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML configuration file (FINSENT_* variables override it).")
 ServicesArg = typer.Argument(
     None, help="Services to act on (default: all): kafka elasticsearch alertmanager prometheus."
@@ -310,8 +329,10 @@ def export(
 def evaluate(
     model: Path = typer.Argument(..., help="A model bundle, or a checkpoint with --variant torch."),
     dataset: list[Path] = typer.Option(..., "--dataset", "-d"),
-    split_name: str = typer.Option("test", "--split", help="all | train | dev | test (the model's own split)."),
-    variant: str = typer.Option("int8", help="int8 | fp32 | fp16 | torch"),
+    split_name: str = typer.Option(
+        "test", "--split", help="The model's own split.", callback=_one_of("all", "train", "dev", "test")
+    ),
+    variant: str = typer.Option("int8", callback=_one_of("int8", "fp32", "fp16", "torch")),
     json_out: Path | None = typer.Option(
         None, "--json", help="Write JSON, a Markdown report and a confusion-matrix PNG."
     ),
@@ -400,11 +421,20 @@ def worker(
 @app.command()
 def replay(
     path: Path = typer.Argument(..., help="Financial PhraseBank .txt, Twitter Financial News .csv, or CSV/JSONL."),
-    speedup: float | None = typer.Option(None, help="Files with timestamps: replay this many times faster."),
-    rate: float | None = typer.Option(None, help="Files without timestamps: messages per second (default 100)."),
+    speedup: float | None = typer.Option(
+        None, help="Files with timestamps: replay this many times faster.", callback=_positive
+    ),
+    rate: float | None = typer.Option(
+        None, help="Files without timestamps: messages per second (default 100).", callback=_positive
+    ),
     run_id: str | None = typer.Option(None, help="Run id on every message (default: file name + content hash)."),
     limit: int | None = typer.Option(None, help="Only the first N rows."),
-    fmt: str | None = typer.Option(None, "--format", help="phrasebank | twitter | csv | jsonl (default: detected)."),
+    fmt: str | None = typer.Option(
+        None,
+        "--format",
+        help="Default: detected.",
+        callback=_one_of("phrasebank", "twitter", "csv", "jsonl"),
+    ),
     text_column: str = typer.Option("text"),
     label_column: str = typer.Option("label"),
     time_column: str | None = typer.Option(None, help="Default: published_at, timestamp, created_at, date, time."),
@@ -448,7 +478,9 @@ def replay(
 def report(
     run_id: str = typer.Option(..., help="The replay's run id."),
     output: Path = typer.Option(Path("reports"), help="Folder for report.html, summary.json and the plots."),
-    source: str = typer.Option("elasticsearch", help="Where to read scored records: elasticsearch | kafka."),
+    source: str = typer.Option(
+        "elasticsearch", help="Where to read scored records.", callback=_one_of("elasticsearch", "kafka")
+    ),
     config: Path | None = ConfigOption,
 ) -> None:
     """Accuracy, confusion matrix, sentiment timelines with alerts, throughput and latency of a run."""

@@ -413,12 +413,35 @@ def _describe_errors(exc: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+def _check_environment_names() -> None:
+    """A misspelled ``FINSENT_*`` variable would otherwise be ignored without a word, as if the
+    setting were at its default. (``FINSENT_TEST_*`` belong to the test harness.)"""
+    import difflib
+
+    fields = [f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields]
+    known = {*fields, *(f"{name}_FILE" for name in fields), f"{ENV_PREFIX}CONFIG"}
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in known
+        and not name.upper().startswith("FINSENT_TEST_")
+    )
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.75)
+            hints.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise ConfigError(f"unknown setting(s) in the environment: {', '.join(hints)}")
+
+
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Builds :class:`Settings`, turning validation errors into one readable :class:`ConfigError`."""
     previous = os.environ.get(f"{ENV_PREFIX}CONFIG")
     if config_file is not None:
         os.environ[f"{ENV_PREFIX}CONFIG"] = str(config_file)
     try:
+        _check_environment_names()
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe_errors(exc)) from None

@@ -184,3 +184,33 @@ def test_credentials_in_elasticsearch_hosts_are_never_shown(monkeypatch):
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert "s3cret" not in str(caught.value) and "finsent:***@es:9200" in str(caught.value)
+
+
+def test_a_misspelled_environment_variable_is_reported_with_the_setting_it_resembles(monkeypatch):
+    monkeypatch.setenv("FINSENT_WINDOW_MAX_TOPIC", "50")
+    monkeypatch.setenv("FINSENT_KAFKA_SSL_KEYFILE_PASSWORD_FILE", "/dev/null")  # a secret file: a known name
+    monkeypatch.setenv("FINSENT_TEST_WORKER_LOGLEVEL", "info")  # the test harness's own
+    with pytest.raises(ConfigError, match=r"FINSENT_WINDOW_MAX_TOPIC \(did you mean FINSENT_WINDOW_MAX_TOPICS\?\)"):
+        load_settings()
+    monkeypatch.delenv("FINSENT_WINDOW_MAX_TOPIC")
+    assert load_settings().window_max_topics == 500
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["replay", "data/demo/market_session.jsonl", "--rate", "0"], "'--rate': 0 must be more than 0"),
+        (["replay", "data/demo/market_session.jsonl", "--speedup", "-2"], "'--speedup': -2 must be more than 0"),
+        (["replay", "x.csv", "--format", "xml"], "'xml' is not one of phrasebank, twitter, csv, jsonl"),
+        (["evaluate", "m", "-d", "f", "--split", "validation"], "'validation' is not one of all, train, dev, test"),
+        (["evaluate", "m", "-d", "f", "--variant", "int4"], "'int4' is not one of int8, fp32, fp16, torch"),
+        (["report", "--run-id", "r", "--source", "es"], "'es' is not one of elasticsearch, kafka"),
+    ],
+)
+def test_cli_choices_and_rates_are_checked_before_anything_runs(args, said):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and said in " ".join(result.output.split()), result.output
