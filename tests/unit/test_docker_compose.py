@@ -143,3 +143,25 @@ def test_grafana_datasources_point_at_compose_services():
     text = (ROOT / "deploy/grafana/provisioning/datasources/finsent.yml").read_text()
     for host in re.findall(r"url: http://([a-z-]+):", text):
         assert host in SERVICES
+
+
+def test_the_image_runs_as_the_charts_non_root_user_with_writable_state_and_model_paths():
+    dockerfile = (ROOT / "deploy/docker/Dockerfile").read_text()
+    chart = yaml.safe_load((ROOT / "deploy/helm/finsent/values.yaml").read_text())
+    uid = chart["podSecurityContext"]["runAsUser"]
+    assert re.search(rf"^USER {uid}:{uid}$", dockerfile, re.M)
+    assert "chown finsent:finsent /state /models" in dockerfile and f"--uid {uid}" in dockerfile
+    for source in re.findall(r"^COPY (\S+) ", dockerfile, re.M):
+        assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not in the repository"
+    # The alert rules the image points at are inside it.
+    rules = re.search(r"FINSENT_ALERT_RULES=/app/(\S+)", dockerfile).group(1)
+    assert (ROOT / rules).is_file() and rules.startswith("deploy/")
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".git" in ignored and "tests" in ignored
+
+
+def test_workers_scale_without_colliding_on_a_host_port_or_a_state_volume():
+    worker = _load("docker-compose.yml")["services"]["worker"]
+    assert worker["ports"] == ["127.0.0.1::6066"]  # Docker picks each replica's host port
+    assert not any(str(v).endswith(":/state") for v in worker["volumes"])
+    assert worker["restart"] == "unless-stopped"
