@@ -136,6 +136,7 @@ def render_local_config() -> dict:
     for job in config.get("scrape_configs", []):
         if job["job_name"] == WORKER_JOB:
             job.pop("static_configs", None)
+            job.pop("dns_sd_configs", None)
             job["file_sd_configs"] = [{"files": ["targets/*.json"], "refresh_interval": "5s"}]
         else:
             for static in job.get("static_configs", []):

@@ -129,6 +129,12 @@ def test_prometheus_targets_are_compose_services():
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     targets = [t for job in config["scrape_configs"] for s in job.get("static_configs", []) for t in s["targets"]]
     targets += [t for am in config["alerting"]["alertmanagers"] for s in am["static_configs"] for t in s["targets"]]
+    targets += [
+        f"{n}:{d['port']}"
+        for job in config["scrape_configs"]
+        for d in job.get("dns_sd_configs", [])
+        for n in d["names"]
+    ]
     for target in targets:
         host, port = target.split(":")
         assert host in SERVICES, f"Prometheus scrapes {target}, not a compose service"
