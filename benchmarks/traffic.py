@@ -8,6 +8,11 @@ carries all), and keyed by desk (two keys: some raw partitions carry some names,
 Reports how long after its end each 1-minute window came out (its Kafka timestamp on the
 aggregates topic), past the start-up bound of idle + hold.
 
+scale: what KEDA does to a group, on one machine: 12 partitions, steady load, 1 worker, then 3
+(two join), then 1 again (two stop with SIGTERM). Reports produce -> scored latency (Kafka
+timestamp to processed_at) per phase, p99 around each scale step, every message on the scored
+topic exactly once (read_committed) and every 1-minute window equal to its recomputation.
+
 flood: 8 real names at 30 msg/s throughout; after a warm-up, 20,000 distinct junk names at
 100 msg/s for --flood-seconds, during which 4 more real names appear for the first time. Reports
 the worker's RSS growth, the finsent_* series count, and for each real name its own windows and
@@ -222,15 +227,93 @@ def flood(args) -> dict:
         pipeline.stop_all()
 
 
+def scale(args) -> dict:
+    import numpy as np
+
+    workdir = Path(tempfile.mkdtemp(prefix="finsent-traffic-"))
+    pipeline = Pipeline(
+        name=f"ts{uuid.uuid4().hex[:6]}", bundle=args.bundle, workdir=workdir, partitions=12, extra_env=WINDOW_ENV
+    )
+    names = REAL + NEWCOMERS
+    try:
+        first = pipeline.start_worker(0)
+        marks = {"start": time.time()}
+
+        def make(n):
+            name = names[n % len(names)]
+            text = f"Wire {n}: {name} steady as volumes normalise"
+            return None, {"id": f"s{n}", "text": text, "tickers": [name], "published_at": now_iso()}
+
+        steady = Paced(pipeline, args.scale_rate, make, 3 * args.scale_phase_seconds + 60)
+        steady.thread.start()
+        time.sleep(args.scale_phase_seconds)
+        marks["up"] = time.time()
+        extra = [pipeline.start_worker(1), pipeline.start_worker(2)]
+        time.sleep(args.scale_phase_seconds)
+        marks["down"] = time.time()
+        for worker in extra:
+            worker.stop()
+        time.sleep(args.scale_phase_seconds)
+        steady.stop.set()
+        steady.thread.join()
+        marks["end"] = time.time()
+        ids = [f"s{n}" for n in range(steady.sent)]
+        pipeline.wait_indexed(len(ids), timeout_s=600)
+        pipeline.assert_once_each("FINSENT_TOPIC_SCORED", ids, timeout_s=300)
+        from pipeline.windows import WindowConfig
+
+        config = WindowConfig.from_seconds(60, 0, 60, lateness_s=20)
+        cutoff = math.floor(marks["end"] / 60) * 60 - 60
+        expected, got = pipeline.wait_windows(config, cutoff_s=cutoff, timeout_s=300, interval_s=5)
+        wrong = [k for k, row in expected.items() if got[k]["messages"] != row["messages"]]
+        docs = pipeline.documents("scored")
+        at = np.array([epoch(d["processed_at"]) for d in docs])
+        latency = np.array([d.get("kafka_latency_ms") or 0.0 for d in docs])
+
+        def quantiles(lo: float, hi: float) -> dict:
+            chosen = latency[(at >= lo) & (at < hi)]
+            if not len(chosen):
+                return {"messages": 0}
+            return {
+                "messages": int(len(chosen)),
+                **{q: float(np.percentile(chosen, int(q[1:]))) for q in ("p50", "p99")},
+            }
+
+        step = args.scale_step_seconds
+        return {
+            "rate_msgs_per_s": args.scale_rate,
+            "messages": steady.sent,
+            "latency_ms": {
+                "1 worker": quantiles(marks["start"] + 20, marks["up"]),
+                "scale-up step (1 -> 3)": quantiles(marks["up"], marks["up"] + step),
+                "3 workers": quantiles(marks["up"] + step, marks["down"]),
+                "scale-down step (3 -> 1)": quantiles(marks["down"], marks["down"] + step),
+                "1 worker again": quantiles(marks["down"] + step, marks["end"]),
+            },
+            "lost_or_repeated": 0,  # assert_once_each raised otherwise
+            "windows_compared": len(expected),
+            "windows_unequal": len(wrong),
+            "late_records": sum(a["late_records"] for a in got.values()),
+            "first_worker_alive": first.process.poll() is None,
+        }
+    finally:
+        pipeline.stop_all()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=None)
-    parser.add_argument("--scenarios", nargs="+", default=["keyed", "flood"], choices=["keyed", "flood"])
+    parser.add_argument(
+        "--scenarios", nargs="+", default=["keyed", "flood", "scale"], choices=["keyed", "flood", "scale"]
+    )
     parser.add_argument("--rate", type=float, default=90.0, help="keyed: msg/s (about half of sustained here)")
     parser.add_argument("--keyed-seconds", type=float, default=240.0)
     parser.add_argument("--hold", type=float, default=30.0, help="FINSENT_WINDOW_UPSTREAM_HOLD_S for keyed runs")
     parser.add_argument("--warmup-seconds", type=float, default=60.0)
     parser.add_argument("--flood-seconds", type=float, default=200.0)
+    parser.add_argument("--scale-rate", type=float, default=80.0, help="scale: msg/s (about 40 %% of one worker)")
+    parser.add_argument("--scale-phase-seconds", type=float, default=90.0)
+    parser.add_argument("--scale-step-seconds", type=float, default=30.0, help="scale: how long a step counts")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/traffic.json"))
     args = parser.parse_args()
     settings = load_settings()
@@ -242,7 +325,7 @@ def main() -> None:
         print(f"bundle: {described}", flush=True)
     results = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "bundle": str(args.bundle)}
     for scenario in args.scenarios:
-        results[scenario] = {"keyed": keyed, "flood": flood}[scenario](args)
+        results[scenario] = {"keyed": keyed, "flood": flood, "scale": scale}[scenario](args)
         print(f"{scenario}: {json.dumps(results[scenario], indent=1)}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
