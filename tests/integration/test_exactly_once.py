@@ -9,17 +9,14 @@ from collections import Counter
 
 import pytest
 
-from .harness import WINDOW_ENV, Pipeline, texts_by_prediction, wait_for
-from .test_windows_alerts import RULES, scripted_stream
+from .harness import Pipeline, texts_by_prediction, wait_for
+from .test_windows_alerts import scripted_stream, windowed_pipeline
 from .test_worker import BAD_INPUT
 
 
 @pytest.fixture
 def pipeline(local_stack, tiny_bundle, tmp_path, unique):
-    rules = tmp_path / "rules.yml"
-    rules.write_text(RULES)
-    env = {**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules), "FINSENT_PROCESSING_GUARANTEE": "exactly_once"}
-    p = Pipeline(name=f"x{unique}", bundle=tiny_bundle, workdir=tmp_path, extra_env=env)
+    p = windowed_pipeline(f"x{unique}", tiny_bundle, tmp_path, FINSENT_PROCESSING_GUARANTEE="exactly_once")
     yield p
     p.stop_all()
 

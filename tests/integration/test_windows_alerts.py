@@ -48,16 +48,18 @@ def scripted_stream(negative: list[str], positive: list[str]) -> list[dict]:
     return messages
 
 
+def windowed_pipeline(name: str, bundle, workdir, **env) -> Pipeline:
+    """A pipeline with the test windows and the rules above."""
+    rules = workdir / "rules.yml"
+    rules.write_text(RULES)
+    return Pipeline(
+        name=name, bundle=bundle, workdir=workdir, extra_env={**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules), **env}
+    )
+
+
 @pytest.fixture
 def pipeline(local_stack, tiny_bundle, tmp_path, unique):
-    rules = tmp_path / "rules.yml"
-    rules.write_text(RULES)
-    p = Pipeline(
-        name=f"w{unique}",
-        bundle=tiny_bundle,
-        workdir=tmp_path,
-        extra_env={**WINDOW_ENV, "FINSENT_ALERT_RULES": str(rules)},
-    )
+    p = windowed_pipeline(f"w{unique}", tiny_bundle, tmp_path)
     yield p
     p.stop_all()
 
@@ -157,14 +159,7 @@ def test_windows_close_on_time_when_producers_key_their_messages(local_stack, ti
     its end (the target is + 5 s; 10 leaves room for a loaded CI host), while messages flow.
     (Before bounded holds, no window closed at all.)"""
     hold, idle, lateness = 10, float(WINDOW_ENV["FINSENT_WINDOW_IDLE_S"]), WINDOW_CONFIG.lateness_s
-    rules = tmp_path / "rules.yml"
-    rules.write_text(RULES)
-    pipeline = Pipeline(
-        name=f"k{unique}",
-        bundle=tiny_bundle,
-        workdir=tmp_path,
-        extra_env={**WINDOW_ENV, "FINSENT_WINDOW_UPSTREAM_HOLD_S": str(hold), "FINSENT_ALERT_RULES": str(rules)},
-    )
+    pipeline = windowed_pipeline(f"k{unique}", tiny_bundle, tmp_path, FINSENT_WINDOW_UPSTREAM_HOLD_S=str(hold))
     desks = dict(
         zip(_keys_on_distinct_partitions(pipeline.partitions, 2), [["AAA", "BBB", "CCC"], ["DDD", "EEE"]], strict=True)
     )
