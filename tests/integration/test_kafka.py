@@ -125,7 +125,7 @@ def test_the_probe_finds_the_first_record_past_markers_and_a_fenced_producers_wr
         probe.close()
 
 
-def test_a_worker_refuses_a_partition_count_its_groups_topics_do_not_have(local_stack, settings, unique):
+def test_a_worker_refuses_a_partition_count_its_groups_topics_do_not_have(local_stack, settings, unique, tiny_bundle):
     """Topics of the group made with 2 partitions, a worker configured for 4: it refuses to start
     and says what to do, before it reads or writes anything."""
     import os
@@ -146,7 +146,13 @@ def test_a_worker_refuses_a_partition_count_its_groups_topics_do_not_have(local_
     with pytest.raises(PartitionMismatch, match=rf"{windows} has 2"):
         check_partitions(settings)
 
-    env = {**os.environ, "FINSENT_CONSUMER_GROUP": group, "FINSENT_TOPIC_PARTITIONS": "4", "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "FINSENT_CONSUMER_GROUP": group,
+        "FINSENT_TOPIC_PARTITIONS": "4",
+        "FINSENT_MODEL_BUNDLE": str(tiny_bundle),
+        "COLUMNS": "200",
+    }
     run = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "worker"], env=env, capture_output=True, text=True, timeout=120
     )
