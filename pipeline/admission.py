@@ -55,10 +55,13 @@ def _bump(entry: list[float] | None, t: float, half_life_s: float) -> list[float
     return [decayed(entry, reference, half_life_s) + 1.0, reference]
 
 
-def admit(policy: AdmissionPolicy, meta: dict, candidates: OrderedDict, name: str, t: float) -> Admission:
+def admit(
+    policy: AdmissionPolicy, meta: dict, candidates: OrderedDict, name: str, t: float, evictable=lambda name: True
+) -> Admission:
     """Whether a record of ``name`` at event time ``t`` is counted under ``name`` (else under
     ``other``); updates ``meta``'s ``topics`` and ``activity`` and the partition's
-    ``candidates`` (name -> activity, least recently seen first) in place."""
+    ``candidates`` (name -> activity, least recently seen first) in place. ``evictable``: whether
+    a tracked name may lose its slot (a name with a firing alert keeps it)."""
     topics: list[str] = meta.setdefault("topics", [])
     activity: dict[str, list[float]] = meta.setdefault("activity", {})
     if name in topics:
@@ -75,8 +78,10 @@ def admit(policy: AdmissionPolicy, meta: dict, candidates: OrderedDict, name: st
     score = candidates.pop(name, None)
     score = _bump(score, t, policy.half_life_s)
     if score[0] >= policy.min_activity:
-        weakest = min(activity, key=lambda n: decayed(activity[n], t, policy.half_life_s))
-        if decayed(activity[weakest], t, policy.half_life_s) < score[0]:
+        now = {n: decayed(a, t, policy.half_life_s) for n, a in activity.items()}
+        weaker = sorted((n for n in activity if now[n] < score[0]), key=now.__getitem__)
+        weakest = next((n for n in weaker if evictable(n)), None)
+        if weakest is not None:
             del activity[weakest]
             topics.remove(weakest)
             topics.append(name)

@@ -166,7 +166,7 @@ class WindowProcessor:
             return
         name = item.topic
         candidates = self._candidates.setdefault(partition, OrderedDict())
-        admission = admission_policy.admit(self.admission, meta, candidates, name, t)
+        admission = admission_policy.admit(self.admission, meta, candidates, name, t, self._evictable)
         if admission.evicted is not None:
             self._evict(partition, admission.evicted, out)
         if not admission.admitted:
@@ -203,6 +203,11 @@ class WindowProcessor:
         sources[item.source] = max(sources.get(item.source, t), t)
         self._heard(partition)[item.source] = wall_now
         self._advance(partition, meta, wall_now)
+
+    def _evictable(self, name: str) -> bool:
+        """A name with a firing alert keeps its windows (its episode must resolve)."""
+        state = self._get(f"t/{name}") or {}
+        return not any(a.get("status") == "firing" for a in state.get("alerts", {}).values())
 
     def _evict(self, partition: int, name: str, out: WindowOutputs) -> None:
         """``name`` lost its slot to a more active one: its open windows are dropped, not emitted."""

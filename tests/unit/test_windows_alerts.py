@@ -708,3 +708,11 @@ def test_an_unknown_readable_answer_is_asked_again_with_backoff_and_never_holds_
     clock[0] += 6.1
     assert not progress._holds_messages(state) and asked == [3.0, 6.0, 12.0]
     assert not progress._holds_messages(state) and len(asked) == 3  # known empty: never asked again
+
+
+def test_a_name_with_a_firing_alert_keeps_its_slot():
+    store, proc = flood_partition(capacity=1)
+    feed(proc, store, [item("ALERTING", T0, off=0)])
+    store.data["t/ALERTING"]["alerts"] = {"neg": {"status": "firing"}}
+    out = feed(proc, store, [item("BUSY", T0 + 1 + i, off=1 + i) for i in range(3)], batch=10)
+    assert out.evicted == 0 and "t/ALERTING" in store.data and store.data["p/0"]["topics"] == ["ALERTING"]
