@@ -256,6 +256,15 @@ class GroupProgress:
             states.append(PartitionState(tp.topic, tp.partition, ends[tp], offset))
         return states
 
+    def readable_states(self) -> list[PartitionState]:
+        """``states``, where a partition whose unprocessed offsets hold nothing readable
+        (transaction markers after the last commit) shows no lag."""
+        states = self.states()
+        for state in states:
+            if state.lag > 0 and not self._holds_messages(state):
+                state.committed = state.end
+        return states
+
     def lagging(self) -> bool:
         """True while some partition holds messages the group has not processed (committed) yet.
         Offsets past the committed one that hold nothing readable (transaction markers) are no lag."""

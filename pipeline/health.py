@@ -2,7 +2,8 @@
 
 Lag is read from the broker on a timer, not from the batches the worker acknowledges: the
 group's committed offsets against each partition's log end, for the partitions this worker owns
-now (a partition that moved away loses its series at once). So a stalled worker shows its lag
+now (a partition that moved away loses its series at once); offsets that hold nothing readable
+(the commit markers transactions leave) are no lag. So a stalled worker shows its lag
 growing, which the lag alert and the autoscaler need, instead of the last value it happened to
 record. A partition is *stalled* when it has lag and its committed offset has not moved for
 ``stall_s``.
@@ -69,7 +70,7 @@ class GroupLag:
     async def refresh(self) -> None:
         owned = self.owned()
         try:
-            states = await asyncio.get_running_loop().run_in_executor(self.executor, self.progress.states)
+            states = await asyncio.get_running_loop().run_in_executor(self.executor, self.progress.readable_states)
         except Exception as exc:  # the broker away: the gauges keep their last value, readiness says so
             log.info("cannot read the group's lag (%s)", redact(self.settings, repr(exc)))
             self.progress.close()
