@@ -47,6 +47,21 @@ from tests.integration.harness import Pipeline, wait_for
 REAL = ["AAPL", "MSFT", "JPM", "NVDA", "TSLA", "AMZN", "META", "GOOGL"]
 NEWCOMERS = ["IBM", "ORCL", "INTC", "CSCO"]
 WINDOW_ENV = {"FINSENT_WINDOW_TUMBLING_S": "60", "FINSENT_WINDOW_HOPPING_S": "0", "FINSENT_WINDOW_LATENESS_S": "20"}
+RULES = "rules:\n  - {name: negative-burst, kind: negative_share, window: 1m, threshold: 0.6, min_messages: 5}\n"
+
+
+def bench_pipeline(prefix: str, args, partitions: int = 4, **env) -> Pipeline:
+    """A pipeline of its own (topics, group, indices) with 1-minute windows and one rule on them."""
+    workdir = Path(tempfile.mkdtemp(prefix="finsent-traffic-"))
+    (workdir / "rules.yml").write_text(RULES)
+    env = {**WINDOW_ENV, "FINSENT_ALERT_RULES": str(workdir / "rules.yml"), **env}
+    return Pipeline(
+        name=f"{prefix}{uuid.uuid4().hex[:6]}",
+        bundle=args.bundle,
+        workdir=workdir,
+        partitions=partitions,
+        extra_env=env,
+    )
 
 
 def now_iso() -> str:
@@ -101,12 +116,9 @@ class Paced:
 
 
 def keyed_run(args, keys_by_name) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix="finsent-traffic-"))
     hold, idle, lateness = args.hold, 10.0, 20.0
-    env = {**WINDOW_ENV, "FINSENT_WINDOW_UPSTREAM_HOLD_S": str(hold), "FINSENT_WINDOW_IDLE_S": str(idle)}
-    pipeline = Pipeline(
-        name=f"tk{uuid.uuid4().hex[:6]}", bundle=args.bundle, workdir=workdir, partitions=4, extra_env=env
-    )
+    env = {"FINSENT_WINDOW_UPSTREAM_HOLD_S": str(hold), "FINSENT_WINDOW_IDLE_S": str(idle)}
+    pipeline = bench_pipeline("tk", args, **env)
     names = REAL + NEWCOMERS
     try:
         pipeline.start_worker()
@@ -171,10 +183,7 @@ def keyed(args) -> dict:
 
 
 def flood(args) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix="finsent-traffic-"))
-    pipeline = Pipeline(
-        name=f"tf{uuid.uuid4().hex[:6]}", bundle=args.bundle, workdir=workdir, partitions=4, extra_env=WINDOW_ENV
-    )
+    pipeline = bench_pipeline("tf", args)
     try:
         worker = pipeline.start_worker()
         newcomers_from = [0.0]
@@ -230,10 +239,7 @@ def flood(args) -> dict:
 def scale(args) -> dict:
     import numpy as np
 
-    workdir = Path(tempfile.mkdtemp(prefix="finsent-traffic-"))
-    pipeline = Pipeline(
-        name=f"ts{uuid.uuid4().hex[:6]}", bundle=args.bundle, workdir=workdir, partitions=12, extra_env=WINDOW_ENV
-    )
+    pipeline = bench_pipeline("ts", args, partitions=12)
     names = REAL + NEWCOMERS
     try:
         pipeline.start_worker(0)
