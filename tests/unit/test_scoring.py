@@ -116,8 +116,8 @@ def test_window_items_one_per_name_typed_and_round_trip():
 
 
 class FakeBatch:
-    def __init__(self, n: int):
-        self.events = list(range(n))
+    def __init__(self, n: int, generation: int = 1):
+        self.events, self.generation = list(range(n)), generation
 
 
 def test_pending_hands_the_scorer_everything_waiting_up_to_the_batch_size():
