@@ -84,10 +84,26 @@ def choose_runtime(variant: str | None = None, providers: list[str] | None = Non
     return variant, options
 
 
+def mention_masks(offsets: list, spans: list[list[tuple[int, int]]], width: int) -> np.ndarray:
+    """The entity head's input: [texts, mentions, width] float32, 1 on the tokens whose characters
+    overlap the mention's span (``offsets``: each text's token character offsets, (0, 0) for
+    special tokens). At least one mention row; a row for a missing or truncated-away mention is
+    all zero."""
+    count = max([len(s) for s in spans] + [1])
+    out = np.zeros((len(offsets), count, width), dtype=np.float32)
+    for row, (tokens, row_spans) in enumerate(zip(offsets, spans, strict=True)):
+        if not row_spans or not len(tokens):
+            continue
+        bounds = np.asarray(tokens, dtype=np.int64).reshape(-1, 2)[:width]
+        for k, (start, end) in enumerate(row_spans):
+            out[row, k, : len(bounds)] = (bounds[:, 0] < end) & (bounds[:, 1] > start) & (bounds[:, 1] > bounds[:, 0])
+    return out
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 class Classifier:

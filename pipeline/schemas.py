@@ -26,6 +26,29 @@ LABEL_ALIASES = {
     "bullish": "positive",
 }
 TWITTER_LABELS = {"0": "negative", "1": "positive", "2": "neutral"}
+# The topic head's classes: the Twitter Financial News topic set's 20 labels, in its id order.
+TOPICS: tuple[str, ...] = (
+    "Analyst Update",
+    "Fed | Central Banks",
+    "Company | Product News",
+    "Treasuries | Corporate Debt",
+    "Dividend",
+    "Earnings",
+    "Energy | Oil",
+    "Financials",
+    "Currencies",
+    "General News | Opinion",
+    "Gold | Metals | Materials",
+    "IPO",
+    "Legal | Regulation",
+    "M&A | Investments",
+    "Macro",
+    "Markets",
+    "Politics",
+    "Personnel Change",
+    "Stock Commentary",
+    "Stock Movement",
+)
 
 
 def content_id(text: str, source: str | None = None) -> str:

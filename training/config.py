@@ -18,14 +18,33 @@ DEFAULT_DATASETS = (
 DEFAULT_UNLABELLED = (DATA_DIR / "twitter_financial_news_topic" / "topic_train.csv",)
 
 
+# The topic and entity heads' data (training/data.py: load_topic_file, load_entity_file).
+DEFAULT_TOPIC_DATASETS = ("twitter_financial_news_topic/topic_train.csv",)
+DEFAULT_ENTITY_DATASETS = ("sentfin/SEntFiN-dev.csv",)
+
+
 def default_datasets(data_dir: Path | str = DATA_DIR) -> list[str]:
     return [str(Path(data_dir) / name) for name in DEFAULT_DATASETS]
+
+
+def default_topic_datasets(data_dir: Path | str = DATA_DIR) -> list[str]:
+    return [str(Path(data_dir) / name) for name in DEFAULT_TOPIC_DATASETS]
+
+
+def default_entity_datasets(data_dir: Path | str = DATA_DIR) -> list[str]:
+    return [str(Path(data_dir) / name) for name in DEFAULT_ENTITY_DATASETS]
 
 
 @dataclass
 class TrainConfig:
     output: str
     datasets: list[str] = field(default_factory=default_datasets)
+    # Both empty: message sentiment alone (a single-head model); otherwise all three heads.
+    topic_datasets: list[str] = field(default_factory=default_topic_datasets)
+    entity_datasets: list[str] = field(default_factory=default_entity_datasets)
+    entity_pooling: str = "mention+text"  # training/model.py ENTITY_POOLING
+    topic_weight: float = 1.0  # each head's share of the loss, beside the message head's 1
+    entity_weight: float = 1.0
     base_model: str = ""
     epochs: int = 2
     seed: int = 0  # weight initialisation and data order

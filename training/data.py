@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.bundle import sha256_of
-from pipeline.schemas import LABEL_ALIASES, LABELS, TWITTER_LABELS
+from pipeline.schemas import LABEL_ALIASES, LABELS, TOPICS, TWITTER_LABELS
 
 LABEL_TO_ID = {label: i for i, label in enumerate(LABELS)}
 
@@ -247,3 +247,179 @@ def split(dataset: Dataset, seed: int = 0, test_size: float = 0.2, dev_size: flo
     rest, test = train_test_split(examples, test_size=test_size, random_state=seed, stratify=strata(examples))
     train, dev = train_test_split(rest, test_size=dev_size, random_state=seed, stratify=strata(rest))
     return Split(train, dev, test, seed)
+
+
+# --- The topic and entity heads' data -------------------------------------------------------
+
+TOPIC_IDS = {str(i): topic for i, topic in enumerate(TOPICS)}
+_TOPIC_BY_NAME = {topic.lower(): topic for topic in TOPICS}
+# SEntFiN's published Decisions had "Hold"/"sell"/"buy" replaced by label names inside a few
+# entity names ("IIFL neutralings" for "IIFL Holdings"); undone when the name is not in the title.
+_SENTFIN_REPAIRS = (("neutral", "Hold"), ("negative", "sell"), ("positive", "buy"))
+_SENTFIN_DECISION = re.compile(r"'([^:]+?)': '(positive|negative|neutral)'")
+
+
+@dataclass(frozen=True)
+class TopicExample:
+    text: str
+    topic: str  # one of TOPICS
+    source: str
+    line: int
+
+
+@dataclass(frozen=True)
+class EntityExample:
+    """One entity's sentiment in one text, the entity found at ``text[start:end]``."""
+
+    text: str
+    entity: str
+    label: str
+    start: int
+    end: int
+    source: str
+    line: int
+
+
+def load_topic_file(path: Path | str, *, skip_bad_rows: bool = False, bad_rows: Counter | None = None):
+    """A ``text,label`` CSV whose labels are the topic ids 0-19 (the Twitter Financial News topic
+    files) or topic names."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadDataError(f"{path}: no such file")
+    bad_rows = bad_rows if bad_rows is not None else Counter()
+    examples = []
+    for number, text, raw in _rows(path, "csv", "text", "label"):
+        key = str(raw).strip()
+        topic = TOPIC_IDS.get(key) or _TOPIC_BY_NAME.get(key.lower())
+        problem = "empty text" if not str(text).strip() else None if topic else f"unknown topic {raw!r}"
+        if problem:
+            if not skip_bad_rows:
+                raise BadDataError(f"{path}:{number}: {problem}; expected a topic id 0-19 or one of {list(TOPICS)}")
+            bad_rows[problem.split(" '")[0]] += 1
+            continue
+        examples.append(TopicExample(text.strip(), topic, path.name, number))
+    if not examples:
+        raise BadDataError(f"{path}: no usable rows")
+    return examples
+
+
+def find_entity(text: str, entity: str) -> tuple[int, int] | None:
+    """The first case-insensitive occurrence of ``entity`` in ``text`` as (start, end)."""
+    at = text.lower().find(entity.lower())
+    return (at, at + len(entity)) if at >= 0 and entity.strip() else None
+
+
+def load_entity_file(path: Path | str, *, skip_bad_rows: bool = False, bad_rows: Counter | None = None):
+    """Entity-level labels: SEntFiN's CSV (``Title`` and a ``Decisions`` dict of entity -> label)
+    or a ``text,entity,label`` CSV; every entity must occur in its text."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadDataError(f"{path}: no such file")
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    sentfin = "Decisions" in header and "Title" in header
+    bad_rows = bad_rows if bad_rows is not None else Counter()
+    examples: list[EntityExample] = []
+
+    def rows():
+        if sentfin:
+            for number, title, decisions in _rows(path, "csv", "Title", "Decisions"):
+                pairs = _SENTFIN_DECISION.findall(decisions or "")
+                if not pairs:
+                    yield number, title, BadDataError(f"{path}:{number}: no entity labels in {decisions!r}"), None
+                for entity, label in pairs:
+                    if find_entity(title, entity) is None:
+                        for wrong, right in _SENTFIN_REPAIRS:
+                            entity = entity.replace(wrong, right)
+                    yield number, title, entity, label
+        else:
+            with open(path, encoding="utf-8", newline="") as handle:
+                reader = csv.DictReader(handle)
+                missing = {"text", "entity", "label"} - set(reader.fieldnames or [])
+                if missing:
+                    raise BadDataError(f"{path}:1: missing column(s) {sorted(missing)} (needs text,entity,label)")
+                for row in reader:
+                    yield reader.line_num, row["text"], row["entity"], row["label"]
+
+    for number, text, entity, raw in rows():
+        try:
+            if isinstance(entity, BadDataError):
+                raise entity
+            if not isinstance(text, str) or not text.strip():
+                raise BadDataError(f"{path}:{number}: empty text")
+            label = _normalise_label(raw, f"{path}:{number}")
+            span = find_entity(text.strip(), entity or "")
+            if span is None:
+                raise BadDataError(f"{path}:{number}: entity {entity!r} does not occur in the text")
+        except BadDataError as exc:
+            if not skip_bad_rows:
+                raise
+            bad_rows[str(exc).split(": ", 1)[1].split(" '")[0].split(" {")[0]] += 1
+            continue
+        examples.append(EntityExample(text.strip(), entity, label, *span, path.name, number))
+    if not examples:
+        raise BadDataError(f"{path}: no usable rows")
+    return examples
+
+
+_LINK = re.compile(r"https?://\S+")
+
+
+def near_copy_key(text: str) -> str:
+    """Texts that differ only in links, case and spacing (re-posted headlines) share a key."""
+    return " ".join(_LINK.sub("", text).lower().split())
+
+
+def group_split(items: list, key, seed: int = 0, test_size: float = 0.2, dev_size: float = 0.1) -> Split:
+    """Train/dev/test by group (``key(item)``): every item of a group lands on one side, so a
+    headline with several entities, or a re-posted tweet, is never on two."""
+    import numpy as np
+
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    names = sorted(groups)
+    np.random.default_rng(seed).shuffle(names)
+    n_test = round(len(names) * test_size)
+    n_dev = round((len(names) - n_test) * dev_size)
+    parts = [names[:n_test], names[n_test : n_test + n_dev], names[n_test + n_dev :]]
+    test, dev, train = ([item for name in part for item in groups[name]] for part in parts)
+    return Split(train, dev, test, seed)
+
+
+@dataclass
+class HeadSplits:
+    """The topic and entity heads' train/dev/test splits (None for a single-head recipe)."""
+
+    topics: Split | None
+    entities: Split | None
+    files: dict[str, dict[str, str]]  # "topic"/"entity" -> path -> sha256
+    bad_rows: Counter = field(default_factory=Counter)
+
+
+def load_head_splits(
+    topic_files: list[str], entity_files: list[str], seed: int = 0, skip_bad_rows: bool = False
+) -> HeadSplits:
+    """Topic files split by near-copy group, entity files by headline (SEntFiN names a headline's
+    entities on one row), both with ``seed``; the same call at export and evaluation gives the same
+    parts as at training."""
+    bad_rows: Counter = Counter()
+    topics = [t for f in topic_files for t in load_topic_file(f, skip_bad_rows=skip_bad_rows, bad_rows=bad_rows)]
+    entities = [e for f in entity_files for e in load_entity_file(f, skip_bad_rows=skip_bad_rows, bad_rows=bad_rows)]
+    return HeadSplits(
+        group_split(topics, lambda t: near_copy_key(t.text), seed) if topics else None,
+        group_split(entities, lambda e: e.text, seed) if entities else None,
+        {
+            "topic": {f: sha256_of(Path(f)) for f in topic_files},
+            "entity": {f: sha256_of(Path(f)) for f in entity_files},
+        },
+        bad_rows,
+    )
+
+
+def by_text(entities: list[EntityExample]) -> dict[str, list[EntityExample]]:
+    """Entity examples grouped by their text, in first-seen order (one model pass per text)."""
+    grouped: dict[str, list[EntityExample]] = {}
+    for example in entities:
+        grouped.setdefault(example.text, []).append(example)
+    return grouped

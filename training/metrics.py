@@ -44,20 +44,22 @@ def fit_temperature(logits: np.ndarray, y_true, low: float = 0.05, high: float =
     return float(np.exp((a + b) / 2))
 
 
-def classification_metrics(y_true, logits: np.ndarray) -> dict:
+def classification_metrics(y_true, logits: np.ndarray, labels=LABELS) -> dict:
+    """Accuracy, macro-F1, per-class figures and confusion matrix; ``labels`` names the classes
+    (the sentiment labels, or the topic head's topics)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     y_true = np.asarray(y_true)
     probs = softmax(np.asarray(logits, dtype=np.float64))
     y_pred = probs.argmax(axis=1)
-    labels = list(range(len(LABELS)))
+    names, labels = list(labels), list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "per_class": {
-            LABELS[i]: {
+            names[i]: {
                 "precision": float(precision[i]),
                 "recall": float(recall[i]),
                 "f1": float(f1[i]),

@@ -13,7 +13,7 @@ import json
 import random
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,9 @@ from pipeline.progress import Progress
 from pipeline.schemas import LABELS
 
 from .config import TrainConfig
-from .data import LABEL_TO_ID, Example, load_datasets, split
+from .data import LABEL_TO_ID, Example, HeadSplits, by_text, load_datasets, load_head_splits, split
 from .distill import SoftLabelError, check_fits, distillation_loss, load_soft_labels
-from .inference import best_device, predict_logits
+from .inference import best_device, predict_heads, predict_logits
 from .metrics import classification_metrics
 from .model import SentimentClassifier, resolve_base_model
 
@@ -56,31 +56,81 @@ def parameter_groups(model, config: TrainConfig) -> list[dict]:
     return list(groups.values())
 
 
+@dataclass(frozen=True)
+class TrainItem:
+    """One text of the training stream with whatever labels it has (-1 / empty: none)."""
+
+    text: str
+    label: int = -1  # message sentiment
+    topic: int = -1
+    entities: tuple[tuple[int, int, int], ...] = ()  # (start, end, sentiment id) per mention
+
+
 def batches(
-    examples: list[Example],
+    items: list[TrainItem],
     tokenizer,
     batch_size: int,
     max_length: int,
     shuffle: bool,
     generator=None,
     teacher: dict[str, np.ndarray] | None = None,
+    heads: bool = False,
 ):
     """Tokenised batches padded to their own longest text (dynamic padding): (encoded, label ids
-    (-1: unlabelled), teacher logits (NaN where the teacher did not score a text) or None)."""
-    order = list(range(len(examples)))
+    (-1: unlabelled), teacher logits (NaN where the teacher did not score a text) or None, and with
+    ``heads`` the topic ids, mention masks and entity label ids (-1: padding) or None)."""
+    from pipeline.classify import mention_masks
+
+    order = list(range(len(items)))
     if shuffle:
-        order = torch.randperm(len(examples), generator=generator).tolist()
+        order = torch.randperm(len(items), generator=generator).tolist()
     for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start : start + batch_size]]
+        chunk = [items[i] for i in order[start : start + batch_size]]
         encoded = tokenizer(
-            [e.text for e in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            [e.text for e in chunk],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+            return_offsets_mapping=heads,
         )
-        labels = torch.tensor([LABEL_TO_ID.get(e.label, -1) for e in chunk])
+        labels = torch.tensor([e.label for e in chunk])
         soft = None
         if teacher is not None:
             missing = np.full(len(LABELS), np.nan, dtype=np.float32)
             soft = torch.from_numpy(np.stack([teacher.get(e.text, missing) for e in chunk]))
-        yield encoded, labels, soft
+        extra = None
+        if heads:
+            offsets = encoded.pop("offset_mapping").tolist()
+            mask = mention_masks(offsets, [[m[:2] for m in e.entities] for e in chunk], encoded["input_ids"].shape[1])
+            entity_labels = torch.full(mask.shape[:2], -1)
+            for row, item in enumerate(chunk):
+                for k, mention in enumerate(item.entities):
+                    if mask[row, k].any():  # a mention truncated away teaches nothing
+                        entity_labels[row, k] = mention[2]
+            extra = {
+                "topics": torch.tensor([e.topic for e in chunk]),
+                "mention_mask": torch.from_numpy(mask),
+                "entity_labels": entity_labels,
+            }
+        yield encoded, labels, soft, extra
+
+
+def training_items(examples: list[Example], heads: HeadSplits | None, held_out: set[str]) -> list[TrainItem]:
+    """The labelled training stream: message examples, topic texts and entity headlines (train
+    parts), one item per text; ``held_out`` texts (any head's dev/test) never enter it."""
+    from pipeline.schemas import TOPICS
+
+    items: dict[str, dict] = {}
+    for e in examples:
+        items.setdefault(e.text, {})["label"] = LABEL_TO_ID[e.label]
+    if heads and heads.topics:
+        for t in heads.topics.train:
+            items.setdefault(t.text, {})["topic"] = TOPICS.index(t.topic)
+    if heads and heads.entities:
+        for text, mentions in by_text(heads.entities.train).items():
+            items.setdefault(text, {})["entities"] = tuple((m.start, m.end, LABEL_TO_ID[m.label]) for m in mentions)
+    return [TrainItem(text, **fields) for text, fields in items.items() if text not in held_out]
 
 
 def train(config: TrainConfig) -> Path:
@@ -107,6 +157,11 @@ class Trainer:
             label_column=config.label_column,
         )
         self.parts = split(self.dataset, seed=config.split_seed)
+        self.heads = None
+        if config.topic_datasets or config.entity_datasets:
+            self.heads = load_head_splits(
+                config.topic_datasets, config.entity_datasets, config.split_seed, config.skip_bad_rows
+            )
         self.examples, self.teacher, self.distillation = self._training_examples()
         self.device = best_device()
         self.use_amp = self.device.type == "cuda"
@@ -115,7 +170,8 @@ class Trainer:
             self.model, self.tokenizer, _ = SentimentClassifier.load(self.last_dir)
             resume_state = torch.load(self.last_dir / "trainer_state.pt", map_location="cpu", weights_only=False)
         else:
-            self.model = SentimentClassifier.from_base(self.base_model)
+            heads = {"entity_pooling": config.entity_pooling} if self.heads else None
+            self.model = SentimentClassifier.from_base(self.base_model, heads=heads)
             self.tokenizer = AutoTokenizer.from_pretrained(self.base_model)
         self.model.to(self.device)
         self._optimisation()
@@ -129,17 +185,25 @@ class Trainer:
             torch.randperm(len(self.examples), generator=self.generator)
         self.meta = self._meta()
 
-    def _training_examples(self) -> tuple[list[Example], dict | None, dict]:
-        """The labelled training split (capped by ``max_examples``) plus, when distilling, the
-        teacher's unlabelled texts."""
-        config, parts = self.config, self.parts
-        examples = parts.train[: config.max_examples] if config.max_examples else parts.train
+    def _training_examples(self) -> tuple[list[TrainItem], dict | None, dict]:
+        """The labelled training stream (each source capped by ``max_examples``) plus, when
+        distilling, the teacher's other texts; no head's dev or test text is in it."""
+        config, parts, heads = self.config, self.parts, self.heads
+        cap = config.max_examples
+        held_out = {e.text for e in parts.dev + parts.test}
+        if heads:
+            for head_split in (heads.topics, heads.entities):
+                if head_split is not None:
+                    held_out |= {e.text for e in head_split.dev + head_split.test}
+                    if cap:
+                        head_split.train = head_split.train[:cap]
+        items = training_items(parts.train[:cap] if cap else parts.train, heads, held_out)
         teacher, distillation = _soft_labels(config, self.dataset.files, parts)
         if teacher is not None:
-            labelled = {e.text for e in parts.train}
-            unlabelled = [Example(t, "", "soft-labels", 0) for t in teacher if t not in labelled]
-            examples, distillation["unlabelled_texts"] = examples + unlabelled, len(unlabelled)
-        return examples, teacher, distillation
+            in_stream = {e.text for e in items}
+            unlabelled = [TrainItem(t) for t in teacher if t not in in_stream and t not in held_out]
+            items, distillation["unlabelled_texts"] = items + unlabelled, len(unlabelled)
+        return items, teacher, distillation
 
     def _optimisation(self) -> None:
         from transformers import get_linear_schedule_with_warmup
@@ -156,14 +220,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         weights = None
         if config.class_weights:
-            ids = [LABEL_TO_ID[e.label] for e in self.examples if e.label]
+            ids = [e.label for e in self.examples if e.label >= 0]
             counts = np.bincount(ids, minlength=len(LABELS)).astype(float)
             weights = counts.sum() / (len(LABELS) * np.maximum(counts, 1))
             weights = torch.tensor(weights, dtype=torch.float32, device=self.device)
         reduction = "none" if self.teacher is not None else "mean"  # distillation weighs each example itself
         self.loss_fn = torch.nn.CrossEntropyLoss(
-            weight=weights, label_smoothing=config.label_smoothing, reduction=reduction
+            weight=weights, label_smoothing=config.label_smoothing, reduction=reduction, ignore_index=-1
         )
+        self.head_loss = torch.nn.CrossEntropyLoss(ignore_index=-1)
 
     def _resume(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
@@ -213,6 +278,17 @@ class Trainer:
                 "bad_rows": dict(dataset.bad_rows),
             },
         }
+        if self.heads:
+            meta["data"]["heads"] = {
+                "files": self.heads.files,
+                "bad_rows": dict(self.heads.bad_rows),
+                "sizes": {
+                    name: {part: len(getattr(s, part)) for part in ("train", "dev", "test")}
+                    for name, s in (("topic", self.heads.topics), ("entity", self.heads.entities))
+                    if s is not None
+                },
+                "split": "by group: near-copy tweets (links, case and spacing aside) and headlines",
+            }
         if self.distillation:
             meta["distillation"] = self.distillation
         return meta
@@ -237,12 +313,19 @@ class Trainer:
         bar.update(len(losses))
         saved_at = time.monotonic()
         batched = batches(
-            self.examples, self.tokenizer, config.batch_size, config.max_length, True, self.generator, self.teacher
+            self.examples,
+            self.tokenizer,
+            config.batch_size,
+            config.max_length,
+            True,
+            self.generator,
+            self.teacher,
+            heads=self.heads is not None,
         )
-        for index, (encoded, labels, soft) in enumerate(batched):
+        for index, (encoded, labels, soft, extra) in enumerate(batched):
             if index < len(losses):  # trained on before the interruption
                 continue
-            losses.append(self._train_step(encoded, labels, soft))
+            losses.append(self._train_step(encoded, labels, soft, extra))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
             bar.update()
             if config.max_steps and self.step >= config.max_steps:
@@ -254,17 +337,31 @@ class Trainer:
         bar.close()
         return losses
 
-    def _train_step(self, encoded, labels: torch.Tensor, soft: torch.Tensor | None) -> float:
+    def _train_step(self, encoded, labels: torch.Tensor, soft: torch.Tensor | None, extra: dict | None) -> float:
         config, device = self.config, self.device
         encoded, labels = encoded.to(device), labels.to(device)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=self.use_amp):
-            logits = self.model(**encoded).float()
-        if soft is None:
-            loss = self.loss_fn(logits, labels)
-        else:
+            if extra is None:
+                logits = self.model(**encoded).float()
+            else:
+                extra = {k: v.to(device) for k, v in extra.items()}
+                logits, topic_logits, entity_logits = self.model(**encoded, mention_mask=extra["mention_mask"])
+                logits = logits.float()
+        if soft is not None:
             loss = distillation_loss(
                 logits, labels, soft.to(device), config.distill_alpha, config.distill_temperature, self.loss_fn
             )
+        elif (labels >= 0).any():
+            loss = self.loss_fn(logits, labels)
+        else:
+            loss = logits.sum() * 0.0
+        if extra is not None:
+            if (extra["topics"] >= 0).any():
+                loss = loss + config.topic_weight * self.head_loss(topic_logits.float(), extra["topics"])
+            entity_labels = extra["entity_labels"].reshape(-1)
+            if (entity_labels >= 0).any():
+                flat = entity_logits.float().reshape(-1, entity_logits.shape[-1])
+                loss = loss + config.entity_weight * self.head_loss(flat, entity_labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -280,6 +377,13 @@ class Trainer:
         dev_texts = [e.text for e in self.parts.dev]
         dev_logits = predict_logits(self.model, self.tokenizer, dev_texts, self.config.max_length)
         dev = classification_metrics([LABEL_TO_ID[e.label] for e in self.parts.dev], dev_logits)
+        heads_dev = head_metrics(self.model, self.tokenizer, self.heads, "dev", self.config.max_length)
+        if heads_dev:
+            dev["heads"] = heads_dev
+            # Selection weighs the three heads alike.
+            dev["selection_score"] = float(
+                np.mean([dev["macro_f1"]] + [m["macro_f1"] for m in heads_dev.values()])
+            )
         record = {
             "epoch": epoch + 1,
             "step": self.step,
@@ -287,16 +391,20 @@ class Trainer:
             "losses": [round(x, 5) for x in losses],
             "dev_accuracy": dev["accuracy"],
             "dev_macro_f1": dev["macro_f1"],
+            **{f"dev_{name}_{k}": m[k] for name, m in heads_dev.items() for k in ("accuracy", "macro_f1")},
             "seconds": round(seconds, 1),
         }
         self.history.append(record)
         print(
             f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, dev accuracy {dev['accuracy']:.4f}, "
-            f"dev macro-F1 {dev['macro_f1']:.4f} ({record['seconds']} s)"
+            f"dev macro-F1 {dev['macro_f1']:.4f}"
+            + "".join(f", {name} dev accuracy {m['accuracy']:.4f}" for name, m in heads_dev.items())
+            + f" ({record['seconds']} s)"
         )
         self.meta["history"] = self.history
-        if dev["macro_f1"] > self.best_f1:
-            self.best_f1, self.stale = dev["macro_f1"], 0
+        score = dev.get("selection_score", dev["macro_f1"])
+        if score > self.best_f1:
+            self.best_f1, self.stale = score, 0
             self.model.save(self.best_dir, self.tokenizer, {**self.meta, "epoch": epoch + 1, "dev_metrics": dev})
         else:
             self.stale += 1
@@ -306,6 +414,29 @@ class Trainer:
             print(f"early stopping: dev macro-F1 has not improved for {self.stale} epochs")
             return True
         return False
+
+
+def head_metrics(model, tokenizer, heads: HeadSplits | None, part: str, max_length: int) -> dict:
+    """The topic and entity heads' metrics on a part of their splits ({} for a single-head model);
+    entity metrics over every labelled mention."""
+    from pipeline.schemas import TOPICS
+
+    if not heads or not model.heads:
+        return {}
+    topics = heads.topics.part(part) if heads.topics else []
+    grouped = by_text(heads.entities.part(part)) if heads.entities else {}
+    texts = [t.text for t in topics] + list(grouped)
+    spans = [[] for _ in topics] + [[(m.start, m.end) for m in ms] for ms in grouped.values()]
+    _, topic_logits, entity_logits = predict_heads(model, tokenizer, texts, spans, max_length)
+    out = {}
+    if topics:
+        out["topic"] = classification_metrics(
+            [TOPICS.index(t.topic) for t in topics], topic_logits[: len(topics)], labels=TOPICS
+        )
+    if grouped:
+        truth = [LABEL_TO_ID[m.label] for ms in grouped.values() for m in ms]
+        out["entity"] = classification_metrics(truth, np.concatenate(entity_logits[len(topics) :]))
+    return out
 
 
 def _soft_labels(config: TrainConfig, files: dict[str, str], parts) -> tuple[dict | None, dict]:
