@@ -37,6 +37,7 @@ from .classify import ModelHolder
 from .config import Settings
 from .enrich import CompanyDictionary, read_names
 from .health import GroupLag, readiness
+from .schemas import TOPICS
 from .sinks.elasticsearch import ElasticsearchSink
 from .stages.classify import ClassifyStage, FirstScores
 from .stages.dead_letters import DeadLetters
@@ -277,8 +278,9 @@ def _owned(app: faust.App, topics: set[str]) -> set[tuple[str, int]]:
 
 
 def known_names(settings: Settings) -> frozenset[str]:
-    """Names always given windows of their own: the configured list and the dictionary's tickers."""
-    names = set(_dictionary(settings).alias_to_ticker.values())
+    """Names always given windows of their own: the configured list, the dictionary's tickers and
+    the topic head's topics."""
+    names = set(_dictionary(settings).alias_to_ticker.values()) | set(TOPICS)
     if settings.window_known_names:
         names |= read_names(settings.window_known_names)
     return frozenset(names)

@@ -19,6 +19,7 @@ from pathlib import Path
 from .schemas import LABELS
 
 BUNDLE_FORMAT_VERSION = 1
+MENTION_INPUT = "mention_mask"  # the entity head's input: [batch, mentions, sequence]
 MANIFEST = "manifest.json"
 VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 REQUIRED_FILES = (*VARIANT_FILES.values(), "tokenizer.json", "labels.json")
@@ -48,6 +49,12 @@ class Bundle:
     @property
     def labels(self) -> list[str]:
         return list(self.manifest["labels"])
+
+    @property
+    def heads(self) -> dict | None:
+        """``{"topic": {"labels", "temperature"}, "entity": {"labels", "pooling", "temperature"}}``
+        for a three-head bundle; None for a single-head one (message sentiment only)."""
+        return self.manifest.get("heads")
 
     @property
     def max_length(self) -> int:
@@ -112,4 +119,23 @@ def open_bundle(path: Path | str, verify_checksums: bool = True) -> Bundle:
     labels = json.loads((path / "labels.json").read_text())
     if labels != list(LABELS) or manifest["labels"] != list(LABELS):
         raise BundleError(f"model bundle {path}: labels {labels} differ from finsent's {list(LABELS)}")
+    _check_heads(path, manifest.get("heads"))
     return Bundle(path, manifest)
+
+
+def _check_heads(path: Path, heads) -> None:
+    if heads is None:
+        return
+    where = f"model bundle {path}: {MANIFEST} heads"
+    if not isinstance(heads, dict) or set(heads) != {"topic", "entity"}:
+        raise BundleError(f"{where} must name exactly 'topic' and 'entity'")
+    topics = heads["topic"].get("labels") if isinstance(heads["topic"], dict) else None
+    if not isinstance(topics, list) or not topics or not all(isinstance(t, str) and t for t in topics):
+        raise BundleError(f"{where}.topic.labels must be a non-empty list of topic names")
+    entity = heads["entity"] if isinstance(heads["entity"], dict) else {}
+    if entity.get("labels") != list(LABELS):
+        raise BundleError(f"{where}.entity.labels must be {list(LABELS)}")
+    for name in ("topic", "entity"):
+        temperature = heads[name].get("temperature", 1.0)
+        if not isinstance(temperature, int | float) or not temperature > 0:
+            raise BundleError(f"{where}.{name}.temperature must be a positive number, not {temperature!r}")

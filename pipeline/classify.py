@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from . import metrics
-from .bundle import Bundle, open_bundle
+from .bundle import MENTION_INPUT, Bundle, open_bundle
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -100,6 +101,16 @@ def mention_masks(offsets: list, spans: list[list[tuple[int, int]]], width: int)
     return out
 
 
+@dataclass(frozen=True)
+class Inference:
+    """Every head's probabilities for a list of texts."""
+
+    message: np.ndarray  # [texts, labels]
+    topics: np.ndarray | None  # [texts, topics]; None for a single-head bundle
+    entities: list[np.ndarray]  # per text, [its mentions, labels]
+    from_message: list[np.ndarray]  # per text and mention: True where the message's probabilities stand in
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
@@ -160,7 +171,12 @@ class Classifier:
     def model_version(self) -> str:
         return self.bundle.model_version
 
-    def _run(self, encodings) -> np.ndarray:
+    @property
+    def heads(self) -> dict | None:
+        """The bundle's topic and entity heads (manifest ``heads``), None for a single-head one."""
+        return self.bundle.heads
+
+    def _run(self, encodings, spans: list | None = None) -> list[np.ndarray]:
         width = max(len(e.ids) for e in encodings)
         shape = (len(encodings), width)
         arrays = {
@@ -173,17 +189,60 @@ class Classifier:
             arrays["input_ids"][row, :n] = encoding.ids
             arrays["attention_mask"][row, :n] = encoding.attention_mask
             arrays["token_type_ids"][row, :n] = encoding.type_ids
-        return self.session.run(None, {name: arrays[name] for name in self.input_names})[0].astype(np.float32)
+        if MENTION_INPUT in self.input_names:
+            spans = spans or [[] for _ in encodings]
+            arrays[MENTION_INPUT] = mention_masks([e.offsets for e in encodings], spans, width)
+        outputs = [o.astype(np.float32) for o in self.session.run(None, {n: arrays[n] for n in self.input_names})]
+        if MENTION_INPUT in arrays:  # a mention with no token (truncated away) has no entity logits
+            outputs[2][~arrays[MENTION_INPUT].any(axis=2)] = np.nan
+        return outputs
+
+    def _forward(self, texts: list[str], spans: list | None = None):
+        """(message logits, topic logits or None, entity logits per text or None), in text order."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        message = np.empty((len(texts), len(self.bundle.labels)), dtype=np.float32)
+        topic = np.empty((len(texts), len(self.heads["topic"]["labels"])), np.float32) if self.heads else None
+        entity: list | None = [None] * len(texts) if self.heads else None
+        for idx in self._length_buckets(order, [len(e.ids) for e in encodings]):
+            outputs = self._run([encodings[i] for i in idx], [spans[i] for i in idx] if spans else None)
+            message[idx] = outputs[0]
+            if self.heads:
+                topic[idx] = outputs[1]
+                for row, i in enumerate(idx):
+                    entity[i] = outputs[2][row, : len(spans[i]) if spans else 0]
+        return message, topic, entity
 
     def logits(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, len(self.bundle.labels)), dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(list(texts))
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        out = np.empty((len(texts), len(self.bundle.labels)), dtype=np.float32)
-        for idx in self._length_buckets(order, [len(e.ids) for e in encodings]):
-            out[idx] = self._run([encodings[i] for i in idx])
-        return out
+        return self._forward(texts)[0]
+
+    def head_logits(self, texts: list[str], spans: list[list[tuple[int, int]]]):
+        """(message, topic, entity per text) logits; topic and entity None for a single-head bundle."""
+        if not texts:
+            return np.zeros((0, len(self.bundle.labels)), dtype=np.float32), None, [] if self.heads else None
+        return self._forward(texts, spans)
+
+    def infer(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> Inference:
+        """Calibrated probabilities of every head, one pass per text; ``spans``: each text's entity
+        mentions as character (start, end). A single-head bundle gives no topics and each mention
+        the message's probabilities; so does a mention truncated away (``from_message``)."""
+        message, topic, entity = self.head_logits(texts, spans)
+        message = softmax(message / self.temperature)
+        if not self.heads:
+            copied = [np.repeat(message[i : i + 1], len(s), 0) for i, s in enumerate(spans)]
+            return Inference(message, None, copied, [np.ones(len(s), bool) for s in spans])
+        topic = softmax(topic / float(self.heads["topic"].get("temperature", 1.0)))
+        temperature = float(self.heads["entity"].get("temperature", 1.0))
+        probs, from_message = [], []
+        for i, logits in enumerate(entity):
+            missing = np.isnan(logits).any(axis=1)
+            row = softmax(np.nan_to_num(logits) / temperature)
+            row[missing] = message[i]
+            probs.append(row)
+            from_message.append(missing)
+        return Inference(message, topic, probs, from_message)
 
     def _length_buckets(self, order: list[int], lengths: list[int]):
         """Runs of length-sorted texts whose longest is at most ``length_slack`` x the shortest:

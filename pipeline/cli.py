@@ -14,7 +14,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from training.config import PretrainConfig, TrainConfig, default_datasets
+from training.config import (
+    PretrainConfig,
+    TrainConfig,
+    default_datasets,
+    default_entity_datasets,
+    default_topic_datasets,
+)
 
 from .config import DATA_DIR, ConfigError, Settings, load_settings
 
@@ -169,6 +175,23 @@ def train(
         "50Agree + the Twitter Financial News sentiment train file from data/.",
     ),
     output: Path = typer.Option(..., "--output", "-o", help="Training directory (best/ and last/ checkpoints)."),
+    topic_dataset: list[Path] = typer.Option(
+        None,
+        help="Topic file(s) (text,label with the 20 Twitter Financial News topic ids or names). Default: "
+        "data/twitter_financial_news_topic/topic_train.csv.",
+    ),
+    entity_dataset: list[Path] = typer.Option(
+        None,
+        help="Entity-level file(s): SEntFiN's CSV or text,entity,label. Default: data/sentfin/SEntFiN-dev.csv.",
+    ),
+    message_only: bool = typer.Option(
+        False, help="Train the message sentiment head alone (no topic or entity data, a single-head bundle)."
+    ),
+    entity_pooling: str = typer.Option(
+        _TRAIN["entity_pooling"],
+        callback=_one_of("mention+text", "mention"),
+        help="The entity head's input: the mention's pooled tokens beside the text's (mention+text) or alone.",
+    ),
     base_model: str = typer.Option(
         _TRAIN["base_model"],
         help="Hugging Face model name or path, or `mpnet` once `finsent base-model fetch mpnet` has run "
@@ -221,10 +244,14 @@ def train(
     from training.distill import SoftLabelError
     from training.train import train as run_training
 
-    for name in ("dataset", "output", "soft_labels", "resume"):
+    for name in ("dataset", "output", "soft_labels", "resume", "topic_dataset", "entity_dataset", "message_only"):
         options.pop(name)
+    topics = [str(d) for d in topic_dataset] if topic_dataset else default_topic_datasets()
+    entities = [str(d) for d in entity_dataset] if entity_dataset else default_entity_datasets()
     config = TrainConfig(
         **options,
+        topic_datasets=[] if message_only else topics,
+        entity_datasets=[] if message_only else entities,
         datasets=[str(d) for d in dataset] if dataset else default_datasets(),
         output=str(output),
         soft_labels=str(soft_labels) if soft_labels else None,
@@ -338,11 +365,41 @@ def evaluate(
     ),
     batch_size: int = typer.Option(32, min=1),
     skip_bad_rows: bool = typer.Option(False),
+    head: str = typer.Option(
+        "message",
+        callback=_one_of("message", "topic", "entity"),
+        help="Which head: message sentiment (text,label files), topic (text,label with topic ids or names) "
+        "or entity (SEntFiN's CSV or text,entity,label).",
+    ),
 ) -> None:
     """Accuracy, macro-F1, per-class scores, confusion matrix, calibration and throughput."""
     from pipeline.bundle import BundleError
     from training.data import BadDataError
     from training.evaluate import evaluate as run_evaluate
+    from training.evaluate import evaluate_head
+
+    if head != "message":
+        try:
+            result = evaluate_head(
+                model, [str(d) for d in dataset], head, split_name, variant, json_out, batch_size, skip_bad_rows
+            )
+        except (BadDataError, BundleError, ValueError, FileNotFoundError) as exc:
+            _fail(exc)
+        m = result["metrics"]
+        table = Table("metric", "value")
+        table.add_row(f"{head} examples", str(m["n"]))
+        table.add_row("accuracy", f"{m['accuracy']:.4f}")
+        table.add_row("macro-F1", f"{m['macro_f1']:.4f}")
+        if result.get("disagreeing", {}).get("accuracy") is not None:
+            d = result["disagreeing"]
+            table.add_row(
+                f"accuracy where a headline's entities disagree ({d['entities']} in {d['headlines']})",
+                f"{d['accuracy']:.4f}",
+            )
+        console.print(table)
+        if json_out:
+            console.print(f"report: {json_out} (+ .md, .confusion.png)")
+        return
 
     if split_name not in ("all", "train", "dev", "test"):
         _fail(ValueError(f"--split {split_name!r}: choose all, train, dev or test"))

@@ -188,7 +188,11 @@ class Settings(BaseSettings):
     # A record this much older than its window partition's stream time is dropped from the
     # windows as too old (judged against stream time, not the wall clock, so replays of history work).
     max_event_age_s: float = Field(default=7 * 86_400.0, gt=0, le=3650 * 86_400)
-    company_dictionary: Path | None = None
+    # Company names and aliases (CSV ticker,name) found in the text; the shipped default links
+    # S&P 500 and SEntFiN's companies. FINSENT_COMPANY_DICTIONARY= (empty) turns it off.
+    company_dictionary: Path | None = DATA_DIR / "companies" / "dictionary.csv"
+    # An inferred topic joins a record's topics (and its windows) at this probability or above.
+    topic_min_score: float = Field(default=0.5, gt=0, le=1)
     es_retry_max_backoff_s: float = Field(default=30.0, gt=0, le=600)
     es_request_timeout_s: float = Field(default=30.0, gt=0, le=600)
 
@@ -262,6 +266,11 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{server!r} is not host:port")
         return value
+
+    @field_validator("company_dictionary", "window_known_names", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
         "kafka_ssl_cafile",

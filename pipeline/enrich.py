@@ -1,8 +1,12 @@
-"""Tickers and topics for a message. Pure.
+"""Tickers and topics for a message, and where in its text each ticker is named. Pure.
 
 Explicit ``tickers``/``topics`` fields come first, then cashtags in the text (``$AAPL``,
 ``$BRK.B``), then an optional dictionary of company names and aliases (CSV ``ticker,name``,
 one alias per row). The first ticker (or else topic) is the record's Kafka key.
+
+``link_entities`` finds each ticker's first mention as a character span (a cashtag, a dictionary
+name, or an explicit ticker written in the text); an explicit ticker the text never names gets a
+mention without a span, and takes the message's sentiment.
 """
 
 from __future__ import annotations
@@ -53,9 +57,19 @@ class CompanyDictionary:
         return cls(pattern, aliases)
 
     def tickers_in(self, text: str) -> list[str]:
+        return [ticker for ticker, _span in self.mentions_in(text)]
+
+    def mentions_in(self, text: str) -> list[tuple[str, tuple[int, int]]]:
+        """(ticker, (start, end)) of every name in ``text``. A lower-case word is no company
+        ("target", "apple pie") unless the whole text is lower case."""
         if self.pattern is None:
             return []
-        return [self.alias_to_ticker[m.group(1).lower()] for m in self.pattern.finditer(text)]
+        lower_text = text == text.lower()
+        return [
+            (self.alias_to_ticker[m.group(1).lower()], m.span(1))
+            for m in self.pattern.finditer(text)
+            if lower_text or not m.group(1)[0].islower()
+        ]
 
 
 def read_names(path: Path | str) -> set[str]:
@@ -87,6 +101,35 @@ def cashtags(text: str) -> list[str]:
     return [m.group(1).upper() for m in CASHTAG.finditer(text)]
 
 
+@dataclass(frozen=True)
+class Mention:
+    """A ticker as the text names it: ``span`` is None for an explicit ticker the text never names."""
+
+    ticker: str
+    span: tuple[int, int] | None
+    source: str  # "cashtag", "dictionary", "text" (an explicit ticker written out) or "field"
+
+    def mention(self, text: str) -> str | None:
+        return text[self.span[0] : self.span[1]] if self.span else None
+
+
+def link_entities(text: str, tickers: list[str], dictionary: CompanyDictionary, max_items: int = 16) -> list[Mention]:
+    """One mention per ticker, in ``enrich``'s order (explicit, cashtags, dictionary), each at its
+    first place in the text."""
+    found: dict[str, Mention] = {}
+    for m in CASHTAG.finditer(text):
+        found.setdefault(m.group(1).upper(), Mention(m.group(1).upper(), m.span(0), "cashtag"))
+    for ticker, span in dictionary.mentions_in(text):
+        found.setdefault(ticker, Mention(ticker, span, "dictionary"))
+    explicit = _unique([t.upper() for t in tickers])
+    for ticker in explicit:
+        if ticker not in found:
+            written = re.search(rf"(?<![\w$]){re.escape(ticker)}(?!\w)", text)
+            found[ticker] = Mention(ticker, written.span() if written else None, "text" if written else "field")
+    order = _unique(explicit + list(found))
+    return [found[t] for t in order][:max_items]
+
+
 def _unique(values) -> list[str]:
     return list(dict.fromkeys(values))
 
@@ -95,8 +138,7 @@ def enrich(
     text: str, tickers: list[str], topics: list[str], dictionary: CompanyDictionary, max_items: int = 16
 ) -> tuple[list[str], list[str]]:
     """(tickers, topics): explicit values first, de-duplicated, at most ``max_items`` each."""
-    found = _unique([t.upper() for t in tickers] + cashtags(text) + dictionary.tickers_in(text))
-    return found[:max_items], _unique(topics)[:max_items]
+    return [m.ticker for m in link_entities(text, tickers, dictionary, max_items)], _unique(topics)[:max_items]
 
 
 def routing_key(tickers: list[str], topics: list[str], source: str | None) -> str:

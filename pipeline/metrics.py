@@ -89,6 +89,15 @@ DEDUP_EXPIRED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+ENTITY_MENTIONS = Counter(
+    "finsent_entity_mentions",
+    "Tickers linked in scored records, by how they were found and whose sentiment they carry.",
+    ["source", "sentiment_of"],
+    registry=REGISTRY,
+)
+INFERRED_TOPICS = Counter(
+    "finsent_inferred_topics", "Topics the topic head added to scored records.", ["topic"], registry=REGISTRY
+)
 MODEL_SWAPS = Counter("finsent_model_swaps", "Model bundles hot-swapped in.", registry=REGISTRY)
 
 # Per topic/ticker, from the last closed window (label values bounded by FINSENT_WINDOW_MAX_TOPICS).

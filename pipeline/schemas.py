@@ -143,6 +143,29 @@ class RawMessage(BaseModel):
         return message
 
 
+class EntitySentiment(BaseModel):
+    """One company a message names, with its own sentiment (the entity head's, or the message's
+    where the text does not name it: ``sentiment_of``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ticker: str
+    mention: str | None = None  # the text as written; None for a ticker given only in `tickers`
+    span: tuple[int, int] | None = None  # character offsets of the mention in the text
+    source: Literal["cashtag", "dictionary", "text", "field"]
+    label: Label
+    scores: dict[str, float]
+    sentiment_score: float  # p(positive) - p(negative)
+    sentiment_of: Literal["entity", "message"]
+
+
+class InferredTopic(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str
+    score: float
+
+
 class ScoredRecord(BaseModel):
     """A raw message with its classification, as written to the scored topic and Elasticsearch."""
 
@@ -160,6 +183,10 @@ class ScoredRecord(BaseModel):
     label: Label
     probabilities: dict[str, float]
     sentiment_score: float  # p(positive) - p(negative), in [-1, 1]
+    # Each ticker's own sentiment; explicit topics plus the topic head's, above
+    # FINSENT_TOPIC_MIN_SCORE, are in `topics`, the inferred ones with their scores here.
+    entities: list[EntitySentiment] = Field(default_factory=list)
+    inferred_topics: list[InferredTopic] = Field(default_factory=list)
     model_version: str
     processed_at: datetime
     latency_ms: float  # published_at -> processed_at

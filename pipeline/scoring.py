@@ -15,10 +15,16 @@ from datetime import datetime
 
 import numpy as np
 
-from .enrich import CompanyDictionary, enrich
-from .schemas import LABELS, ScoredRecord, ValidatedMessage, WindowItem
+from .classify import Inference
+from .enrich import CompanyDictionary, Mention, link_entities
+from .schemas import LABELS, EntitySentiment, InferredTopic, ScoredRecord, ValidatedMessage, WindowItem
 
-Scores = dict  # {"id", "label", "probabilities", "at", "model_version"}: a first copy's scores
+# A first copy's scores: {"id", "label", "probabilities", "at", "model_version"}, and from a
+# three-head model "topics" ({topic: p} at or above STORED_TOPIC_SCORE) and "entities" ({ticker:
+# [p per label]} for the mentions the entity head scored).
+Scores = dict
+STORED_TOPIC_SCORE = 0.05
+MAX_NAMES = 16  # tickers, and topics, a record carries
 
 
 @dataclass
@@ -58,24 +64,48 @@ def plan_batch(
     return plan
 
 
+def mentions_of(messages: Sequence[tuple[ValidatedMessage, str]], dictionary: CompanyDictionary) -> list[list[Mention]]:
+    return [link_entities(v.message.text, v.message.tickers, dictionary, MAX_NAMES) for v, _fp in messages]
+
+
 def first_scores(
     plan: Plan,
     messages: Sequence[tuple[ValidatedMessage, str]],
-    probabilities: np.ndarray,
+    inference: Inference | np.ndarray,
     now_s: float,
     model_version: str,
+    mentions: list[list[Mention]] | None = None,
+    topic_labels: Sequence[str] = (),
 ) -> dict[int, Scores]:
-    """Index -> scores, for the items scored now (rows of ``probabilities`` in ``to_score`` order)."""
+    """Index -> scores, for the items scored now (rows of ``inference`` in ``to_score`` order;
+    its entity rows follow the spanned ``mentions`` of each)."""
+    if isinstance(inference, np.ndarray):  # message probabilities alone
+        inference = Inference(inference, None, [np.zeros((0, len(LABELS)))] * len(inference), [])
     scores = {}
     for row, i in enumerate(plan.to_score):
-        probs = {label: float(p) for label, p in zip(LABELS, probabilities[row], strict=False)}
-        scores[i] = {
+        probs = {label: float(p) for label, p in zip(LABELS, inference.message[row], strict=False)}
+        entry = {
             "id": messages[i][0].message.id,
             "label": max(probs, key=probs.get),
             "probabilities": probs,
             "at": now_s,
             "model_version": model_version,
         }
+        if inference.topics is not None:
+            entry["topics"] = {
+                t: round(float(p), 4)
+                for t, p in zip(topic_labels, inference.topics[row], strict=True)
+                if p >= STORED_TOPIC_SCORE
+            }
+            spanned = [m for m in (mentions[i] if mentions else []) if m.span]
+            entry["entities"] = {
+                m.ticker: [round(float(p), 5) for p in probs_row]
+                for m, probs_row, copied in zip(
+                    spanned, inference.entities[row], inference.from_message[row], strict=True
+                )
+                if not copied
+            }
+        scores[i] = entry
     return scores
 
 
@@ -87,6 +117,7 @@ def scored_records(
     model_version: str,
     dictionary: CompanyDictionary,
     max_clock_skew_s: float,
+    topic_min_score: float = 0.5,
 ) -> list[ScoredRecord]:
     records = []
     for i, (valid, _fp) in enumerate(messages):
@@ -95,7 +126,9 @@ def scored_records(
         original = i in scores or i in plan.redelivered
         duplicate_of = None if original else entry["id"]
         records.append(
-            scored_record(valid, entry, duplicate_of, processed_at, model_version, dictionary, max_clock_skew_s)
+            scored_record(
+                valid, entry, duplicate_of, processed_at, model_version, dictionary, max_clock_skew_s, topic_min_score
+            )
         )
     return records
 
@@ -108,10 +141,17 @@ def scored_record(
     model_version: str,
     dictionary: CompanyDictionary,
     max_clock_skew_s: float,
+    topic_min_score: float = 0.5,
 ) -> ScoredRecord:
     message = valid.message
-    tickers, topics = enrich(message.text, message.tickers, message.topics, dictionary)
     probs = entry["probabilities"]
+    entities = entity_sentiments(
+        message.text, link_entities(message.text, message.tickers, dictionary, MAX_NAMES), entry
+    )
+    inferred = sorted(
+        ((t, p) for t, p in entry.get("topics", {}).items() if p >= topic_min_score), key=lambda tp: -tp[1]
+    )
+    topics = list(dict.fromkeys(message.topics + [t for t, _p in inferred]))[:MAX_NAMES]
     published = message.published_at or processed_at
     kafka_latency = None
     if valid.kafka_timestamp_ms is not None:
@@ -123,13 +163,15 @@ def scored_record(
         source=message.source,
         published_at=published,
         topics=topics,
-        tickers=tickers,
+        tickers=[e.ticker for e in entities],
         lang=message.lang,
         url=message.url,
         label_true=message.label,
         label=entry["label"],
         probabilities=probs,
         sentiment_score=probs["positive"] - probs["negative"],
+        entities=entities,
+        inferred_topics=[InferredTopic(topic=t, score=p) for t, p in inferred],
         model_version=entry.get("model_version", model_version),
         processed_at=processed_at,
         latency_ms=max(0.0, (processed_at - published).total_seconds() * 1000),
@@ -142,6 +184,28 @@ def scored_record(
     )
 
 
+def entity_sentiments(text: str, mentions: list[Mention], entry: Scores) -> list[EntitySentiment]:
+    """Each mention with the entity head's scores for it, or the message's where there are none
+    (a ticker named only in the `tickers` field, a single-head model, a mention truncated away)."""
+    out = []
+    for m in mentions:
+        own = entry.get("entities", {}).get(m.ticker) if m.span else None
+        scores = dict(zip(LABELS, own, strict=True)) if own else entry["probabilities"]
+        out.append(
+            EntitySentiment(
+                ticker=m.ticker,
+                mention=m.mention(text),
+                span=m.span,
+                source=m.source,
+                label=max(scores, key=scores.get),
+                scores=scores,
+                sentiment_score=scores["positive"] - scores["negative"],
+                sentiment_of="entity" if own else "message",
+            )
+        )
+    return out
+
+
 def window_items(record: ScoredRecord, valid: ValidatedMessage, partition: int, offset: int) -> list[WindowItem]:
     """One item per topic/ticker the record mentions; none when its time is not trustworthy.
 
@@ -152,16 +216,21 @@ def window_items(record: ScoredRecord, valid: ValidatedMessage, partition: int, 
     if record.clock_skew_s is not None:  # an untrustworthy time must not move stream time
         return []
     source = f"{partition}:{valid.origin_partition}"
+    # A ticker is windowed by its own sentiment, a topic by the message's.
+    sentiment = {e.ticker: (e.label, e.sentiment_score) for e in record.entities}
+    sentiment |= {t: (record.label, record.sentiment_score) for t in record.topics if t not in sentiment}
+    for ticker in record.tickers:  # records written before entities existed
+        sentiment.setdefault(ticker, (record.label, record.sentiment_score))
     return [
         WindowItem(
             topic=name,
             id=record.id,
             time=record.published_at.timestamp(),
-            score=record.sentiment_score,
-            label=record.label,
+            score=score,
+            label=label,
             source=source,
             offset=offset,
             raw_offset=valid.origin_offset,
         )
-        for name in dict.fromkeys(record.tickers + record.topics)
+        for name, (label, score) in sentiment.items()
     ]

@@ -45,9 +45,45 @@ def tiny_run(tmp_path_factory, phrasebank) -> Path:
             max_length=48,
             patience=3,
             class_weights=True,
+            topic_datasets=[],  # message sentiment alone: the single-head bundles users already have
+            entity_datasets=[],
         )
     )
     return output
+
+
+@pytest.fixture(scope="session")
+def tiny_heads_bundle(tmp_path_factory, phrasebank, data_dir: Path) -> Path:
+    """A tiny three-head bundle (message, topic, entity): a few steps on capped data, so its
+    scores mean little; tests of the heads' plumbing use it, the default model's card its quality."""
+    from training.config import TrainConfig
+    from training.export import export
+    from training.train import train
+
+    output = tmp_path_factory.mktemp("tiny-heads") / "run"
+    train(
+        TrainConfig(
+            datasets=[phrasebank],
+            output=str(output),
+            epochs=1,
+            batch_size=16,
+            max_examples=48,
+            learning_rate=3e-4,
+            max_length=48,
+            class_weights=True,
+        )
+    )
+    path = tmp_path_factory.mktemp("bundles") / "tiny-heads"
+    export(
+        output / "best",
+        path,
+        parity_limit=120,
+        min_int8_agreement=TINY_INT8_AGREEMENT,
+        max_int8_f1_drop=0.2,
+        model_version="tiny-heads-1",
+        log=lambda *_: None,
+    )
+    return path
 
 
 @pytest.fixture(scope="session")

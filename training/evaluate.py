@@ -13,17 +13,18 @@ from pipeline.schemas import LABELS
 from .metrics import accuracy_by_group, classification_metrics
 
 
-def plot_confusion_matrix(matrix: list[list[int]], path: Path, title: str) -> Path:
+def plot_confusion_matrix(matrix: list[list[int]], path: Path, title: str, labels=LABELS) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     data = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=120)
+    size = 4.8 if len(labels) <= 3 else 11
+    fig, ax = plt.subplots(figsize=(size, size * 0.875), dpi=120)
     ax.imshow(data, cmap="Blues")
-    ax.set_xticks(range(len(LABELS)), LABELS)
-    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set_xticks(range(len(labels)), labels, rotation=0 if len(labels) <= 3 else 90)
+    ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
@@ -35,6 +36,7 @@ def plot_confusion_matrix(matrix: list[list[int]], path: Path, title: str) -> Pa
                 str(data[i, j]),
                 ha="center",
                 va="center",
+                fontsize=10 if len(labels) <= 3 else 7,
                 color="white" if data[i, j] > data.max() / 2 else "black",
             )
     fig.tight_layout()
@@ -46,7 +48,7 @@ def plot_confusion_matrix(matrix: list[list[int]], path: Path, title: str) -> Pa
 def markdown_report(result: dict, png_name: str) -> str:
     m = result["metrics"]
     lines = [
-        f"# finsent evaluation: {result['model']}",
+        f"# finsent evaluation: {result['model']}" + (f" ({result['head']} head)" if result.get("head") else ""),
         "",
         f"- variant: `{result['variant']}`, data: {', '.join(result['datasets'])} (split `{result['split']}`, {m['n']} examples)",
         f"- accuracy **{m['accuracy']:.4f}**, macro-F1 **{m['macro_f1']:.4f}**, expected calibration error {m['ece']:.4f}",
@@ -57,6 +59,12 @@ def markdown_report(result: dict, png_name: str) -> str:
     ]
     for label, c in m["per_class"].items():
         lines.append(f"| {label} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |")
+    if result.get("disagreeing", {}).get("accuracy") is not None:
+        d = result["disagreeing"]
+        lines += [
+            "",
+            f"- headlines whose entities disagree: {d['headlines']} ({d['entities']} entities), accuracy **{d['accuracy']:.4f}**",
+        ]
     if result.get("by_agreement"):
         lines += ["", "| annotators agreeing (Financial PhraseBank) | examples | accuracy |", "|---|---|---|"]
         lines += [f"| {level} | {g['n']} | {g['accuracy']:.4f} |" for level, g in result["by_agreement"].items()]
@@ -130,12 +138,13 @@ def _logits(model_path: Path, is_bundle: bool, variant: str, texts: list[str], m
     return classifier.logits(texts) / classifier.temperature  # the probabilities the worker writes
 
 
-def _write_reports(result: dict, confusion: list[list[int]], json_out: Path) -> None:
+def _write_reports(result: dict, confusion: list[list[int]], json_out: Path, labels=LABELS) -> None:
     """JSON, Markdown and the confusion-matrix picture beside each other."""
     json_out.parent.mkdir(parents=True, exist_ok=True)
     png = json_out.with_suffix(".confusion.png")
-    title = f"{Path(result['model']).name} ({result['variant']}, {result['split']})"
-    plot_confusion_matrix(confusion, png, title)
+    head = f"{result['head']} head, " if result.get("head", "message") != "message" else ""
+    title = f"{Path(result['model']).name} ({head}{result['variant']}, {result['split']})"
+    plot_confusion_matrix(confusion, png, title, labels)
     json_out.write_text(json.dumps(result, indent=2))
     json_out.with_suffix(".md").write_text(markdown_report(result, png.name))
 
@@ -181,5 +190,129 @@ def evaluate(
     }
     if json_out is not None:
         _write_reports(result, metrics["confusion_matrix"], Path(json_out))
+    result["predictions"] = metrics["predictions"]
+    return result
+
+
+HEADS = ("message", "topic", "entity")
+
+
+def _head_examples(model_path: Path, is_bundle: bool, head: str, datasets: list[str], split_name: str, skip: bool):
+    """The topic or entity examples to score: the whole files, or the model's own split part of
+    the files it was trained on (matched by name)."""
+    from .data import load_entity_file, load_head_splits, load_topic_file
+
+    if split_name == "all":
+        load = load_topic_file if head == "topic" else load_entity_file
+        return [x for d in datasets for x in load(d, skip_bad_rows=skip)]
+    if is_bundle:
+        from pipeline.bundle import open_bundle
+
+        manifest = open_bundle(model_path).manifest
+        heads_data, seed = manifest.get("heads_data"), manifest["split_seed"]
+    else:
+        meta = json.loads((model_path / "finsent_checkpoint.json").read_text())
+        heads_data, seed = meta["data"].get("heads"), meta["data"]["split_seed"]
+    trained_on = list((heads_data or {}).get("files", {}).get(head, {}))
+    wanted = {Path(d).name for d in datasets}
+    if not trained_on or wanted - {Path(t).name for t in trained_on}:
+        raise ValueError(
+            f"{', '.join(sorted(wanted))} was not this model's {head} training data "
+            f"({', '.join(Path(t).name for t in trained_on) or 'none'}); use --split all for unseen data"
+        )
+    by_name = {Path(d).name: d for d in datasets}
+    sources = [by_name.get(Path(t).name, t) for t in trained_on]
+    other = list((heads_data or {}).get("files", {}).get("entity" if head == "topic" else "topic", {}))
+    other = [o for o in other if Path(o).exists()]
+    topic_files, entity_files = (sources, other) if head == "topic" else (other, sources)
+    splits = load_head_splits(topic_files, entity_files, seed, skip)
+    part = (splits.topics if head == "topic" else splits.entities).part(split_name)
+    return [x for x in part if x.source in wanted]
+
+
+def _head_logits(model_path: Path, is_bundle: bool, variant: str, texts, spans, batch_size: int):
+    """(topic logits / temperature, entity logits / temperature per text) as the worker scores them,
+    or the checkpoint's; a single-head model's entity scores are its message scores."""
+    if variant == "torch":
+        from .inference import best_device, predict_heads
+        from .model import SentimentClassifier
+
+        model, tokenizer, meta = SentimentClassifier.load(model_path)
+        if not model.heads:
+            raise ValueError(f"{model_path} has no topic or entity head")
+        _, topic, entity = predict_heads(model.to(best_device()), tokenizer, texts, spans, meta["max_length"])
+        return topic, entity
+    from pipeline.bundle import open_bundle
+    from pipeline.classify import Classifier
+
+    classifier = Classifier(open_bundle(model_path), variant=variant, batch_size=batch_size)
+    inference = classifier.infer(texts, spans)
+    # Log-probabilities rank and calibrate like the worker's probabilities.
+    topics = None if inference.topics is None else np.log(np.clip(inference.topics, 1e-12, None))
+    return topics, [np.log(np.clip(e, 1e-12, None)) for e in inference.entities]
+
+
+def evaluate_head(
+    model_path: Path,
+    datasets: list[str],
+    head: str,
+    split_name: str = "test",
+    variant: str = "int8",
+    json_out: Path | None = None,
+    batch_size: int = 32,
+    skip_bad_rows: bool = False,
+) -> dict:
+    """The topic head on ``text,label`` topic files, or the entity head on entity files (SEntFiN
+    or ``text,entity,label``): accuracy, macro-F1, confusion matrix; for entities also the
+    headlines whose entities disagree, where one label per message cannot be right for all."""
+    from pipeline.schemas import TOPICS
+
+    from .data import LABEL_TO_ID, by_text
+
+    model_path = Path(model_path)
+    is_bundle = (model_path / "manifest.json").exists()
+    if is_bundle == (variant == "torch"):
+        raise ValueError(f"{model_path}: --variant torch takes a checkpoint, the ONNX variants a bundle")
+    examples = _head_examples(model_path, is_bundle, head, datasets, split_name, skip_bad_rows)
+    started = time.perf_counter()
+    if head == "topic":
+        texts, spans = [t.text for t in examples], [[] for _ in examples]
+        topic, _ = _head_logits(model_path, is_bundle, variant, texts, spans, batch_size)
+        if topic is None:
+            raise ValueError(f"{model_path} has no topic head (a single-head bundle)")
+        truth, logits, labels, extra = [TOPICS.index(t.topic) for t in examples], topic, TOPICS, {}
+    else:
+        grouped = by_text(examples)
+        texts, spans = list(grouped), [[(m.start, m.end) for m in ms] for ms in grouped.values()]
+        _, entity = _head_logits(model_path, is_bundle, variant, texts, spans, batch_size)
+        truth = [LABEL_TO_ID[m.label] for ms in grouped.values() for m in ms]
+        logits, labels = np.concatenate(entity), LABELS
+        disagree = np.array([len({m.label for m in ms}) > 1 for ms in grouped.values() for _ in ms])
+        predicted = logits.argmax(1)
+        extra = {
+            "headlines": len(grouped),
+            "disagreeing": {
+                "entities": int(disagree.sum()),
+                "headlines": sum(len({m.label for m in ms}) > 1 for ms in grouped.values()),
+                "accuracy": float((predicted[disagree] == np.asarray(truth)[disagree]).mean())
+                if disagree.any()
+                else None,
+            },
+        }
+    elapsed = time.perf_counter() - started
+    metrics = classification_metrics(truth, logits, labels=labels)
+    result = {
+        "model": str(model_path),
+        "head": head,
+        "variant": variant,
+        "datasets": [str(d) for d in datasets],
+        "split": split_name,
+        "batch_size": batch_size,
+        "throughput_msgs_per_s": len(texts) / elapsed if elapsed else 0.0,
+        "metrics": {k: v for k, v in metrics.items() if k != "predictions"},
+        **extra,
+    }
+    if json_out is not None:
+        _write_reports(result, metrics["confusion_matrix"], Path(json_out), labels)
     result["predictions"] = metrics["predictions"]
     return result

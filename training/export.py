@@ -17,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bundle import VARIANT_FILES, Bundle, sha256_of, write_manifest
+from pipeline.bundle import MENTION_INPUT, VARIANT_FILES, Bundle, sha256_of, write_manifest
 from pipeline.classify import Classifier, softmax
 from pipeline.schemas import LABELS
 
-from .data import LABEL_TO_ID, load_datasets, split
-from .inference import predict_logits
+from .data import LABEL_TO_ID, HeadSplits, by_text, load_datasets, load_head_splits, split
+from .inference import predict_heads, predict_logits
 from .metrics import classification_metrics, expected_calibration_error, fit_temperature
 from .model import SentimentClassifier
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+HEAD_OUTPUTS = ("logits", "topic_logits", "entity_logits")
 
 
 class ExportError(RuntimeError):
@@ -50,6 +51,17 @@ def _export_onnx(model: SentimentClassifier, tokenizer, path: Path, opset: int) 
     )
     names = [n for n in ONNX_INPUTS if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    outputs = ["logits"]
+    if model.heads:  # two mentions a text in the sample, so the mentions axis stays dynamic
+        sample[MENTION_INPUT] = torch.zeros((2, 2, sample["input_ids"].shape[1]))
+        sample[MENTION_INPUT][:, 0, 1] = sample[MENTION_INPUT][:, 1, 2] = 1.0
+        names.append(MENTION_INPUT)
+        axes |= {
+            MENTION_INPUT: {0: "batch", 1: "mentions", 2: "sequence"},
+            "topic_logits": {0: "batch"},
+            "entity_logits": {0: "batch", 1: "mentions"},
+        }
+        outputs = list(HEAD_OUTPUTS)
     # The tracer warns that the attention mask's constant is fixed at trace time: it is (1.0).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -58,7 +70,7 @@ def _export_onnx(model: SentimentClassifier, tokenizer, path: Path, opset: int) 
             tuple(sample[n] for n in names),
             str(path),
             input_names=names,
-            output_names=["logits"],
+            output_names=outputs,
             dynamic_axes=axes,
             opset_version=opset,
             do_constant_folding=True,
@@ -111,6 +123,8 @@ def _excluded(matmuls: list[str], recipe: str) -> list[str]:
         exclude += [n for n in matmuls if "layer.0/" in n and n not in exclude]
     if recipe.endswith("_attention_out"):
         exclude += [n for n in matmuls if "attention/output/dense" in n]
+    # The heads' MatMuls (mention pooling, the entity head) are tiny; their inputs stay fp32.
+    exclude += [n for n in matmuls if n.startswith("/model/") and "/encoder/" not in n and n not in exclude]
     return exclude
 
 
@@ -125,7 +139,10 @@ def _calibration_batches(tokenizer, texts: list[str], max_length: int, input_nam
             max_length=max_length,
             return_tensors="np",
         )
-        yield {name: encoded[name].astype(np.int64) for name in input_names if name in encoded}
+        feed = {name: encoded[name].astype(np.int64) for name in input_names if name in encoded}
+        if MENTION_INPUT in input_names:
+            feed[MENTION_INPUT] = np.zeros((len(feed["input_ids"]), 1, feed["input_ids"].shape[1]), np.float32)
+        yield feed
 
 
 def _quantise(fp32_path: Path, raw_path: Path, int8_path: Path, recipe: str, calibration) -> None:
@@ -275,6 +292,7 @@ def export(
     model, tokenizer, meta = SentimentClassifier.load(checkpoint)
     parts = _split_of(meta, parity_datasets)
     test = parts.test[:parity_limit] if parity_limit else parts.test
+    heads = _head_splits_of(meta) if model.heads else None
 
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -290,11 +308,18 @@ def export(
             datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + sha256_of(work / VARIANT_FILES["fp32"])[:8]
         )
         manifest = _manifest(meta, version, opset)
+        if heads:  # temperatures 1 until calibrated: parity compares raw logits
+            manifest["heads"] = {
+                "topic": {"labels": list(model.heads["topics"]), "temperature": 1.0},
+                "entity": {"labels": list(LABELS), "pooling": model.heads["entity_pooling"], "temperature": 1.0},
+            }
         write_manifest(work, manifest)  # provisional, so the parity run can open the bundle
 
         log(f"checking parity on {len(test)} test examples")
         torch_logits = predict_logits(model, tokenizer, [e.text for e in test], meta["max_length"])
         check = _ParityCheck(work, test, torch_logits, log)
+        if heads:
+            check.add_heads(model, tokenizer, heads, meta["max_length"], parity_limit)
         failures = check.onnx_variants(max_logit_diff)
         calibration = _calibration_source(tokenizer, parts.train, meta["max_length"])
         failures += check.int8(raw, calibration, min_int8_agreement, max_int8_f1_drop)
@@ -307,13 +332,15 @@ def export(
         manifest["temperature"], manifest["calibration"] = _calibrate(
             model, tokenizer, meta["max_length"], parts.dev, check.y_true, check.variants["fp32"], log
         )
+        if heads:
+            manifest["heads"] = _calibrate_heads(model, tokenizer, heads, meta, check, log)
         manifest["parity"] = check.parity
         manifest["metrics"] = {
             "test": {
                 name: {k: v for k, v in m.items() if k not in ("predictions", "per_class")}
                 for name, m in check.metrics.items()
             },
-            "dev": {k: v for k, v in meta.get("dev_metrics", {}).items() if k != "predictions"},
+            "dev": _without_predictions(meta.get("dev_metrics", {})),
         }
         write_manifest(work, manifest)
         if output.exists():
@@ -325,6 +352,59 @@ def export(
     from pipeline.bundle import open_bundle
 
     return open_bundle(output)
+
+
+def _without_predictions(metrics: dict) -> dict:
+    return {
+        k: _without_predictions(v) if k == "heads" or isinstance(v, dict) and "predictions" in v else v
+        for k, v in metrics.items()
+        if k != "predictions"
+    }
+
+
+def _head_splits_of(meta: dict) -> HeadSplits:
+    """The checkpoint's topic and entity splits (same files and seed as training)."""
+    files = meta["data"]["heads"]["files"]
+    missing = [f for kind in files.values() for f in kind if not Path(f).exists()]
+    if missing:
+        raise ExportError(f"the heads' data {missing} not found (needed for their parity and calibration)")
+    return load_head_splits(
+        list(files["topic"]),
+        list(files["entity"]),
+        meta["data"]["split_seed"],
+        meta["config"].get("skip_bad_rows", False),
+    )
+
+
+def _head_set(heads: HeadSplits, part: str, limit: int | None = None):
+    """(texts, spans, topic ids, entity label ids) of a part of the heads' splits: the topic
+    texts first (no spans), then each entity text once with its mentions."""
+    from pipeline.schemas import TOPICS
+
+    topics = heads.topics.part(part) if heads.topics else []
+    grouped = by_text(heads.entities.part(part)) if heads.entities else {}
+    if limit:
+        topics, grouped = topics[:limit], dict(list(grouped.items())[:limit])
+    texts = [t.text for t in topics] + list(grouped)
+    spans = [[] for _ in topics] + [[(m.start, m.end) for m in ms] for ms in grouped.values()]
+    topic_ids = [TOPICS.index(t.topic) for t in topics]
+    entity_ids = [LABEL_TO_ID[m.label] for ms in grouped.values() for m in ms]
+    return texts, spans, topic_ids, entity_ids
+
+
+def _calibrate_heads(model, tokenizer, heads: HeadSplits, meta: dict, check, log) -> dict:
+    """The manifest's ``heads``: labels, and a temperature per head fitted on its dev part."""
+    from pipeline.schemas import TOPICS
+
+    texts, spans, topic_ids, entity_ids = _head_set(heads, "dev", CALIBRATION_DEV_LIMIT)
+    _, topic_logits, entity_logits = predict_heads(model, tokenizer, texts, spans, meta["max_length"])
+    topic_t = fit_temperature(topic_logits[: len(topic_ids)], topic_ids)
+    entity_t = fit_temperature(np.concatenate(entity_logits[len(topic_ids) :]), entity_ids)
+    log(f"heads calibration: topic temperature {topic_t:.3f}, entity temperature {entity_t:.3f}")
+    return {
+        "topic": {"labels": list(meta["heads"].get("topics", TOPICS)), "temperature": topic_t},
+        "entity": {"labels": list(LABELS), "pooling": meta["heads"]["entity_pooling"], "temperature": entity_t},
+    }
 
 
 def _split_of(meta: dict, parity_datasets: list[str] | None):
@@ -346,7 +426,8 @@ def _manifest(meta: dict, version: str, opset: int) -> dict:
         "base_model": meta["base_model"],
         "labels": list(LABELS),
         "max_length": meta["max_length"],
-        "onnx_inputs": [n for n in ONNX_INPUTS],
+        "onnx_inputs": [*ONNX_INPUTS, *([MENTION_INPUT] if meta.get("heads") else [])],
+        "onnx_outputs": list(HEAD_OUTPUTS) if meta.get("heads") else ["logits"],
         "opset": opset,
         "training_data": [{"path": p, "sha256": h} for p, h in meta["data"]["files"].items()],
         "split_seed": meta["data"]["split_seed"],
@@ -359,6 +440,7 @@ def _manifest(meta: dict, version: str, opset: int) -> dict:
             "history": [{k: v for k, v in h.items() if k != "losses"} for h in meta.get("history", [])],
         },
         "distillation": meta.get("distillation"),
+        "heads_data": meta["data"].get("heads"),  # the topic and entity files, their split and sizes
     }
 
 
@@ -383,22 +465,66 @@ class _ParityCheck:
         self.variants: dict[str, np.ndarray] = {}
         self.metrics: dict[str, dict] = {}
         self.parity: dict = {"examples": len(self.texts)}
+        self.head_set = None  # (texts, spans, topic ids, entity ids) of the heads' test parts
+        self.head_variants: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # variant -> topic, entity logits
+
+    def add_heads(self, model, tokenizer, heads: HeadSplits, max_length: int, limit: int | None) -> None:
+        """Also check the topic and entity heads, on their own test parts."""
+        self.head_set = _head_set(heads, "test", limit)
+        texts, spans, topic_ids, _ = self.head_set
+        _, topic, entity = predict_heads(model, tokenizer, texts, spans, max_length)
+        self.head_variants["torch"] = (topic[: len(topic_ids)], np.concatenate(entity[len(topic_ids) :]))
+        self._head_metrics("torch")
+        self.parity["head_examples"] = {"topic": len(topic_ids), "entity": len(self.head_set[3])}
+
+    def _head_metrics(self, variant: str) -> None:
+        from pipeline.schemas import TOPICS
+
+        _, _, topic_ids, entity_ids = self.head_set
+        topic, entity = self.head_variants[variant]
+        self.metrics[f"{variant}_topic"] = classification_metrics(topic_ids, topic, labels=TOPICS)
+        self.metrics[f"{variant}_entity"] = classification_metrics(entity_ids, entity)
 
     def run(self, variant: str) -> np.ndarray:
         bundle = Bundle(self.work, json.loads((self.work / "manifest.json").read_text()))
-        logits = Classifier(bundle, variant=variant, providers=["CPUExecutionProvider"]).logits(self.texts)
+        classifier = Classifier(bundle, variant=variant, providers=["CPUExecutionProvider"])
+        logits = classifier.logits(self.texts)
         self.variants[variant] = logits
         self.metrics[variant] = classification_metrics(self.y_true, logits)
+        if self.head_set:
+            texts, spans, topic_ids, _ = self.head_set
+            _, topic, entity = classifier.head_logits(texts, spans)
+            self.head_variants[variant] = (topic[: len(topic_ids)], np.concatenate(entity[len(topic_ids) :]))
+            self._head_metrics(variant)
         return logits
 
     def _agreement(self, variant: str) -> float:
         return float((self.variants[variant].argmax(1) == self.variants["fp32"].argmax(1)).mean())
+
+    def _head_parity(self, variant: str, against: str) -> dict:
+        """Each head's largest logit difference and label agreement, ``variant`` against ``against``."""
+        out = {}
+        for name, ours, theirs in zip(
+            ("topic", "entity"), self.head_variants[variant], self.head_variants[against], strict=True
+        ):
+            out[name] = {
+                "max_abs_logit_diff": float(np.abs(ours - theirs).max()) if len(ours) else 0.0,
+                "label_agreement": float((ours.argmax(1) == theirs.argmax(1)).mean()) if len(ours) else 1.0,
+            }
+        return out
 
     def onnx_variants(self, max_logit_diff: float) -> list[str]:
         """fp32 against torch (the failures), fp16 against fp32 (recorded where CPU kernels exist)."""
         self.metrics["torch"] = classification_metrics(self.y_true, self.torch_logits)
         fp32 = self.run("fp32")
         self.parity["fp32_max_abs_logit_diff"] = float(np.abs(fp32 - self.torch_logits).max())
+        failures = []
+        if self.head_set:
+            self.parity["fp32_heads"] = self._head_parity("fp32", "torch")
+            for name, record in self.parity["fp32_heads"].items():
+                if record["max_abs_logit_diff"] > max_logit_diff:
+                    diff = record["max_abs_logit_diff"]
+                    failures.append(f"fp32 ONNX {name} head differs from torch by {diff:.2e} > {max_logit_diff:.0e}")
         try:
             fp16 = self.run("fp16")
             self.parity["fp16_max_abs_logit_diff"] = float(np.abs(fp16 - fp32).max())
@@ -407,8 +533,8 @@ class _ParityCheck:
             self.log(f"fp16 parity not measured on CPU: {exc}")
         if self.parity["fp32_max_abs_logit_diff"] > max_logit_diff:
             diff = self.parity["fp32_max_abs_logit_diff"]
-            return [f"fp32 ONNX differs from torch by {diff:.2e} > {max_logit_diff:.0e}"]
-        return []
+            failures.append(f"fp32 ONNX differs from torch by {diff:.2e} > {max_logit_diff:.0e}")
+        return failures
 
     def int8(self, raw: Path, calibration, min_agreement: float, max_f1_drop: float) -> list[str]:
         """The first INT8 recipe that keeps parity; the last one's failures if none does."""
@@ -425,7 +551,23 @@ class _ParityCheck:
                 failures.append(f"INT8 agrees with fp32 on {agreement:.2%} < {min_agreement:.0%} of labels")
             if drop > max_f1_drop:
                 failures.append(f"INT8 loses {drop:.4f} macro-F1 > {max_f1_drop}")
+            if self.head_set:
+                failures += self._int8_heads(min_agreement, max_f1_drop)
             if not failures:
                 return []
             self.log(f"INT8 recipe {recipe} failed parity: {'; '.join(failures)}")
+        return failures
+
+    def _int8_heads(self, min_agreement: float, max_f1_drop: float) -> list[str]:
+        """The topic and entity heads hold INT8 to the message head's standard, with twice its
+        macro-F1 allowance for the topic head (20 classes, a few with under 10 test texts)."""
+        self.parity["int8_heads"] = record = self._head_parity("int8", "fp32")
+        failures = []
+        for name, allowance in (("topic", 2 * max_f1_drop), ("entity", max_f1_drop)):
+            drop = self.metrics[f"fp32_{name}"]["macro_f1"] - self.metrics[f"int8_{name}"]["macro_f1"]
+            record[name]["macro_f1_drop"] = drop
+            if record[name]["label_agreement"] < min_agreement:
+                failures.append(f"INT8 {name} head agrees with fp32 on {record[name]['label_agreement']:.2%} of labels")
+            if drop > allowance:
+                failures.append(f"INT8 {name} head loses {drop:.4f} macro-F1 > {allowance}")
         return failures

@@ -381,9 +381,7 @@ class Trainer:
         if heads_dev:
             dev["heads"] = heads_dev
             # Selection weighs the three heads alike.
-            dev["selection_score"] = float(
-                np.mean([dev["macro_f1"]] + [m["macro_f1"] for m in heads_dev.values()])
-            )
+            dev["selection_score"] = float(np.mean([dev["macro_f1"]] + [m["macro_f1"] for m in heads_dev.values()]))
         record = {
             "epoch": epoch + 1,
             "step": self.step,

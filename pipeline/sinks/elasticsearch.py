@@ -67,6 +67,31 @@ SCORED_MAPPINGS = {
             "properties": {"negative": {"type": "float"}, "neutral": {"type": "float"}, "positive": {"type": "float"}}
         },
         "sentiment_score": {"type": "float"},
+        # Nested: a query on ticker and label must match them in the same entity, not across a
+        # headline's two companies ("INFY negative" must not match "INFY up, WIPRO down").
+        "entities": {
+            "type": "nested",
+            "properties": {
+                "ticker": {"type": "keyword"},
+                "mention": {"type": "keyword"},
+                "span": {"type": "integer"},
+                "source": {"type": "keyword"},
+                "label": {"type": "keyword"},
+                "scores": {
+                    "properties": {
+                        "negative": {"type": "float"},
+                        "neutral": {"type": "float"},
+                        "positive": {"type": "float"},
+                    }
+                },
+                "sentiment_score": {"type": "float"},
+                "sentiment_of": {"type": "keyword"},
+            },
+        },
+        "inferred_topics": {
+            "type": "nested",
+            "properties": {"topic": {"type": "keyword"}, "score": {"type": "float"}},
+        },
         "model_version": {"type": "keyword"},
         "latency_ms": {"type": "float"},
         "kafka_latency_ms": {"type": "float"},

@@ -29,7 +29,7 @@ from ..enrich import CompanyDictionary, routing_key
 from ..faustcompat import Batch, Intake
 from ..retries import BatchFailed, process_with_retries
 from ..schemas import ScoredRecord, ValidatedMessage
-from ..scoring import Scores, first_scores, plan_batch, scored_records, window_items
+from ..scoring import Scores, first_scores, mentions_of, plan_batch, scored_records, window_items
 from ..sinks.elasticsearch import ElasticsearchSink
 from ..transactions import Output, TransactionFailed
 from ..web import LiveView
@@ -220,15 +220,28 @@ class ClassifyStage:
             keys = [e.key.decode() if isinstance(e.key, bytes) else str(e.key) for e in events]
             messages = [(ValidatedMessage.model_validate_json(e.value), k) for e, k in zip(events, keys, strict=True)]
             plan = plan_batch(messages, self.first.lookup(events, keys).get, now_s, self.settings.dedup_horizon_s)
-            probabilities = None
+            inference, mentions = None, None
             if plan.to_score:
+                mentions = {
+                    i: m
+                    for i, m in zip(
+                        plan.to_score, mentions_of([messages[i] for i in plan.to_score], self.dictionary), strict=True
+                    )
+                }
                 texts = [messages[i][0].message.text for i in plan.to_score]
+                spans = [[m.span for m in mentions[i] if m.span] for i in plan.to_score]
                 started = time.perf_counter()
                 loop = asyncio.get_running_loop()
-                probabilities = await loop.run_in_executor(self.executor, classifier.predict_proba, texts)
+                inference = await loop.run_in_executor(self.executor, classifier.infer, texts, spans)
                 metrics.INFERENCE.observe(time.perf_counter() - started)
                 metrics.BATCH_SIZE.observe(len(texts))
-            scores = first_scores(plan, messages, probabilities, now_s, classifier.model_version)
+            heads = classifier.heads
+            topic_labels = heads["topic"]["labels"] if heads else ()
+            scores = (
+                first_scores(plan, messages, inference, now_s, classifier.model_version, mentions, topic_labels)
+                if inference is not None
+                else {}
+            )
             records = scored_records(
                 plan,
                 messages,
@@ -237,6 +250,7 @@ class ClassifyStage:
                 classifier.model_version,
                 self.dictionary,
                 self.settings.max_clock_skew_s,
+                self.settings.topic_min_score,
             )
         except Exception as exc:
             raise BatchFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -276,6 +290,10 @@ class ClassifyStage:
         self.live.on_scored(1)
         if record.truncated:
             metrics.TRUNCATED.inc()
+        for entity in record.entities:
+            metrics.ENTITY_MENTIONS.labels(entity.source, entity.sentiment_of).inc()
+        for inferred in record.inferred_topics:
+            metrics.INFERRED_TOPICS.labels(inferred.topic).inc()
         if record.clock_skew_s is not None:
             metrics.EVENT_TIME_OUT_OF_BOUNDS.labels("future").inc()
         metrics.END_TO_END.labels("published").observe(record.latency_ms / 1000)

@@ -115,7 +115,13 @@ def kibana_field_uses() -> list[tuple[str, str, str]]:
             continue
         index = _index_of(obj)
         query = json.loads(attributes["kibanaSavedObjectMeta"]["searchSourceJSON"])["query"]["query"]
-        fields = re.findall(r"(\w+)\s*:", query)
+        # KQL's nested syntax, entities:{ label : "x" }, names entities.label.
+        query = re.sub(
+            r"(\w+)\s*:\s*\{([^}]*)\}",
+            lambda m: re.sub(r"(\w+)(\s*:)", rf"{m.group(1)}.\1\2", m.group(2)),
+            query,
+        )
+        fields = re.findall(r"([\w.]+)\s*:", query)
         if obj["type"] == "visualization":
             fields += [agg["params"]["field"] for agg in json.loads(attributes["visState"])["aggs"]]
         else:

@@ -281,3 +281,72 @@ def test_a_broken_new_bundle_is_tried_once_not_on_every_poll(tiny_bundle: Path, 
 
     assert asyncio.run(poll_three_times()) == [False, False, False]
     assert len(loads) == 1 and holder.classifier.model_version == "tiny-1"
+
+
+def test_a_three_head_bundle_describes_and_checks_every_head(tiny_heads_bundle: Path):
+    bundle = open_bundle(tiny_heads_bundle)
+    manifest = bundle.manifest
+    assert manifest["onnx_inputs"][-1] == "mention_mask"
+    assert manifest["onnx_outputs"] == ["logits", "topic_logits", "entity_logits"]
+    from pipeline.schemas import TOPICS
+
+    assert bundle.heads["topic"]["labels"] == list(TOPICS)
+    assert bundle.heads["entity"]["labels"] == list(LABELS) and bundle.heads["entity"]["pooling"] == "mention+text"
+    assert bundle.heads["topic"]["temperature"] > 0 and bundle.heads["entity"]["temperature"] > 0
+    parity = manifest["parity"]
+    for head in ("topic", "entity"):
+        assert parity["fp32_heads"][head]["max_abs_logit_diff"] <= 1e-3
+        assert parity["int8_heads"][head]["label_agreement"] >= TINY_INT8_AGREEMENT
+        assert manifest["metrics"]["test"][f"int8_{head}"]["n"] == parity["head_examples"][head] > 0
+    assert set(manifest["heads_data"]["files"]) == {"topic", "entity"}
+
+
+def test_each_mention_gets_its_own_scores_in_one_pass_whatever_its_batch(tiny_heads_bundle: Path):
+    classifier = Classifier(open_bundle(tiny_heads_bundle), variant="int8")
+    text = "Infosys beats estimates; Wipro slumps"
+    spans = [(0, 7), (25, 30)]
+    alone = classifier.infer([text], [spans])
+    assert alone.topics.shape == (1, 20) and alone.entities[0].shape == (2, 3)
+    np.testing.assert_allclose(alone.entities[0].sum(axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(alone.entities[0][0], alone.entities[0][1])  # the two mentions differ
+    assert not alone.from_message[0].any()
+    batch = classifier.infer(["Fed holds", text, "Sales fell " * 20], [[], spans, [(0, 5)]])
+    np.testing.assert_allclose(batch.entities[1], alone.entities[0], atol=1e-6)
+    np.testing.assert_allclose(batch.topics[1], alone.topics[0], atol=1e-6)
+    # A mention truncated away (max_length 48 tokens) takes the message's scores, marked as such.
+    long = "Profit fell " * 40 + "at Wipro"
+    far = classifier.infer([long], [[(len(long) - 5, len(long))]])
+    assert far.from_message[0].tolist() == [True]
+    np.testing.assert_allclose(far.entities[0][0], far.message[0])
+
+
+def test_a_bundle_with_broken_heads_is_refused(tiny_heads_bundle: Path, tmp_path: Path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_heads_bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["heads"]["entity"]["labels"] = ["bad", "good"]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="heads.entity.labels must be"):
+        open_bundle(broken, verify_checksums=False)
+
+
+def test_evaluate_scores_the_topic_and_entity_heads(tiny_heads_bundle: Path, tmp_path: Path):
+    from training.evaluate import evaluate_head
+
+    entities = tmp_path / "entities.csv"
+    entities.write_text(
+        "text,entity,label\n"
+        "Infosys beats estimates; Wipro slumps,Infosys,positive\n"
+        "Infosys beats estimates; Wipro slumps,Wipro,negative\n"
+        "Tata Steel flat,Tata Steel,neutral\n"
+    )
+    result = evaluate_head(tiny_heads_bundle, [str(entities)], "entity", "all", json_out=tmp_path / "e.json")
+    assert result["metrics"]["n"] == 3 and result["headlines"] == 2
+    assert result["disagreeing"]["entities"] == 2 and result["disagreeing"]["headlines"] == 1
+    assert (tmp_path / "e.confusion.png").stat().st_size > 0
+    topics = tmp_path / "topics.csv"
+    topics.write_text("text,label\nFed holds rates,1\nApple beats on earnings,Earnings\n")
+    result = evaluate_head(tiny_heads_bundle, [str(topics)], "topic", "all")
+    assert result["metrics"]["n"] == 2 and len(result["metrics"]["confusion_matrix"]) == 20
+    with pytest.raises(ValueError, match="was not this model's topic training data"):
+        evaluate_head(tiny_heads_bundle, [str(topics)], "topic", "test")
