@@ -596,6 +596,25 @@ def scenario(
     console.print(f"{len(rows)} messages: {SESSION_FILE}; script and expected alerts: {SCRIPT_FILE}")
 
 
+@app.command("companies")
+def companies_build(
+    output: Path = typer.Option(DATA_DIR / "companies" / "dictionary.csv", "--output", "-o"),
+    sp500: Path = typer.Option(DATA_DIR / "companies" / "sp500_constituents.csv", help="S&P 500 constituents CSV."),
+    sentfin_entities: Path = typer.Option(
+        DATA_DIR / "sentfin" / "entity_list_comprehensive.csv", help="SEntFiN's entity list (Symbol, Entity)."
+    ),
+) -> None:
+    """Build the company dictionary (ticker,name; one alias a row) the worker links names with."""
+    from .companies import build, corpus_texts, to_csv
+
+    try:
+        rows = build(sp500, sentfin_entities, corpus_texts(DATA_DIR))
+    except (OSError, KeyError, UnicodeDecodeError) as exc:
+        _fail(ValueError(f"could not build the dictionary: {exc}"))
+    output.write_text(to_csv(rows))
+    console.print(f"{output}: {len(rows):,} names for {len({t for t, _ in rows}):,} tickers")
+
+
 @app.command("kibana-import")
 def kibana_import(
     url: str = typer.Option("http://127.0.0.1:5601", help="Kibana's address."),

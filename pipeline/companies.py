@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import Counter
 from pathlib import Path
 
 # Aliases headlines use that no constituent name contains.
@@ -51,8 +52,11 @@ _SUFFIXES = re.compile(
     r"S\.A\.|Limited|\(Class [A-Z]\)|\(The\))\s*)+$"
 )
 # Short names that are ordinary words at the start of a sentence.
+# An alias the corpus writes in lower case this often is an ordinary word ("news", "equity").
+COMMON_WORD_COUNT = 3
 _TOO_COMMON = {
     "Southern",
+    "Dow",
     "Ball",
     "Global",
     "General",
@@ -84,18 +88,29 @@ def short_name(name: str) -> str:
     return _SUFFIXES.sub("", name.removeprefix("The ")).strip(" ,")
 
 
-def _keep(alias: str) -> bool:
-    return len(alias) >= 3 and alias not in _TOO_COMMON and not alias.islower()
+def lower_case_counts(corpus: list[str]) -> Counter:
+    """How often each word, and each run of up to three words, is written in lower case."""
+    counts: Counter = Counter()
+    for text in corpus:
+        words = re.findall(r"[a-z][\w&'.\-]*", text)
+        for n in (1, 2, 3):
+            counts.update(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+    return counts
 
 
-def build(sp500_csv: Path | str, sentfin_entities_csv: Path | str) -> list[tuple[str, str]]:
-    """(ticker, name) rows, one per alias, the first ticker of an alias kept."""
-    rows: dict[str, str] = {}  # alias (lower) -> ticker
+def build(sp500_csv: Path | str, sentfin_entities_csv: Path | str, corpus: list[str] = ()) -> list[tuple[str, str]]:
+    """(ticker, name) rows, one per alias, the first ticker of an alias kept; ``corpus`` (finance
+    text) tells ordinary words from names."""
+    rows: dict[str, str] = {}  # alias -> ticker
+    common = lower_case_counts(list(corpus))
 
     def add(ticker: str, alias: str) -> None:
         alias = " ".join(alias.split())
-        if _keep(alias):
-            rows.setdefault(alias, ticker)
+        if len(alias) < 3 or alias in _TOO_COMMON or alias.islower() or alias.isupper() and len(alias) < 3:
+            return
+        if not alias.isupper() and common[alias.lower()] >= COMMON_WORD_COUNT:
+            return
+        rows.setdefault(alias, ticker)
 
     with open(sp500_csv, encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle):
@@ -109,10 +124,13 @@ def build(sp500_csv: Path | str, sentfin_entities_csv: Path | str) -> list[tuple
     with open(sentfin_entities_csv, encoding="utf-8", newline="") as handle:
         for row in csv.DictReader(handle):
             symbol = row["Symbol"].strip().upper()
-            if not symbol or symbol[0].isdigit() or "stocks" in row["Entity"].lower():
+            entity = row["Entity"].lower()
+            sector = symbol.endswith("SPACE") or symbol.endswith("SEC") and " ltd" not in entity
+            if not symbol or symbol[0].isdigit() or "stocks" in entity or sector:
                 continue  # SEntFiN also lists sectors ("four-wheeler stocks") under made-up symbols
             for alias in row["Entity"].split(","):
                 add(symbol, alias.strip())
+                add(symbol, short_name(alias.strip()))
     seen: set[str] = set()
     out = []
     for alias, ticker in rows.items():
@@ -128,3 +146,15 @@ def to_csv(rows: list[tuple[str, str]]) -> str:
     writer.writerow(["ticker", "name"])
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def corpus_texts(data_dir: Path) -> list[str]:
+    """The repository's finance text (Financial PhraseBank, both Twitter Financial News files)."""
+    texts = [
+        line.rsplit("@", 1)[0]
+        for line in (data_dir / "financial_phrasebank" / "Sentences_50Agree.txt").read_text("latin-1").splitlines()
+    ]
+    for name in ("twitter_financial_news_sentiment/sent_train.csv", "twitter_financial_news_topic/topic_train.csv"):
+        with open(data_dir / name, encoding="utf-8", newline="") as handle:
+            texts += [row["text"] for row in csv.DictReader(handle)]
+    return texts

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # $ + 1-6 letters, optional .class suffix; not part of a longer word or a dollar amount.
@@ -24,19 +24,42 @@ class DictionaryError(ValueError):
     """The company dictionary file is unusable; the message names the file and line."""
 
 
+# A word of a company name: starts with a letter or digit, may hold & ' . - inside ("AT&T",
+# "J.P", "McDonald's", "Coca-Cola"); "&" alone and other punctuation separate words.
+_WORD = re.compile(r"[^\W_](?:[\w&'.\-]*[^\W_]|[\w&'.\-]*&)?")
+
+
+def _words(text: str) -> list[re.Match]:
+    return list(_WORD.finditer(text))
+
+
+def _key(words) -> str:
+    return " ".join(w.lower() for w in words)
+
+
 @dataclass(frozen=True)
 class CompanyDictionary:
-    pattern: re.Pattern | None
-    alias_to_ticker: dict[str, str]
+    """Company names and aliases -> ticker. Looked up by runs of words (a dictionary lookup per
+    word and run length, not one regex of thousands of alternatives): longest run first, so
+    "Bank of America" wins over "America". An all-capitals alias ("IBM", "BANK") matches only
+    as written in capitals; any other matches in any case but not as a lower-case word ("apple
+    pie", "target price"), unless the whole text is lower case."""
+
+    alias_to_ticker: dict[str, str]  # word key ("j.p morgan") -> ticker
+    capitals: frozenset[str] = frozenset()  # keys of all-capitals aliases
+    starts: dict[str, int] = field(default_factory=dict)  # an alias's first word -> most words after it
 
     @classmethod
     def empty(cls) -> CompanyDictionary:
-        return cls(None, {})
+        return cls({})
 
     @classmethod
     def from_csv(cls, path: Path | str) -> CompanyDictionary:
         path = Path(path)
         aliases: dict[str, str] = {}
+        capitals: set[str] = set()
+        other_case: set[str] = set()  # a key also listed in lower or mixed case matches any case
+        starts: dict[str, int] = {}
         try:
             with open(path, encoding="utf-8", newline="") as handle:
                 reader = csv.DictReader(handle)
@@ -44,32 +67,47 @@ class CompanyDictionary:
                     raise DictionaryError(f"{path}:1: needs the columns 'ticker' and 'name'")
                 for row in reader:
                     ticker, name = (row["ticker"] or "").strip().upper(), (row["name"] or "").strip()
-                    if not ticker or not name:
+                    words = [m.group() for m in _words(name)]
+                    if not ticker or not words:
                         raise DictionaryError(f"{path}:{reader.line_num}: empty ticker or name")
-                    aliases[name.lower()] = ticker
+                    key = _key(words)
+                    aliases.setdefault(key, ticker)
+                    (capitals if name.isupper() else other_case).add(key)
+                    first = words[0].lower()
+                    starts[first] = max(starts.get(first, 0), len(words))
         except OSError as exc:
             raise DictionaryError(f"{path}: {exc.strerror}") from None
-        if not aliases:
-            return cls.empty()
-        # Longest names first so "Bank of America" wins over "America".
-        names = sorted(aliases, key=len, reverse=True)
-        pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(n) for n in names) + r")(?!\w)", re.IGNORECASE)
-        return cls(pattern, aliases)
+        except UnicodeDecodeError as exc:
+            raise DictionaryError(f"{path}: not UTF-8 ({exc.reason})") from None
+        return cls(aliases, frozenset(capitals - other_case), starts)
 
     def tickers_in(self, text: str) -> list[str]:
         return [ticker for ticker, _span in self.mentions_in(text)]
 
     def mentions_in(self, text: str) -> list[tuple[str, tuple[int, int]]]:
-        """(ticker, (start, end)) of every name in ``text``. A lower-case word is no company
-        ("target", "apple pie") unless the whole text is lower case."""
-        if self.pattern is None:
+        """(ticker, (start, end)) of every name in ``text``, left to right."""
+        if not self.alias_to_ticker:
             return []
+        words = _words(text)
         lower_text = text == text.lower()
-        return [
-            (self.alias_to_ticker[m.group(1).lower()], m.span(1))
-            for m in self.pattern.finditer(text)
-            if lower_text or not m.group(1)[0].islower()
-        ]
+        found, i = [], 0
+        while i < len(words):
+            for n in range(min(self.starts.get(words[i].group().lower(), 0), len(words) - i), 0, -1):
+                run = words[i : i + n]
+                key = _key(m.group() for m in run)
+                ticker = self.alias_to_ticker.get(key)
+                if ticker is None:
+                    continue
+                written = text[run[0].start() : run[-1].end()]
+                if key in self.capitals and not written.isupper():
+                    continue
+                if written[0].islower() and not lower_text:
+                    continue
+                found.append((ticker, (run[0].start(), run[-1].end())))
+                i += n - 1
+                break
+            i += 1
+        return found
 
 
 def read_names(path: Path | str) -> set[str]:

@@ -321,7 +321,7 @@ def export(
         if heads:
             check.add_heads(model, tokenizer, heads, meta["max_length"], parity_limit)
         failures = check.onnx_variants(max_logit_diff)
-        calibration = _calibration_source(tokenizer, parts.train, meta["max_length"])
+        calibration = _calibration_source(tokenizer, parts.train, meta["max_length"], heads=heads is not None)
         failures += check.int8(raw, calibration, min_int8_agreement, max_int8_f1_drop)
         check.parity["passed"] = not failures
         log("parity: " + json.dumps(check.parity))
@@ -444,12 +444,13 @@ def _manifest(meta: dict, version: str, opset: int) -> dict:
     }
 
 
-def _calibration_source(tokenizer, train, max_length: int):
-    """A callable giving the static INT8 recipes their calibration batches (training texts)."""
+def _calibration_source(tokenizer, train, max_length: int, heads: bool = False):
+    """A callable giving the static INT8 recipes their calibration batches (training texts; the
+    heads' MatMuls stay fp32, so an empty mention mask serves)."""
     rng = np.random.default_rng(0)
     picked = rng.choice(len(train), size=min(CALIBRATION_EXAMPLES, len(train)), replace=False)
     texts = [train[int(i)].text for i in picked]
-    input_names = [n for n in ONNX_INPUTS if n in tokenizer("x")]
+    input_names = [n for n in ONNX_INPUTS if n in tokenizer("x")] + ([MENTION_INPUT] if heads else [])
     return lambda: _calibration_batches(tokenizer, texts, max_length, input_names)
 
 

@@ -210,14 +210,17 @@ class Pipeline:
 
     def window_comparison(self, config, cutoff_s: float) -> tuple[dict, dict]:
         """(a batch recomputation of every window starting before ``cutoff_s`` from the scored
-        records in Elasticsearch, the streamed aggregates of those windows), both keyed by
-        (topic, window, start)."""
-        rows = [
-            (t, _epoch(r["published_at"]), r["sentiment_score"], r["label"])
-            for r in self.documents("scored")
-            if r.get("clock_skew_s") is None  # a time from a source clock far ahead is not windowed
-            for t in r["tickers"]
-        ]
+        records in Elasticsearch, each ticker by its entity sentiment and each topic by the
+        message's, and the streamed aggregates of those windows), both keyed by (name, window, start)."""
+        rows = []
+        for r in self.documents("scored"):
+            if r.get("clock_skew_s") is not None:  # a time from a source clock far ahead is not windowed
+                continue
+            # A ticker by its own (entity) sentiment, a topic by the message's.
+            own = {e["ticker"]: (e["sentiment_score"], e["label"]) for e in r.get("entities", [])}
+            names = {t: own.get(t, (r["sentiment_score"], r["label"])) for t in r["tickers"]}
+            names |= {t: (r["sentiment_score"], r["label"]) for t in r["topics"] if t not in names}
+            rows += [(name, _epoch(r["published_at"]), score, label) for name, (score, label) in names.items()]
         expected = {k: v for k, v in windows.recompute(config, rows).items() if k[2] < cutoff_s}
         got = {(a["topic"], a["window"], _epoch(a["start"])): a for a in self.documents("aggregates")}
         return expected, {k: v for k, v in got.items() if k[2] < cutoff_s}

@@ -39,6 +39,25 @@ def test_each_ticker_is_linked_once_at_its_first_mention(dictionary):
     assert mentions[3].span == (0, 7)
 
 
+def test_capitals_aliases_match_only_in_capitals_and_ordinary_words_are_no_names(tmp_path):
+    path = tmp_path / "names.csv"
+    path.write_text("ticker,name\nBANKINDIA,BANK\nT,AT&T\nJPM,J.P. Morgan\nPG,Procter & Gamble\n")
+    names = CompanyDictionary.from_csv(path)
+    text = "The Bank said AT&T, J.P. Morgan and Procter & Gamble; BANK shares fell"
+    assert [(m.ticker, m.mention(text)) for m in link_entities(text, [], names)] == [
+        ("T", "AT&T"),
+        ("JPM", "J.P. Morgan"),
+        ("PG", "Procter & Gamble"),
+        ("BANKINDIA", "BANK"),
+    ]
+    corpus = ["the news is out", "more news today", "news flow", "Apple said"]
+    rows = companies.build(
+        DATA_DIR / "companies/sp500_constituents.csv", DATA_DIR / "sentfin/entity_list_comprehensive.csv", corpus
+    )
+    aliases = {name for _, name in rows}
+    assert "News" not in aliases and "News Corp" in aliases and "Apple" in aliases
+
+
 def test_explicit_tickers_written_in_the_text_get_their_span(dictionary):
     text = "NVDA jumps; ANVDAX is no ticker"
     [mention] = link_entities(text, ["NVDA"], CompanyDictionary.empty())
@@ -56,7 +75,9 @@ def test_the_dictionary_knows_headline_aliases_and_skips_lower_case_words(dictio
 def test_the_shipped_dictionary_is_what_its_sources_build():
     built = companies.to_csv(
         companies.build(
-            DATA_DIR / "companies/sp500_constituents.csv", DATA_DIR / "sentfin/entity_list_comprehensive.csv"
+            DATA_DIR / "companies/sp500_constituents.csv",
+            DATA_DIR / "sentfin/entity_list_comprehensive.csv",
+            companies.corpus_texts(DATA_DIR),
         )
     )
     assert (DATA_DIR / "companies" / "dictionary.csv").read_text() == built
