@@ -57,6 +57,8 @@ COMMON_WORD_COUNT = 3
 _TOO_COMMON = {
     "Southern",
     "Dow",
+    "Nasdaq",
+    "NASDAQ",
     "Ball",
     "Global",
     "General",

@@ -19,9 +19,11 @@ OUTSIDE = "../" + "shared"  # the folder beside a developer's checkout, which a 
 
 def test_every_data_file_matches_the_checksum_in_data_readme():
     readme = (DATA_DIR / "README.md").read_text()
-    listed = dict(re.findall(r"`([\w.]+)`[^\n]*?`([0-9a-f]{64})`", readme))
+    listed = dict(re.findall(r"`([\w.\-]+)`[^\n]*?`([0-9a-f]{64})`", readme))
     listed.update(re.findall(r"`(topic_train\.csv)`: .*?sha256\s+`([0-9a-f]{64})`", readme, flags=re.S))
-    files = sorted(p for p in DATA_DIR.rglob("*") if p.name.startswith("Sentences_") or p.suffix == ".csv")
+    files = sorted(
+        p for p in DATA_DIR.rglob("*") if p.name.startswith("Sentences_") or p.suffix == ".csv" or p.name == "LICENSE"
+    )
     assert {p.name for p in files} == set(listed), "data/README.md must list every data file"
     for path in files:
         assert hashlib.sha256(path.read_bytes()).hexdigest() == listed[path.name], f"{path} differs from data/README.md"
