@@ -13,6 +13,11 @@ scale: what KEDA does to a group, on one machine: 12 partitions, steady load, 1 
 timestamp to processed_at) per phase, p99 around each scale step, every message on the scored
 topic exactly once (read_committed) and every 1-minute window equal to its recomputation.
 
+overload: a producer keyed by name over 2,000 names at --overload-rate (about twice one worker's
+sustained rate here) for --overload-seconds, then nothing. Reports the worker's RSS growth while
+the backlog builds and drains, how long the drain takes, and every message on the scored topic
+exactly once (read_committed) and in Elasticsearch.
+
 flood: 8 real names at 30 msg/s throughout; after a warm-up, 20,000 distinct junk names at
 100 msg/s for --flood-seconds, during which 4 more real names appear for the first time. Reports
 the worker's RSS growth, the finsent_* series count, and for each real name its own windows and
@@ -311,11 +316,73 @@ def scale(args) -> dict:
         pipeline.stop_all()
 
 
+def overload(args) -> dict:
+    pipeline = bench_pipeline("to", args)
+    names = [f"N{i:04d}" for i in range(2000)]
+    try:
+        worker = pipeline.start_worker()
+        time.sleep(10)  # settled: topics, tables, model
+        rss_before = worker.rss_mb()
+
+        def make(n):
+            name = names[(n * 7919) % len(names)]
+            text = f"Update {n}: {name} shares move as volumes pick up"
+            return name.encode(), {"id": f"o{n}", "text": text, "tickers": [name], "published_at": now_iso()}
+
+        paced = Paced(pipeline, args.overload_rate, make, args.overload_seconds)
+        started = time.time()
+        paced.thread.start()
+        samples = []  # (seconds since start, RSS MB, scored so far)
+        while paced.thread.is_alive():
+            samples.append(
+                (time.time() - started, worker.rss_mb(), worker.metric("finsent_messages_total", outcome="scored"))
+            )
+            time.sleep(2)
+        sent_for = time.time() - started
+        drained = None
+        deadline = time.time() + 1200
+        while time.time() < deadline:
+            scored = worker.metric("finsent_messages_total", outcome="scored")
+            samples.append((time.time() - started, worker.rss_mb(), scored))
+            if scored >= paced.sent:
+                drained = time.time() - started - sent_for
+                break
+            time.sleep(2)
+        ids = [f"o{n}" for n in range(paced.sent)]
+        pipeline.wait_indexed(len(ids), timeout_s=300)
+        on_topic = [
+            r["id"]
+            for r in pipeline.read_topic(
+                "FINSENT_TOPIC_SCORED", len(ids), timeout_s=300, isolation_level="read_committed"
+            )
+        ]
+        indexed = pipeline.indexed_ids()
+        return {
+            "rate_sent_msgs_per_s": paced.sent / sent_for,
+            "seconds_sent": sent_for,
+            "messages": paced.sent,
+            "scored_while_sending": samples[len([s for s in samples if s[0] <= sent_for]) - 1][2],
+            "drain_seconds_after_producer_stopped": drained,
+            "rss_before_mb": rss_before,
+            "rss_peak_mb": max(s[1] for s in samples),
+            "rss_growth_mb": max(s[1] for s in samples) - rss_before,
+            "missing_on_scored_topic": len(set(ids) - set(on_topic)),
+            "repeated_on_scored_topic": len(on_topic) - len(set(on_topic)),
+            "missing_in_elasticsearch": len(set(ids) - set(indexed)),
+            "samples": samples[:: max(1, len(samples) // 120)],
+        }
+    finally:
+        pipeline.stop_all()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=None)
     parser.add_argument(
-        "--scenarios", nargs="+", default=["keyed", "flood", "scale"], choices=["keyed", "flood", "scale"]
+        "--scenarios",
+        nargs="+",
+        default=["keyed", "flood", "scale", "overload"],
+        choices=["keyed", "flood", "scale", "overload"],
     )
     parser.add_argument("--rate", type=float, default=90.0, help="keyed: msg/s (about half of sustained here)")
     parser.add_argument("--keyed-seconds", type=float, default=240.0)
@@ -325,6 +392,8 @@ def main() -> None:
     parser.add_argument("--scale-rate", type=float, default=80.0, help="scale: msg/s (about 40 %% of one worker)")
     parser.add_argument("--scale-phase-seconds", type=float, default=90.0)
     parser.add_argument("--scale-step-seconds", type=float, default=30.0, help="scale: how long a step counts")
+    parser.add_argument("--overload-rate", type=float, default=440.0, help="overload: msg/s (about 2x sustained)")
+    parser.add_argument("--overload-seconds", type=float, default=180.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/traffic.json"))
     args = parser.parse_args()
     settings = load_settings()
@@ -336,7 +405,7 @@ def main() -> None:
         print(f"bundle: {described}", flush=True)
     results = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "bundle": str(args.bundle)}
     for scenario in args.scenarios:
-        results[scenario] = {"keyed": keyed, "flood": flood, "scale": scale}[scenario](args)
+        results[scenario] = {"keyed": keyed, "flood": flood, "scale": scale, "overload": overload}[scenario](args)
         print(f"{scenario}: {json.dumps(results[scenario], indent=1)}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
