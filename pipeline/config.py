@@ -109,6 +109,11 @@ class _YamlFileSource(PydanticBaseSettingsSource):
         return data
 
 
+def _shipped(path: Path) -> Path | None:
+    """A default data file from a checkout; None where finsent runs without the repository's data."""
+    return path if path.is_file() else None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
@@ -190,7 +195,7 @@ class Settings(BaseSettings):
     max_event_age_s: float = Field(default=7 * 86_400.0, gt=0, le=3650 * 86_400)
     # Company names and aliases (CSV ticker,name) found in the text; the shipped default links
     # S&P 500 and SEntFiN's companies. FINSENT_COMPANY_DICTIONARY= (empty) turns it off.
-    company_dictionary: Path | None = DATA_DIR / "companies" / "dictionary.csv"
+    company_dictionary: Path | None = Field(default_factory=lambda: _shipped(DATA_DIR / "companies" / "dictionary.csv"))
     # An inferred topic joins a record's topics (and its windows) at this probability or above.
     topic_min_score: float = Field(default=0.5, gt=0, le=1)
     es_retry_max_backoff_s: float = Field(default=30.0, gt=0, le=600)

@@ -9,7 +9,7 @@ a record (Kafka, Elasticsearch, windows) must carry the same scores, whatever ba
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -74,7 +74,7 @@ def first_scores(
     inference: Inference | np.ndarray,
     now_s: float,
     model_version: str,
-    mentions: list[list[Mention]] | None = None,
+    mentions: Mapping[int, list[Mention]] | None = None,
     topic_labels: Sequence[str] = (),
 ) -> dict[int, Scores]:
     """Index -> scores, for the items scored now (rows of ``inference`` in ``to_score`` order;

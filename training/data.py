@@ -423,3 +423,17 @@ def by_text(entities: list[EntityExample]) -> dict[str, list[EntityExample]]:
     for example in entities:
         grouped.setdefault(example.text, []).append(example)
     return grouped
+
+
+def head_eval_set(heads: HeadSplits, part: str, limit: int | None = None):
+    """(texts, spans, topic ids, entity label ids) of a part of the heads' splits: the topic texts
+    first (no spans), then each entity text once with its mentions (one model pass per text)."""
+    topics = heads.topics.part(part) if heads.topics else []
+    grouped = by_text(heads.entities.part(part)) if heads.entities else {}
+    if limit:
+        topics, grouped = topics[:limit], dict(list(grouped.items())[:limit])
+    texts = [t.text for t in topics] + list(grouped)
+    spans = [[] for _ in topics] + [[(m.start, m.end) for m in ms] for ms in grouped.values()]
+    topic_ids = [TOPICS.index(t.topic) for t in topics]
+    entity_ids = [LABEL_TO_ID[m.label] for ms in grouped.values() for m in ms]
+    return texts, spans, topic_ids, entity_ids

@@ -21,7 +21,7 @@ from pipeline.bundle import MENTION_INPUT, VARIANT_FILES, Bundle, sha256_of, wri
 from pipeline.classify import Classifier, softmax
 from pipeline.schemas import LABELS
 
-from .data import LABEL_TO_ID, HeadSplits, by_text, load_datasets, load_head_splits, split
+from .data import LABEL_TO_ID, HeadSplits, head_eval_set, load_datasets, load_head_splits, split
 from .inference import predict_heads, predict_logits
 from .metrics import classification_metrics, expected_calibration_error, fit_temperature
 from .model import SentimentClassifier
@@ -376,27 +376,11 @@ def _head_splits_of(meta: dict) -> HeadSplits:
     )
 
 
-def _head_set(heads: HeadSplits, part: str, limit: int | None = None):
-    """(texts, spans, topic ids, entity label ids) of a part of the heads' splits: the topic
-    texts first (no spans), then each entity text once with its mentions."""
-    from pipeline.schemas import TOPICS
-
-    topics = heads.topics.part(part) if heads.topics else []
-    grouped = by_text(heads.entities.part(part)) if heads.entities else {}
-    if limit:
-        topics, grouped = topics[:limit], dict(list(grouped.items())[:limit])
-    texts = [t.text for t in topics] + list(grouped)
-    spans = [[] for _ in topics] + [[(m.start, m.end) for m in ms] for ms in grouped.values()]
-    topic_ids = [TOPICS.index(t.topic) for t in topics]
-    entity_ids = [LABEL_TO_ID[m.label] for ms in grouped.values() for m in ms]
-    return texts, spans, topic_ids, entity_ids
-
-
 def _calibrate_heads(model, tokenizer, heads: HeadSplits, meta: dict, check, log) -> dict:
     """The manifest's ``heads``: labels, and a temperature per head fitted on its dev part."""
     from pipeline.schemas import TOPICS
 
-    texts, spans, topic_ids, entity_ids = _head_set(heads, "dev", CALIBRATION_DEV_LIMIT)
+    texts, spans, topic_ids, entity_ids = head_eval_set(heads, "dev", CALIBRATION_DEV_LIMIT)
     _, topic_logits, entity_logits = predict_heads(model, tokenizer, texts, spans, meta["max_length"])
     topic_t = fit_temperature(topic_logits[: len(topic_ids)], topic_ids)
     entity_t = fit_temperature(np.concatenate(entity_logits[len(topic_ids) :]), entity_ids)
@@ -471,7 +455,7 @@ class _ParityCheck:
 
     def add_heads(self, model, tokenizer, heads: HeadSplits, max_length: int, limit: int | None) -> None:
         """Also check the topic and entity heads, on their own test parts."""
-        self.head_set = _head_set(heads, "test", limit)
+        self.head_set = head_eval_set(heads, "test", limit)
         texts, spans, topic_ids, _ = self.head_set
         _, topic, entity = predict_heads(model, tokenizer, texts, spans, max_length)
         self.head_variants["torch"] = (topic[: len(topic_ids)], np.concatenate(entity[len(topic_ids) :]))

@@ -24,7 +24,7 @@ from pipeline.progress import Progress
 from pipeline.schemas import LABELS
 
 from .config import TrainConfig
-from .data import LABEL_TO_ID, Example, HeadSplits, by_text, load_datasets, load_head_splits, split
+from .data import LABEL_TO_ID, Example, HeadSplits, by_text, head_eval_set, load_datasets, load_head_splits, split
 from .distill import SoftLabelError, check_fits, distillation_loss, load_soft_labels
 from .inference import best_device, predict_heads, predict_logits
 from .metrics import classification_metrics
@@ -421,19 +421,13 @@ def head_metrics(model, tokenizer, heads: HeadSplits | None, part: str, max_leng
 
     if not heads or not model.heads:
         return {}
-    topics = heads.topics.part(part) if heads.topics else []
-    grouped = by_text(heads.entities.part(part)) if heads.entities else {}
-    texts = [t.text for t in topics] + list(grouped)
-    spans = [[] for _ in topics] + [[(m.start, m.end) for m in ms] for ms in grouped.values()]
+    texts, spans, topic_ids, entity_ids = head_eval_set(heads, part)
     _, topic_logits, entity_logits = predict_heads(model, tokenizer, texts, spans, max_length)
     out = {}
-    if topics:
-        out["topic"] = classification_metrics(
-            [TOPICS.index(t.topic) for t in topics], topic_logits[: len(topics)], labels=TOPICS
-        )
-    if grouped:
-        truth = [LABEL_TO_ID[m.label] for ms in grouped.values() for m in ms]
-        out["entity"] = classification_metrics(truth, np.concatenate(entity_logits[len(topics) :]))
+    if topic_ids:
+        out["topic"] = classification_metrics(topic_ids, topic_logits[: len(topic_ids)], labels=TOPICS)
+    if entity_ids:
+        out["entity"] = classification_metrics(entity_ids, np.concatenate(entity_logits[len(topic_ids) :]))
     return out
 
 
