@@ -35,11 +35,15 @@ def at(minute: float) -> str:
 
 @pytest.fixture
 def pipeline(local_stack, tiny_heads_bundle, tmp_path, unique):
+    rules = tmp_path / "rules.yml"  # the test's windows (1m, 5m); alerts are not what it checks
+    rules.write_text(
+        "rules:\n  - {name: topic-negative, kind: negative_share, window: 5m, threshold: 0.9, min_messages: 50}\n"
+    )
     p = Pipeline(
         name=f"e{unique}",
         bundle=tiny_heads_bundle,
         workdir=tmp_path,
-        extra_env={**WINDOW_ENV, "FINSENT_TOPIC_MIN_SCORE": str(MIN_SCORE)},
+        extra_env={**WINDOW_ENV, "FINSENT_TOPIC_MIN_SCORE": str(MIN_SCORE), "FINSENT_ALERT_RULES": str(rules)},
     )
     yield p
     p.stop_all()
