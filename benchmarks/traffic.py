@@ -375,6 +375,31 @@ def overload(args) -> dict:
         pipeline.stop_all()
 
 
+def plot_overload(result: dict, path: Path) -> None:
+    """RSS and messages scored over time, the producer's stop marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t, rss, scored = zip(*result["samples"], strict=True)
+    fig, left = plt.subplots(figsize=(8, 4), dpi=110)
+    left.plot(t, [s / 1000 for s in scored], color="tab:blue", label="scored (thousands)")
+    left.axhline(result["messages"] / 1000, color="tab:blue", linestyle=":", linewidth=1)
+    left.axvline(result["seconds_sent"], color="grey", linestyle="--", linewidth=1, label="producer stops")
+    left.set_xlabel("seconds")
+    left.set_ylabel("messages scored (thousands)")
+    right = left.twinx()
+    right.plot(t, rss, color="tab:red", label="worker RSS (MB)")
+    right.set_ylabel("RSS (MB)")
+    rate = result["rate_sent_msgs_per_s"]
+    left.set_title(f"{rate:.0f} msg/s for {result['seconds_sent']:.0f} s, keyed over 2,000 names", fontsize=10)
+    fig.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=None)
@@ -409,6 +434,8 @@ def main() -> None:
         print(f"{scenario}: {json.dumps(results[scenario], indent=1)}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
+    if "overload" in results:
+        plot_overload(results["overload"], args.out.with_suffix(".png"))
     print(f"written {args.out}")
 
 
