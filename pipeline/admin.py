@@ -73,10 +73,19 @@ def check_partitions(settings: Settings) -> None:
         )
 
 
+def new_topic(settings: Settings, name: str):
+    """A topic as finsent creates it: the configured partitions, replication and min.insync.replicas."""
+    from kafka.admin import NewTopic
+
+    configs = {}
+    if settings.topic_min_insync_replicas:
+        configs["min.insync.replicas"] = str(settings.topic_min_insync_replicas)
+    return NewTopic(name, settings.topic_partitions, settings.topic_replication_factor, topic_configs=configs)
+
+
 def ensure_topics(settings: Settings, internal: bool = False) -> list[str]:
     """Creates the missing finsent topics (with ``internal``, the group's own ones too) with the
     configured partitions and replication; returns the names created."""
-    from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     admin = kafka_admin(settings)
@@ -86,9 +95,7 @@ def ensure_topics(settings: Settings, internal: bool = False) -> list[str]:
         missing = [name for name in wanted if name not in existing]
         if missing:
             try:
-                admin.create_topics(
-                    [NewTopic(name, settings.topic_partitions, settings.topic_replication_factor) for name in missing]
-                )
+                admin.create_topics([new_topic(settings, name) for name in missing])
             except TopicAlreadyExistsError:  # another process declared them meanwhile
                 pass
         return missing

@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     topic_alerts: str = "finsent.alerts"
     topic_partitions: int = Field(default=4, ge=1, le=10_000)
     topic_replication_factor: int = Field(default=1, ge=1, le=32)
+    # min.insync.replicas of the topics finsent creates (None: the broker's default); with acks=all
+    # a write then needs this many replicas, so losing a broker loses no acknowledged record.
+    topic_min_insync_replicas: int | None = Field(default=None, ge=1, le=32)
 
     # --- Elasticsearch -----------------------------------------------------------------------
     es_hosts: Annotated[list[str], NoDecode] = ["http://127.0.0.1:9200"]
@@ -200,6 +203,7 @@ class Settings(BaseSettings):
     topic_min_score: float = Field(default=0.5, gt=0, le=1)
     es_retry_max_backoff_s: float = Field(default=30.0, gt=0, le=600)
     es_request_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    es_number_of_replicas: int = Field(default=0, ge=0, le=16)  # of the indices finsent creates
 
     # --- windows and alerts ------------------------------------------------------------------
     window_tumbling_s: int = Field(default=60, ge=1, le=86_400)
@@ -306,6 +310,15 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,100}", prefix):
             raise ValueError(f"{prefix!r} is not a valid Elasticsearch index prefix")
         return prefix
+
+    @model_validator(mode="after")
+    def _check_replication(self) -> Settings:
+        if (self.topic_min_insync_replicas or 0) > self.topic_replication_factor:
+            raise ValueError(
+                f"topic_min_insync_replicas={self.topic_min_insync_replicas} exceeds "
+                f"topic_replication_factor={self.topic_replication_factor}: no write could succeed"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:

@@ -229,7 +229,11 @@ class ElasticsearchSink:
                 # A 5 s refresh costs Elasticsearch far less CPU than the default 1 s and is still
                 # near-real-time for dashboards; tests and reports refresh explicitly.
                 "template": {
-                    "settings": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "5s"},
+                    "settings": {
+                        "number_of_shards": 1,
+                        "number_of_replicas": self.settings.es_number_of_replicas,
+                        "refresh_interval": "5s",
+                    },
                     "mappings": mappings,
                 },
             }
