@@ -200,7 +200,8 @@ class Trainer:
         items = training_items(parts.train[:cap] if cap else parts.train, heads, held_out)
         teacher, distillation = _soft_labels(config, self.dataset.files, parts)
         if teacher is not None:
-            in_stream = {e.text for e in items}
+            # Labelled texts left out by the cap stay out: the teacher scored the whole train split.
+            in_stream = {e.text for e in items} | {e.text for e in parts.train}
             unlabelled = [TrainItem(t) for t in teacher if t not in in_stream and t not in held_out]
             items, distillation["unlabelled_texts"] = items + unlabelled, len(unlabelled)
         return items, teacher, distillation

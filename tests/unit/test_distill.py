@@ -76,7 +76,15 @@ def test_soft_labels_teach_a_student_and_never_score_held_out_text(tiny_run: Pat
     assert held_out not in logits and not {e.text for e in parts.dev + parts.test} & set(logits)
     assert len(logits) == len(parts.train) + 12
 
-    common = dict(datasets=[phrasebank], epochs=1, batch_size=16, max_examples=32, max_length=32)
+    common = dict(
+        datasets=[phrasebank],
+        epochs=1,
+        batch_size=16,
+        max_examples=32,
+        max_length=32,
+        topic_datasets=[],
+        entity_datasets=[],
+    )
     best = train(TrainConfig(output=str(tmp_path / "student"), soft_labels=str(soft), **common))
     checkpoint = json.loads((best / "finsent_checkpoint.json").read_text())
     assert checkpoint["distillation"]["unlabelled_texts"] == 12
