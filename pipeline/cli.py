@@ -192,6 +192,8 @@ def train(
         callback=_one_of("mention+text", "mention"),
         help="The entity head's input: the mention's pooled tokens beside the text's (mention+text) or alone.",
     ),
+    topic_weight: float = typer.Option(_TRAIN["topic_weight"], min=0.0, help="The topic head's share of the loss."),
+    entity_weight: float = typer.Option(_TRAIN["entity_weight"], min=0.0, help="The entity head's share of the loss."),
     base_model: str = typer.Option(
         _TRAIN["base_model"],
         help="Hugging Face model name or path, or `mpnet` once `finsent base-model fetch mpnet` has run "
