@@ -10,10 +10,11 @@ setup:
 demo: setup
 	$(PYTHON) -m pipeline.cli demo
 
-# The default model at models/default: the default recipe (Financial PhraseBank 50Agree + the
-# Twitter Financial News sentiment train file, one stratified split, distilled from a 110M
-# teacher's soft labels), ONNX export with its parity checks, then each source's test split
-# evaluated (reports/default-*.json and confusion matrices). About an hour on 2 cores.
+# The default model at models/default: the default recipe (message sentiment from Financial
+# PhraseBank 50Agree + the Twitter Financial News sentiment train file, distilled from a 110M
+# teacher's soft labels; topics from the Twitter Financial News topic file; entity sentiment from
+# SEntFiN), ONNX export with every head's parity checks, then each test split evaluated
+# (reports/default-*.json and confusion matrices). About an hour on 2 cores.
 MODEL_DIR ?= models/default
 # The 110M teacher's scores (docs/model.md says how they were made and how to remake them).
 SOFT_LABELS ?= data/soft_labels/mpnet-default.jsonl.gz
@@ -24,6 +25,10 @@ model: setup
 		-d data/financial_phrasebank/Sentences_50Agree.txt
 	$(PYTHON) -m pipeline.cli evaluate $(MODEL_DIR) --split test --json reports/default-tweets.json \
 		-d data/twitter_financial_news_sentiment/sent_train.csv
+	$(PYTHON) -m pipeline.cli evaluate $(MODEL_DIR) --split test --json reports/default-topics.json \
+		--head topic -d data/twitter_financial_news_topic/topic_train.csv
+	$(PYTHON) -m pipeline.cli evaluate $(MODEL_DIR) --split test --json reports/default-entities.json \
+		--head entity -d data/sentfin/SEntFiN-dev.csv
 
 # ruff lint and format check (pyproject.toml's [tool.ruff]).
 lint: setup
