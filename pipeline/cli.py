@@ -189,8 +189,8 @@ def train(
     ),
     entity_pooling: str = typer.Option(
         _TRAIN["entity_pooling"],
-        callback=_one_of("mention+text", "mention"),
-        help="The entity head's input: the mention's pooled tokens beside the text's (mention+text) or alone.",
+        callback=_one_of("mention", "mention+text"),
+        help="The entity head's input: the mention's pooled tokens alone (mention) or beside the text's (mention+text).",
     ),
     topic_weight: float = typer.Option(_TRAIN["topic_weight"], min=0.0, help="The topic head's share of the loss."),
     entity_weight: float = typer.Option(_TRAIN["entity_weight"], min=0.0, help="The entity head's share of the loss."),

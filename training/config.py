@@ -42,7 +42,7 @@ class TrainConfig:
     # Both empty: message sentiment alone (a single-head model); otherwise all three heads.
     topic_datasets: list[str] = field(default_factory=default_topic_datasets)
     entity_datasets: list[str] = field(default_factory=default_entity_datasets)
-    entity_pooling: str = "mention+text"  # training/model.py ENTITY_POOLING
+    entity_pooling: str = "mention"  # training/model.py ENTITY_POOLING (benchmarks/entity_pooling.py)
     topic_weight: float = 1.0  # each head's share of the loss, beside the message head's 1
     entity_weight: float = 1.0
     base_model: str = ""

@@ -22,9 +22,10 @@ from torch import nn
 from pipeline.schemas import LABELS, TOPICS
 
 CHECKPOINT_META = "finsent_checkpoint.json"
-# How an entity mention is represented for the entity head (docs/model.md compares them on dev):
-# "mention+text" concatenates the mention's pooled tokens with the whole text's pooled vector.
-ENTITY_POOLING = ("mention+text", "mention")
+# How an entity mention is represented for the entity head (docs/benchmarks.md compares them on
+# dev): "mention" is its tokens' mean (contextual already); "mention+text" adds the whole text's
+# pooled vector, which pulls a mention toward the headline's overall tone.
+ENTITY_POOLING = ("mention", "mention+text")
 
 
 def resolve_base_model(name: str) -> str:

@@ -300,7 +300,7 @@ def test_a_three_head_bundle_describes_and_checks_every_head(tiny_heads_bundle: 
     from pipeline.schemas import TOPICS
 
     assert bundle.heads["topic"]["labels"] == list(TOPICS)
-    assert bundle.heads["entity"]["labels"] == list(LABELS) and bundle.heads["entity"]["pooling"] == "mention+text"
+    assert bundle.heads["entity"]["labels"] == list(LABELS) and bundle.heads["entity"]["pooling"] == "mention"
     assert bundle.heads["topic"]["temperature"] > 0 and bundle.heads["entity"]["temperature"] > 0
     parity = manifest["parity"]
     for head in ("topic", "entity"):
