@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (see README.md).
 PYTHON ?= python3
 
-.PHONY: setup lint demo model test test-unit test-integration drill stack-up stack-down
+.PHONY: setup lint lock demo model test test-unit test-integration drill stack-up stack-down
 
 setup:
 	bash deploy/local/setup.sh
@@ -29,6 +29,10 @@ model: setup
 		--head topic -d data/twitter_financial_news_topic/topic_train.csv
 	$(PYTHON) -m pipeline.cli evaluate $(MODEL_DIR) --split test --json reports/default-entities.json \
 		--head entity -d data/sentfin/SEntFiN-dev.csv
+
+# Pin the worker's run-time dependencies as installed here (the images and setup install from it).
+lock:
+	$(PYTHON) deploy/docker/lock.py
 
 # ruff lint and format check (pyproject.toml's [tool.ruff]).
 lint: setup

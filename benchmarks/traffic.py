@@ -18,6 +18,11 @@ sustained rate here) for --overload-seconds, then nothing. Reports the worker's 
 the backlog builds and drains, how long the drain takes, and every message on the scored topic
 exactly once (read_committed) and in Elasticsearch.
 
+steady: a producer keyed by name over 2,000 names at --rate (about half of sustained) for
+--steady-seconds, exactly-once. Reports what an operator's log shows meanwhile (ERROR and WARNING
+lines by logger, faust's timer complaints), how late the event loop woke (its histogram), and the
+produce -> scored latency.
+
 flood: 8 real names at 30 msg/s throughout; after a warm-up, 20,000 distinct junk names at
 100 msg/s for --flood-seconds, during which 4 more real names appear for the first time. Reports
 the worker's RSS growth, the finsent_* series count, and for each real name its own windows and
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -369,7 +375,82 @@ def overload(args) -> dict:
             "missing_on_scored_topic": len(set(ids) - set(on_topic)),
             "repeated_on_scored_topic": len(on_topic) - len(set(on_topic)),
             "missing_in_elasticsearch": len(set(ids) - set(indexed)),
+            "event_loop_lag": histogram_quantiles(worker, "finsent_event_loop_lag_seconds"),
+            "log": log_summary(worker),
             "samples": samples[:: max(1, len(samples) // 120)],
+        }
+    finally:
+        pipeline.stop_all()
+
+
+def log_summary(worker) -> dict:
+    """What an operator reads in the worker's log: ERROR and WARNING lines by kind (the message's
+    first words, numbers blanked), one example of each, and faust's timer complaints."""
+    kinds: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    text = worker.log.read_text(errors="replace")
+    for line in text.splitlines():
+        found = re.match(r"\[[^\]]+\] \[\d+\] \[(ERROR|WARNING)\] (.*)", line)
+        if found:
+            words = re.sub(r"\d+(\.\d+)?", "N", re.sub(r"TP\([^)]*\)", "TP", found.group(2))).split()[:7]
+            kind = f"{found.group(1)} {' '.join(words)}"
+            kinds[kind] = kinds.get(kind, 0) + 1
+            examples.setdefault(kind, line[:300])
+    return {
+        "error_lines": sum(n for k, n in kinds.items() if k.startswith("ERROR")),
+        "warning_lines": sum(n for k, n in kinds.items() if k.startswith("WARNING")),
+        "lines_by_kind": kinds,
+        "example_of_each": examples,
+        "timer_overlapping": text.count("is overlapping"),
+        "timer_woke_up_late": text.count("woke up too late"),
+        "has_not_committed": text.count("Has not committed"),
+    }
+
+
+def histogram_quantiles(worker, name: str) -> dict:
+    """p50/p99/max bucket bounds of a Prometheus histogram the worker exports."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), value)
+        for labels, value in worker.metric_samples(f"{name}_bucket").items()
+        if dict(labels)["le"] != "+Inf"
+    )
+    total = worker.metric(f"{name}_count")
+    out = {"count": total}
+    for q in (0.5, 0.99, 0.999):
+        out[f"p{q * 100:g}_at_most_s"] = next((le for le, count in buckets if count >= q * total), math.inf)
+    out["max_bucket_s"] = next((le for le, count in buckets if count >= total), math.inf)
+    return out
+
+
+def steady(args) -> dict:
+    pipeline = bench_pipeline("ts", args)
+    names = [f"N{i:04d}" for i in range(2000)]
+    try:
+        worker = pipeline.start_worker()
+        time.sleep(10)
+
+        def make(n):
+            name = names[(n * 7919) % len(names)]
+            return name.encode(), {"id": f"s{n}", "text": f"Note {n}: {name} trades in line", "tickers": [name]}
+
+        paced = Paced(pipeline, args.rate, make, args.steady_seconds)
+        paced.thread.start()
+        paced.thread.join(args.steady_seconds + 120)
+        ids = [f"s{n}" for n in range(paced.sent)]
+        pipeline.wait_indexed(len(ids), timeout_s=300)
+        on_topic = pipeline.read_topic(
+            "FINSENT_TOPIC_SCORED", len(ids), timeout_s=300, isolation_level="read_committed"
+        )
+        latency = sorted(r["kafka_latency_ms"] for r in on_topic if r.get("kafka_latency_ms") is not None)
+        return {
+            "rate_msgs_per_s": args.rate,
+            "seconds": args.steady_seconds,
+            "messages": paced.sent,
+            "missing_on_scored_topic": len(set(ids) - {r["id"] for r in on_topic}),
+            "latency_ms_p50": statistics.median(latency),
+            "latency_ms_p99": latency[int(0.99 * (len(latency) - 1))],
+            "event_loop_lag": histogram_quantiles(worker, "finsent_event_loop_lag_seconds"),
+            "log": log_summary(worker),
         }
     finally:
         pipeline.stop_all()
@@ -406,11 +487,12 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         nargs="+",
-        default=["keyed", "flood", "scale", "overload"],
-        choices=["keyed", "flood", "scale", "overload"],
+        default=["keyed", "flood", "scale", "overload", "steady"],
+        choices=["keyed", "flood", "scale", "overload", "steady"],
     )
     parser.add_argument("--rate", type=float, default=90.0, help="keyed: msg/s (about half of sustained here)")
     parser.add_argument("--keyed-seconds", type=float, default=240.0)
+    parser.add_argument("--steady-seconds", type=float, default=600.0)
     parser.add_argument("--hold", type=float, default=30.0, help="FINSENT_WINDOW_UPSTREAM_HOLD_S for keyed runs")
     parser.add_argument("--warmup-seconds", type=float, default=60.0)
     parser.add_argument("--flood-seconds", type=float, default=200.0)
@@ -430,7 +512,8 @@ def main() -> None:
         print(f"bundle: {described}", flush=True)
     results = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "bundle": str(args.bundle)}
     for scenario in args.scenarios:
-        results[scenario] = {"keyed": keyed, "flood": flood, "scale": scale, "overload": overload}[scenario](args)
+        run = {"keyed": keyed, "flood": flood, "scale": scale, "overload": overload, "steady": steady}[scenario]
+        results[scenario] = run(args)
         print(f"{scenario}: {json.dumps(results[scenario], indent=1)}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

@@ -109,7 +109,7 @@ def create_app(settings: Settings) -> faust.App:
 
     consumed = upstream | {topics.windows.get_topic_name()}
     group_lag = GroupLag(settings, sorted(consumed), lambda: _owned(app, consumed), settings.ready_stall_s)
-    app.timer(interval=5.0, name="watch_lag")(group_lag.refresh)
+    _every(app, 5.0, group_lag.refresh)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app, revoked, **kwargs):
@@ -126,8 +126,8 @@ def create_app(settings: Settings) -> faust.App:
     # Loading a new bundle takes seconds: on its own thread, so scoring goes on meanwhile.
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
     app.timer(interval=1.0, name="window_ticks")(window.tick)
-    app.timer(interval=1.0, name="watch_offsets")(gaps.watch)
-    app.timer(interval=1.0, name="watch_group_progress")(upstream_progress.watch)
+    _every(app, 1.0, gaps.watch)
+    _every(app, 1.0, upstream_progress.watch)
 
     @app.timer(interval=2.0)
     async def watch_bundle():
@@ -145,6 +145,24 @@ def create_app(settings: Settings) -> faust.App:
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread / platform
             pass
 
+    @app.task
+    async def watch_event_loop():
+        while True:  # a blocked loop delays every timer, fetch and heartbeat: measured, not guessed
+            asked = time.monotonic()
+            await asyncio.sleep(0.25)
+            metrics.EVENT_LOOP_LAG.observe(max(0.0, time.monotonic() - asked - 0.25))
+
+    @app.task
+    async def apply_retention():
+        # Every worker sweeps (a delete of a gone index is a no-op); the first sweep at start, so
+        # workers restarted more often than the interval still apply it.
+        while True:
+            try:
+                await sink.delete_expired()
+            except Exception as exc:  # a refusal (e.g. no delete privilege) must not stop the worker
+                log.warning("Elasticsearch retention failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(settings.es_retention_check_s)
+
     def ready():
         assigned = bool(_owned(app, consumed)) and not app.rebalancing
         return readiness(assigned, metrics.ES_BACKPRESSURE._value.get() == 1, group_lag.view.stalled(time.monotonic()))
@@ -155,6 +173,20 @@ def create_app(settings: Settings) -> faust.App:
     # The Elasticsearch client and the executors are not closed on shutdown: agents may still be
     # finishing a batch then, and a closed client would turn a clean stop into errors.
     return app
+
+
+def _every(app: faust.App, interval_s: float, job) -> None:
+    """Runs ``job`` with ``interval_s`` between the end of one run and the start of the next.
+    For jobs that wait on the broker (off the event loop or awaiting it): a slow answer delays
+    the next run instead of making faust's timer report an overlap nobody can act on."""
+
+    async def every():
+        while True:
+            await asyncio.sleep(interval_s)
+            await job()
+
+    every.__name__ = every.__qualname__ = f"every_{getattr(job, '__name__', 'job')}"
+    app.task(every)
 
 
 def _faust_app(settings: Settings) -> faust.App:
@@ -298,6 +330,10 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     if settings.model_bundle is None:
         raise ValueError("FINSENT_MODEL_BUNDLE is not set: point it at a bundle written by `finsent export`")
     open_bundle(settings.model_bundle, verify_checksums=False)
+    # kafka-python serves the lag and progress readers and the topic check: each failure reaches
+    # our code as an exception, logged there with what it means. Its own ERROR lines (a connection
+    # closed while a worker stops) would page nobody usefully: an ERROR line must mean "act".
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     _declare_topics(settings)
     faustcompat.run(create_app(settings), loglevel)
 

@@ -655,6 +655,28 @@ def check_rules(
     console.print(table)
 
 
+@app.command("alert-receiver")
+def alert_receiver(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 in a container)."),
+    port: int = typer.Option(5001, min=1, max=65535, help="Port (deploy/alertmanager/alertmanager.yml's receiver)."),
+) -> None:
+    """Receive Alertmanager's webhook and print each alert as a JSON line (until interrupted)."""
+    import time
+
+    from .receiver import print_alerts, start
+
+    try:
+        server = start(host, port, print_alerts)
+    except OSError as exc:
+        _fail(ConnectionError(f"cannot listen on {host}:{port}: {exc}"))
+    console.print(f"receiving Alertmanager webhooks on http://{host}:{port}/", highlight=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -204,6 +204,11 @@ class Settings(BaseSettings):
     es_retry_max_backoff_s: float = Field(default=30.0, gt=0, le=600)
     es_request_timeout_s: float = Field(default=30.0, gt=0, le=600)
     es_number_of_replicas: int = Field(default=0, ge=0, le=16)  # of the indices finsent creates
+    # Documents go to one index per UTC day of their event time (<prefix>-scored-2026.12.06),
+    # read through the alias <prefix>-scored; a day's index is deleted once it is this many days old.
+    es_retention_days: int = Field(default=30, ge=1, le=36_500)  # scored records
+    es_summary_retention_days: int = Field(default=400, ge=1, le=36_500)  # aggregates and alerts
+    es_retention_check_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
 
     # --- windows and alerts ------------------------------------------------------------------
     window_tumbling_s: int = Field(default=60, ge=1, le=86_400)

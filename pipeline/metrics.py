@@ -47,6 +47,12 @@ TRANSACTIONS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+EVENT_LOOP_LAG = Histogram(
+    "finsent_event_loop_lag_seconds",
+    "How late the worker's event loop wakes a 0.25 s sleep: time it spent blocked by work that does not yield.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
 ES_BULK = Histogram(
     "finsent_es_bulk_duration_seconds",
     "Elasticsearch bulk request time, retries included.",
@@ -61,6 +67,11 @@ ES_ERRORS = Counter(
 )
 ES_BACKPRESSURE = Gauge(
     "finsent_es_backpressure", "1 while the worker waits for Elasticsearch to come back.", registry=REGISTRY
+)
+ES_INDICES_DELETED = Counter(
+    "finsent_es_indices_deleted",
+    "Dated Elasticsearch indices deleted by retention (FINSENT_ES_RETENTION_DAYS, ..._SUMMARY_...).",
+    registry=REGISTRY,
 )
 CONSUMER_LAG = Gauge(
     "finsent_consumer_lag_messages",

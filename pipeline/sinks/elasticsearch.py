@@ -8,8 +8,9 @@ uncommitted, so nothing is lost. On a refusal it re-reads the ``FINSENT_ES_*_FIL
 rotated secret file resumes the stream without a restart. A request too large (413) or refused
 as a whole for another 4xx is split until the one document at fault is found. Only documents
 Elasticsearch rejects for what they contain (mapping errors) come back to the caller to be
-dead-lettered. The template uses only
-core mappings, so it works on the integration-test distribution and on a full node alike.
+dead-lettered. The templates use only
+core mappings, so they work on the integration-test distribution and on a full node alike. Where
+each document goes and when its index is deleted: ``layout``.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from elasticsearch.helpers import async_streaming_bulk
 
 from .. import metrics
 from ..config import Settings
+from . import layout
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,11 @@ def _retryable(status: int | None) -> bool:
 
 
 # Per-document errors that say the index cannot take documents now, whatever they hold: an
-# operator closed or deleted it (with auto-create off), or a disk watermark blocked writes.
-OUTAGE_ERRORS = frozenset({"index_closed_exception", "index_not_found_exception", "cluster_block_exception"})
+# operator closed or deleted it (with auto-create off), a disk watermark blocked writes, or an
+# index from before dated indices holds the alias's name (see docs/operations.md, Retention).
+OUTAGE_ERRORS = frozenset(
+    {"index_closed_exception", "index_not_found_exception", "cluster_block_exception", "invalid_alias_name_exception"}
+)
 
 
 def _item_outage(result: dict) -> bool:
@@ -146,16 +152,18 @@ ALERT_MAPPINGS = {
     },
 }
 
-# index suffix -> mappings; each gets an index template `<prefix>-<suffix>`.
+# kind -> mappings; each gets an index template for its dated indices and their alias.
 INDICES = {"scored": SCORED_MAPPINGS, "aggregates": AGGREGATE_MAPPINGS, "alerts": ALERT_MAPPINGS}
+assert tuple(INDICES) == layout.KINDS
 
 
-def index_name(settings: Settings, suffix: str) -> str:
-    return f"{settings.es_index_prefix}-{suffix}"
+def index_name(settings: Settings, kind: str) -> str:
+    """The alias that reads every day of ``kind``."""
+    return layout.alias(settings.es_index_prefix, kind)
 
 
-def scored_index(settings: Settings) -> str:
-    return index_name(settings, "scored")
+def retention_days(settings: Settings, kind: str) -> int:
+    return settings.es_retention_days if kind == "scored" else settings.es_summary_retention_days
 
 
 class _Backoff:
@@ -184,7 +192,6 @@ class Rejected:
 class ElasticsearchSink:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.index = scored_index(settings)
         self.client = self._client(settings)
         self._retired: set[asyncio.Task] = set()
         self._template_installed = False
@@ -221,10 +228,12 @@ class ElasticsearchSink:
             self._template_installed = True
 
     async def install_template(self) -> None:
-        for suffix, mappings in INDICES.items():
-            name = index_name(self.settings, suffix)
+        prefix = self.settings.es_index_prefix
+        for kind, mappings in INDICES.items():
+            name = layout.alias(prefix, kind)
+            await self._wait_for_alias_name(name)
             body = {
-                "index_patterns": [f"{name}*"],
+                "index_patterns": [layout.pattern(prefix, kind)],
                 "priority": 200,
                 # A 5 s refresh costs Elasticsearch far less CPU than the default 1 s and is still
                 # near-real-time for dashboards; tests and reports refresh explicitly.
@@ -235,11 +244,54 @@ class ElasticsearchSink:
                         "refresh_interval": "5s",
                     },
                     "mappings": mappings,
+                    "aliases": {name: {}},
                 },
             }
             await self._retry(
                 lambda name=name, body=body: self.client.indices.put_index_template(name=name, **body), "template"
             )
+
+    async def _wait_for_alias_name(self, name: str) -> None:
+        """An index from before dated indices may hold the alias's name: the stage waits, as in an
+        outage (nothing is consumed, lost or dead-lettered), until an operator moves it away."""
+        backoff = _Backoff(self.settings.es_retry_max_backoff_s)
+        while await self._retry(lambda: self._concrete_index(name), "index check"):
+            if backoff.delay == 0.5:
+                log.error(
+                    "Elasticsearch index %s predates dated indices and holds its alias's name: nothing is "
+                    "indexed until it is moved away (docs/operations.md, Retention)",
+                    name,
+                )
+            await backoff.wait("alias", f"index {name} holds the alias's name")
+        backoff.done()
+
+    async def _concrete_index(self, name: str) -> bool:
+        """Whether ``name`` is an index itself rather than the alias of dated ones."""
+        if not await self.client.indices.exists(index=name):
+            return False
+        return not await self.client.indices.exists_alias(name=name)
+
+    async def delete_expired(self, today=None, dry_run: bool = False) -> list[str]:
+        """Deletes the dated indices past their kind's retention; returns their names."""
+        prefix = self.settings.es_index_prefix
+        today = today or datetime.now(UTC).date()
+        doomed: list[str] = []
+        for kind in layout.KINDS:
+            names = await self._retry(
+                lambda kind=kind: self.client.indices.get_alias(
+                    index=layout.pattern(prefix, kind), expand_wildcards="open,closed", allow_no_indices=True
+                ),
+                "index listing",
+            )
+            doomed += layout.expired(names, prefix, kind, today, retention_days(self.settings, kind))
+        if doomed and not dry_run:
+            for name in doomed:  # one by one: a long comma list could pass the URL length limit
+                await self._retry(
+                    lambda name=name: self.client.indices.delete(index=name, ignore_unavailable=True), "retention"
+                )
+                log.info("retention: deleted Elasticsearch index %s", name)
+            metrics.ES_INDICES_DELETED.inc(len(doomed))
+        return doomed
 
     async def _retry(self, call, what: str):
         backoff = _Backoff(self.settings.es_retry_max_backoff_s)
@@ -255,16 +307,22 @@ class ElasticsearchSink:
                     self._reread_credentials()
                 await backoff.wait(what, exc)
 
-    async def write(self, documents: list[dict], index: str | None = None) -> list[Rejected]:
-        """Indexes every document (``_id`` = its ``id``) into the scored index or ``index``, or
-        returns it as rejected; retries everything else until it lands."""
-        index = index or self.index
+    def route(self, kind: str, document: dict, now: datetime) -> str:
+        settings = self.settings
+        return layout.route(
+            settings.es_index_prefix, kind, document, now, retention_days(settings, kind), settings.max_clock_skew_s
+        )
+
+    async def write(self, documents: list[dict], kind: str = "scored", index: str | None = None) -> list[Rejected]:
+        """Indexes every document (``_id`` = its ``id``) into its kind's dated index (or into
+        ``index``), or returns it as rejected; retries everything else until it lands."""
         started = time.perf_counter()
-        pending = {doc["id"]: doc for doc in documents}
+        now = datetime.now(UTC)
+        pending = {doc["id"]: (index or self.route(kind, doc, now), doc) for doc in documents}
         rejected: list[Rejected] = []
         backoff = _Backoff(self.settings.es_retry_max_backoff_s)
         while pending:
-            retry_later, failure = await self._bulk(index, pending, rejected)
+            retry_later, failure = await self._bulk(pending, rejected)
             if retry_later:
                 if failure is None:
                     failure = f"{len(retry_later)} documents refused for now"
@@ -273,11 +331,13 @@ class ElasticsearchSink:
         metrics.ES_BULK.observe(time.perf_counter() - started)
         return rejected
 
-    async def _bulk(self, index: str, pending: dict[str, dict], rejected: list[Rejected]):
-        """One pass over ``pending``: written and rejected documents leave it; returns what is
-        left to retry after a wait and why."""
-        actions = [{"_op_type": "index", "_index": index, "_id": i, "_source": doc} for i, doc in pending.items()]
-        retry_later: dict[str, dict] = {}
+    async def _bulk(self, pending: dict[str, tuple[str, dict]], rejected: list[Rejected]):
+        """One pass over ``pending`` (id -> (index, document)): written and rejected documents
+        leave it; returns what is left to retry after a wait and why."""
+        actions = [
+            {"_op_type": "index", "_index": index, "_id": i, "_source": doc} for i, (index, doc) in pending.items()
+        ]
+        retry_later: dict[str, tuple[str, dict]] = {}
         refused = False
         try:
             async for ok, item in async_streaming_bulk(
@@ -301,7 +361,7 @@ class ElasticsearchSink:
                 return pending, exc
             # The whole request was refused for what it holds (413: too large; another 4xx: one
             # document breaks it): halve it until the document at fault is alone.
-            await self._split(index, pending, rejected, exc)
+            await self._split(pending, rejected, exc)
             return {}, None
         except (TimeoutError, TransportError, OSError) as exc:
             return pending, exc
@@ -309,7 +369,7 @@ class ElasticsearchSink:
             self._reread_credentials()
         return retry_later, None
 
-    async def _split(self, index: str, pending: dict[str, dict], rejected: list[Rejected], exc: ApiError) -> None:
+    async def _split(self, pending: dict[str, tuple[str, dict]], rejected: list[Rejected], exc: ApiError) -> None:
         if len(pending) == 1:
             doc_id = next(iter(pending))
             rejected.append(Rejected(doc_id, f"bulk request refused (HTTP {exc.status_code}): {exc.message}"))
@@ -319,7 +379,13 @@ class ElasticsearchSink:
         ids = list(pending)
         for half in (ids[: len(ids) // 2], ids[len(ids) // 2 :]):
             part = {i: pending[i] for i in half}
-            rejected += await self.write(list(part.values()), index=index)
+            backoff = _Backoff(self.settings.es_retry_max_backoff_s)
+            while part:
+                retry_later, failure = await self._bulk(part, rejected)
+                part = retry_later
+                if part:
+                    await backoff.wait("bulk", failure or f"{len(part)} documents refused for now")
+            backoff.done()
         pending.clear()
 
     async def close(self) -> None:

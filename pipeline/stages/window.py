@@ -23,7 +23,7 @@ from ..config import Settings
 from ..decode import Origin, dead_letter
 from ..faustcompat import Batch, Intake
 from ..schemas import WindowTick, parse_window_event
-from ..sinks.elasticsearch import ElasticsearchSink, index_name
+from ..sinks.elasticsearch import ElasticsearchSink
 from ..transactions import Output, TransactionFailed
 from ..web import LiveView
 from .dead_letters import DeadLetters
@@ -177,9 +177,8 @@ class WindowStage:
         for suffix in ("aggregates", "alerts"):
             documents = {d.id: (event, d) for out, event in parts.values() for d in getattr(out, suffix)}
             if documents:
-                index = index_name(self.settings, suffix)
                 dumped = [d.model_dump(mode="json") for _event, d in documents.values()]
-                for r in await self.sink.write(dumped, index=index):
+                for r in await self.sink.write(dumped, kind=suffix):
                     # Our own documents: a rejection is a bug or a broken template; the record
                     # stays on its Kafka topic and goes to the dead-letter topic with the reason.
                     log.error("Elasticsearch rejected %s document %s: %s", suffix, r.doc_id, r.reason)

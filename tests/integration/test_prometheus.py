@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import subprocess
-import threading
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import receiver
 from pipeline.stack.base import DEPLOY_DIR
 from pipeline.stack.prometheus import write_worker_targets
 
@@ -74,27 +73,12 @@ def test_local_rendered_config_is_valid_and_loaded(local_stack: Path):
     assert status["cluster"]["status"] in ("disabled", "ready")
 
 
-class _Webhook(http.server.BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        _Webhook.received.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def webhook():
-    """The receiver deploy/alertmanager/alertmanager.yml points at (127.0.0.1:5001)."""
-    _Webhook.received = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 5001), _Webhook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield _Webhook.received
+    """finsent's alert receiver where deploy/alertmanager/alertmanager.yml points (127.0.0.1:5001)."""
+    received: list = []
+    server = receiver.start("127.0.0.1", 5001, received.append)
+    yield received
     server.shutdown()
     server.server_close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,11 +115,13 @@ def test_worker_and_tools_over_secured_kafka_and_elasticsearch_leak_no_secret(
         assert [letter["reason"] for letter in letters] == ["invalid_json"]
 
         client = pipeline.es()
-        for message in hostile:  # stored as sent, under its own id, in finsent's own index
+        for message in hostile:  # stored as sent, under its own id, in finsent's own indices
             assert message["id"] in ids
-            assert client.get(index=f"{pipeline.name}-scored", id=message["id"])["_source"]["text"] == message["text"]
+            hits = client.search(index=f"{pipeline.name}-scored", query={"ids": {"values": [message["id"]]}})
+            assert [h["_source"]["text"] for h in hits["hits"]["hits"]] == [message["text"]]
         indices = sorted(client.indices.get(index=f"{pipeline.name}*", expand_wildcards="all"))
-        assert set(indices) <= {f"{pipeline.name}-scored", f"{pipeline.name}-aggregates", f"{pipeline.name}-alerts"}
+        dated = re.compile(rf"{re.escape(pipeline.name)}-(scored|aggregates|alerts)-\d{{4}}\.\d{{2}}\.\d{{2}}")
+        assert indices and all(dated.fullmatch(name) for name in indices), indices
 
         report = finsent(pipeline.env, "report", "--run-id", f"run-{unique}", "--output", str(tmp_path / "reports"))
         assert report.returncode == 0, report.stderr

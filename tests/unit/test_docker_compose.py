@@ -171,3 +171,105 @@ def test_workers_scale_without_colliding_on_a_host_port_or_a_state_volume():
     assert worker["ports"] == ["127.0.0.1::6066"]  # Docker picks each replica's host port
     assert not any(str(v).endswith(":/state") for v in worker["volumes"])
     assert worker["restart"] == "unless-stopped"
+
+
+@pytest.mark.parametrize("name,compose", [("docker-compose.yml", COMPOSE), ("with the shared-host overlay", SHARED)])
+def test_compose_files_match_the_compose_specification(name, compose):
+    """The Compose specification's own JSON schema (as vendored by check-jsonschema)."""
+    import importlib.resources
+    import json
+
+    import jsonschema
+
+    schema = json.loads(
+        (importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text()
+    )
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, f"{name}: " + "; ".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+
+
+def _finsent_commands(shell: str) -> list[list[str]]:
+    """The `finsent ...` invocations in a shell command line, as argument lists."""
+    import shlex
+
+    words = shlex.split(shell.replace("(", " ").replace(")", " "))
+    commands, current = [], None
+    for word in words:
+        if word == "finsent":
+            current = []
+            commands.append(current)
+        elif word in ("&&", "||", ";"):
+            current = None
+        elif current is not None:
+            current.append(word)
+    return commands
+
+
+def test_the_worker_waits_for_a_model_the_model_service_writes_where_the_worker_reads():
+    import typer.main
+
+    from pipeline.cli import app
+
+    worker, model = SERVICES["worker"], SERVICES["model"]
+    assert worker["depends_on"]["model"] == {"condition": "service_completed_successfully"}
+    bundle = worker["environment"]["FINSENT_MODEL_BUNDLE"]
+    (shell,) = model["command"]
+    assert shell.startswith(f"test -f {bundle}/manifest.json ||")  # a bundle already there is kept
+    cli = typer.main.get_command(app)
+    commands = _finsent_commands(shell)
+    assert [c[0] for c in commands] == ["train", "export"]
+    for name, *args in commands:  # every option the command line uses exists
+        known = {opt for param in cli.commands[name].params for opt in param.opts}
+        assert {a for a in args if a.startswith("--")} <= known, f"finsent {name}: unknown option in {args}"
+    export = commands[1]
+    assert export[export.index("--output") + 1] == bundle
+    # Its data is mounted where the command reads it, from the repository's data/.
+    data = next(v for v in model["volumes"] if v.endswith(":/data:ro"))
+    assert data.startswith("${FINSENT_DATA_DIR:-./data}")
+    for arg in commands[0]:
+        if arg.startswith("/data/"):
+            assert (ROOT / "data" / arg.removeprefix("/data/")).is_file(), arg
+
+
+def test_alertmanager_in_compose_sends_to_the_alert_receiver_service():
+    shipped = yaml.safe_load((ROOT / "deploy/alertmanager/alertmanager.yml").read_text())
+    composed = yaml.safe_load((ROOT / "deploy/alertmanager/alertmanager.compose.yml").read_text())
+    (url,) = [w["url"] for r in composed["receivers"] for w in r.get("webhook_configs", [])]
+    host, port = re.fullmatch(r"http://([a-z-]+):(\d+)/alerts", url).groups()
+    assert host in SERVICES and port in SERVICES[host]["expose"]
+    assert SERVICES[host]["command"][0] == "alert-receiver" and port in SERVICES[host]["command"]
+    for receiver in composed["receivers"]:  # otherwise the same routes, receivers and inhibitions
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = "http://127.0.0.1:5001/alerts"
+    assert composed == shipped
+    mounted = [v for v in SERVICES["alertmanager"]["volumes"] if v.endswith(":/etc/alertmanager/alertmanager.yml:ro")]
+    assert mounted == ["./deploy/alertmanager/alertmanager.compose.yml:/etc/alertmanager/alertmanager.yml:ro"]
+
+
+def test_the_lock_pins_every_run_time_dependency_inside_pyproject_ranges_and_ci_tests_it():
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = [line for line in (ROOT / "deploy/docker/requirements.lock").read_text().splitlines() if line[:1] != "#"]
+    pins = dict(line.split("==") for line in lines)
+    assert len(pins) == len(lines) and all(pins.values()), "one exact pin a line"
+    for requirement in map(
+        Requirement, tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is a dependency but not in the lock"
+        assert pins[name] in requirement.specifier, (
+            f"{name}=={pins[name]} is outside pyproject's {requirement.specifier}"
+        )
+    # setup.sh (so CI) installs with the lock as constraints: the tests run on the image's versions.
+    different = {n: (v, version(n)) for n, v in pins.items() if version(n) != v}
+    assert not different, f"installed versions differ from the lock (make setup): {different}"
+    dockerfile = (ROOT / "deploy/docker/Dockerfile").read_text()
+    assert "-c deploy/docker/requirements.lock" in (ROOT / "deploy/local/setup.sh").read_text()
+    assert dockerfile.count("pip install -c deploy/docker/requirements.lock") == 2
+    # The GPU image: an exact onnxruntime-gpu with NVIDIA's CUDA and cuDNN wheels, the CPU one removed.
+    gpu = re.search(r'^ARG ONNXRUNTIME_GPU="onnxruntime-gpu\[cuda,cudnn\]==([\d.]+)"$', dockerfile, re.M)
+    assert gpu and "pip uninstall -y onnxruntime" in dockerfile

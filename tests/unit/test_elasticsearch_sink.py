@@ -5,12 +5,16 @@ tests."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from elasticsearch import ApiError
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.config import Settings
 from pipeline.sinks import elasticsearch as sink_module
+from pipeline.sinks import layout
 from pipeline.sinks.elasticsearch import ElasticsearchSink
 
 
@@ -97,3 +101,79 @@ def test_a_rotated_secret_file_is_read_again_after_a_refusal(sink, monkeypatch, 
 
     assert asyncio.run(run()) == []
     assert sink.client is not None and sink.settings.es_client_kwargs()["basic_auth"] == ("u", "new")
+
+
+# --- index layout and retention (pipeline/sinks/layout.py) ---------------------------------------
+
+_times = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
+)  # any instant a producer can write
+
+
+@given(event=_times, processed=_times, retention=st.integers(1, 36_500), skew=st.floats(0, 7 * 86_400))
+def test_a_document_goes_to_a_day_within_its_bounds(event, processed, retention, skew):
+    """Whatever time a producer writes, the index day lies in [processed - retention, processed +
+    skew]: a hostile timestamp cannot create an index per day of any century."""
+    day = layout.index_day(event, processed, retention, skew)
+    ahead_days = (day - processed.date()).days
+    assert -retention - 1 <= ahead_days <= skew / 86_400 + 1
+    if -retention * 86_400 <= (event - processed).total_seconds() <= skew:
+        assert day == event.date()
+
+
+@given(
+    event=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+    delays=st.lists(st.floats(0, 20 * 86_400), min_size=2, max_size=5),
+)
+def test_a_redelivered_record_goes_to_the_index_that_holds_it(event, delays):
+    """The index follows the event time, not when the record was (re)processed, while that time is
+    trusted: redeliveries overwrite one document instead of adding one in another day."""
+    names = {
+        layout.route(
+            "fs",
+            "scored",
+            {"published_at": event.isoformat(), "processed_at": (event + timedelta(seconds=d)).isoformat()},
+            datetime.now(UTC),
+            retention_days=30,
+            max_skew_s=300,
+        )
+        for d in delays
+    }
+    assert names == {f"fs-scored-{event:%Y.%m.%d}"}
+
+
+@given(
+    names=st.lists(
+        st.one_of(
+            st.builds(
+                lambda kind, d: f"fs-{kind}-{d:%Y.%m.%d}",
+                st.sampled_from(["scored", "aggregates", "alerts"]),
+                st.dates(date(1990, 1, 1), date(2100, 1, 1)),
+            ),
+            st.text(max_size=30),
+            st.builds(lambda d: f"fs-scored-x-{d:%Y.%m.%d}", st.dates(date(1990, 1, 1), date(2100, 1, 1))),
+            st.builds(lambda d: f"other-scored-{d:%Y.%m.%d}", st.dates(date(1990, 1, 1), date(2100, 1, 1))),
+        ),
+        max_size=40,
+    ),
+    today=st.dates(date(2000, 1, 1), date(2090, 1, 1)),
+    retention=st.integers(1, 3650),
+)
+def test_retention_deletes_only_its_own_days_past_the_bound(names, today, retention):
+    doomed = layout.expired(names, "fs", "scored", today, retention)
+    cutoff = today - timedelta(days=retention)
+    expected = sorted(
+        name
+        for name in names
+        if name.startswith("fs-scored-")
+        and len(name) == len("fs-scored-2000.01.01")
+        and name[10:].replace(".", "").isdigit()
+        and datetime.strptime(name[10:], "%Y.%m.%d").date() < cutoff
+    )
+    assert doomed == expected
+
+
+def test_retention_reads_no_more_than_a_day():
+    assert layout.expired(
+        ["fs-scored-2026.02.30", "fs-scored-2026.1.01", "fs-scored-2026.01.01"], "fs", "scored", date(2026, 6, 1), 30
+    ) == ["fs-scored-2026.01.01"]

@@ -97,16 +97,19 @@ def test_production_values_scale_on_lag_up_to_the_partitions_and_reference_secre
     assert env["FINSENT_ES_API_KEY_FILE"] == "/run/secrets/finsent/es-api-key"
     assert not {"FINSENT_KAFKA_SASL_PASSWORD", "FINSENT_ES_API_KEY", "FINSENT_ES_PASSWORD"} & set(env)
     (config,) = [c for c in kinds["ConfigMap"] if "FINSENT_TOPIC_PARTITIONS" in c["data"]]
-    durability = {k: config["data"][k] for k in config["data"] if "REPLICA" in k}
+    durability = {k: config["data"][k] for k in config["data"] if "REPLICA" in k or "RETENTION" in k}
     assert durability == {
         "FINSENT_TOPIC_REPLICATION_FACTOR": "3",
         "FINSENT_TOPIC_MIN_INSYNC_REPLICAS": "2",
         "FINSENT_ES_NUMBER_OF_REPLICAS": "1",
+        "FINSENT_ES_RETENTION_DAYS": "90",
+        "FINSENT_ES_SUMMARY_RETENTION_DAYS": "730",
     }
     from pipeline.config import Settings
 
     settings = Settings(**{k.removeprefix("FINSENT_").lower(): v for k, v in durability.items()})
     assert settings.topic_min_insync_replicas == 2 and settings.es_number_of_replicas == 1
+    assert (settings.es_retention_days, settings.es_summary_retention_days) == (90, 730)
     volumes = {v["name"]: v for v in kinds["StatefulSet"][0]["spec"]["template"]["spec"]["volumes"]}
     sources = [s["secret"]["name"] for s in volumes["secrets"]["projected"]["sources"]]
     assert sources == ["finsent-kafka", "finsent-kafka-ca", "finsent-es", "finsent-es-ca"]

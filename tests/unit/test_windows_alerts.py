@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import pytest
@@ -716,3 +717,40 @@ def test_a_name_with_a_firing_alert_keeps_its_slot():
     store.data["t/ALERTING"]["alerts"] = {"neg": {"status": "firing"}}
     out = feed(proc, store, [item("BUSY", T0 + 1 + i, off=1 + i) for i in range(3)], batch=10)
     assert out.evicted == 0 and "t/ALERTING" in store.data and store.data["p/0"]["topics"] == ["ALERTING"]
+
+
+def test_the_alert_receiver_prints_each_alert_and_answers_bad_posts_with_400(capsys):
+    import urllib.error
+    import urllib.request
+
+    from pipeline import receiver
+
+    notification = {
+        "version": "4",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "FinsentTopicNegative", "severity": "page", "topic": "Fed | Central Banks"},
+                "annotations": {"summary": "negative"},
+                "startsAt": "2026-12-06T12:00:00Z",
+            },
+            {"status": "resolved", "labels": {"alertname": "FinsentLag"}, "annotations": {}},
+        ],
+    }
+    server = receiver.start("127.0.0.1", 0, receiver.print_alerts)
+    url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    try:
+        post = urllib.request.Request(url, json.dumps(notification).encode(), {"Content-Type": "application/json"})
+        assert urllib.request.urlopen(post, timeout=10).status == 200
+        for bad in (b"not json", b"[1, 2]"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(url, bad), timeout=10)
+            assert refused.value.code == 400
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["status"], line["alertname"], line["topic"]) for line in lines] == [
+        ("firing", "FinsentTopicNegative", "Fed | Central Banks"),
+        ("resolved", "FinsentLag", None),
+    ]
