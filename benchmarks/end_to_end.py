@@ -9,7 +9,9 @@ beside the scoring rate alone (10 % to 90 % scored), checking every message land
 Elasticsearch exactly once; (3) produce -> scored latency (Kafka timestamp to processed_at)
 with traffic paced at 25 %, 50 % and 80 % of that sustained rate, p50/p95/p99 each, and when a
 read_committed consumer of the scored topic sees each record; (4) the worker's peak memory.
-``--guarantees at_least_once exactly_once`` repeats (2)-(4) under each processing guarantee.
+``--guarantees at_least_once exactly_once`` repeats (2)-(4) under each processing guarantee;
+``--shadow CANDIDATE`` repeats them with the candidate bundle in shadow (docs/rollout.md) and
+compares the serving p99 at 50 % of sustained and the sustained rate with and without.
 Starts the local stack if needed. Writes JSON and latency histogram PNGs next to --out.
 """
 
@@ -62,6 +64,8 @@ def main() -> None:
         choices=["configured", "at_least_once", "exactly_once"],
         help="measure the worker under each processing guarantee, one after the other in this run",
     )
+    parser.add_argument("--shadow", type=Path, default=None, help="a candidate bundle: also measure with it in shadow")
+    parser.add_argument("--shadow-sample", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/end_to_end.json"))
     args = parser.parse_args()
 
@@ -85,22 +89,44 @@ def main() -> None:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = {}
+    variants = []
     for guarantee in args.guarantees:
         extra_env = dict(pair.split("=", 1) for pair in args.worker_env)
         if guarantee != "configured":
             extra_env["FINSENT_PROCESSING_GUARANTEE"] = guarantee
-        print(f"--- {guarantee}", flush=True)
-        results[guarantee] = measure(args, texts, f"{run}{guarantee[:3]}", bare, extra_env)
+        variants.append((guarantee, extra_env))
+    if args.shadow is not None:
+        name, extra_env = variants[0]
+        shadow_env = {
+            **extra_env,
+            "FINSENT_SHADOW_BUNDLE": str(args.shadow.resolve()),
+            "FINSENT_SHADOW_SAMPLE": str(args.shadow_sample),
+        }
+        variants.append((f"{name}+shadow", shadow_env))
+    for name, extra_env in variants:
+        print(f"--- {name}", flush=True)
+        results[name] = measure(args, texts, f"{run}{len(results)}", bare, extra_env, name)
+    if args.shadow is not None:
+        off, on = results[variants[0][0]], results[variants[-1][0]]
+        p99 = {k: r["latency"]["50%"]["latency_ms"]["p99"] for k, r in (("off", off), ("on", on))}
+        results["shadow_comparison"] = {
+            "sample": args.shadow_sample,
+            "sustained_msgs_per_s": {"off": off["pipeline_msgs_per_s"], "on": on["pipeline_msgs_per_s"]},
+            "p99_ms_at_50pct": p99,
+            "p99_on_over_off": p99["on"] / p99["off"],
+        }
+        print(f"shadow: {json.dumps(results['shadow_comparison'])}", flush=True)
     if len(results) == 1:
         (result,) = results.values()
     else:
         result = {"bare_onnx_msgs_per_s": bare["all_cores"], "by_guarantee": results}
-        base, other = (results[g] for g in args.guarantees[:2])
-        print(
-            f"{args.guarantees[1]} / {args.guarantees[0]}: sustained "
-            f"{other['pipeline_msgs_per_s'] / base['pipeline_msgs_per_s']:.0%}",
-            flush=True,
-        )
+        if len(args.guarantees) > 1:
+            base, other = (results[g] for g in args.guarantees[:2])
+            print(
+                f"{args.guarantees[1]} / {args.guarantees[0]}: sustained "
+                f"{other['pipeline_msgs_per_s'] / base['pipeline_msgs_per_s']:.0%}",
+                flush=True,
+            )
     print(json.dumps(result, indent=2))
     args.out.write_text(json.dumps(result, indent=2))
 
@@ -161,7 +187,7 @@ def latency_phase(
     }
 
 
-def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env: dict) -> dict:
+def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env: dict, variant: str) -> dict:
     bare_rate = bare["all_cores"]
     workdir = Path(tempfile.mkdtemp(prefix="finsent-bench-"))
     pipeline = Pipeline(
@@ -192,8 +218,7 @@ def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env:
                 + ", ".join(f"{q} {v:.0f} ms" for q, v in phase["visible_latency_ms"].items()),
                 flush=True,
             )
-        guarantee = extra_env.get("FINSENT_PROCESSING_GUARANTEE", "configured")
-        plot(phases, sustained, args.out.with_name(f"{args.out.stem}.{guarantee}.png"), guarantee)
+        plot(phases, sustained, args.out.with_name(f"{args.out.stem}.{variant}.png"), variant)
         return {
             "messages": len(texts),
             "partitions": args.partitions,

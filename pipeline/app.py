@@ -11,6 +11,8 @@
                                                                      ▼  WindowStage
                       finsent.aggregates, finsent.alerts, Elasticsearch, metrics, live view
 
+    finsent.scored ──ShadowStage (FINSENT_SHADOW_BUNDLE only)──▶ finsent.shadow, <prefix>-shadow
+
 Each stage is a class in pipeline/stages; its decisions live in pure modules (decode, scoring,
 aggregation, windows, alerts), and every faust-streaming internal it needs goes through
 faustcompat, the one adapter. Every stage acknowledges a batch's offsets only once its outputs
@@ -43,6 +45,7 @@ from .stages.classify import ClassifyStage, FirstScores
 from .stages.dead_letters import DeadLetters
 from .stages.decode import DecodeStage
 from .stages.outbox import Outbox
+from .stages.shadow import ShadowStage
 from .stages.window import UpstreamProgress, WindowStage
 from .transactions import Transactions
 from .web import LiveView, add_pages
@@ -76,9 +79,14 @@ def create_app(settings: Settings) -> faust.App:
     window_table = app.Table("finsent-windows", default=None, partitions=settings.topic_partitions)
 
     upstream = {topics.raw.get_topic_name(), topics.valid.get_topic_name()}
-    gaps = _offset_gaps(app, settings, upstream | {topics.windows.get_topic_name()})
+    # Every topic a stage consumes: the shadow stage, when on, reads the scored topic.
+    consumed = upstream | {topics.windows.get_topic_name()}
+    if settings.shadow_bundle is not None:
+        consumed |= {topics.scored.get_topic_name()}
+    gaps = _offset_gaps(app, settings, consumed)
     intake = faustcompat.Intake(app, gaps)
     model = ModelHolder(settings)
+    candidate = ModelHolder(settings, candidate=True) if settings.shadow_bundle is not None else None
     live = LiveView(settings.window_config().specs[0].name)
     sink = ElasticsearchSink(settings)
     dead_letters = DeadLetters(topics.deadletter)
@@ -87,7 +95,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     upstream_progress = UpstreamProgress(settings, upstream, gaps)
 
-    transactions = _transactions(app, settings, upstream | {topics.windows.get_topic_name()}, intake)
+    transactions = _transactions(app, settings, consumed, intake)
     outbox = Outbox(transactions, settings.transaction_interval_ms / 1000)
 
     decode = DecodeStage(settings, intake, outbox, topics.valid, dead_letters)
@@ -99,6 +107,9 @@ def create_app(settings: Settings) -> faust.App:
     app.agent(topics.raw, name="decode_stage")(decode.run)
     app.agent(topics.valid, name="classify_stage")(classify.run)
     app.agent(topics.windows, name="window_stage")(window.run)
+    if candidate is not None:  # off the serving path: a stage of its own on the scored topic
+        shadow = ShadowStage(settings, intake, outbox, candidate, sink, topics.shadow)
+        app.agent(topics.scored, name="shadow_stage")(shadow.run)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app, assigned, **kwargs):
@@ -107,7 +118,6 @@ def create_app(settings: Settings) -> faust.App:
         if transactions is not None:  # fences the previous owners before anything is read
             await transactions.assign(assigned)
 
-    consumed = upstream | {topics.windows.get_topic_name()}
     group_lag = GroupLag(settings, sorted(consumed), lambda: _owned(app, consumed), settings.ready_stall_s)
     _every(app, 5.0, group_lag.refresh)
 
@@ -132,6 +142,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(interval=2.0)
     async def watch_bundle():
         await model.maybe_swap(asyncio.get_running_loop(), loader)
+        if candidate is not None:
+            await candidate.maybe_swap(asyncio.get_running_loop(), loader)
 
     @app.task
     async def on_start():
@@ -139,6 +151,8 @@ def create_app(settings: Settings) -> faust.App:
         # left to the broker's auto-creation defaults.
         for output in (topics.scored, topics.deadletter, topics.aggregates, topics.alerts):
             await output.maybe_declare()
+        if candidate is not None:
+            await topics.shadow.maybe_declare()
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(model.maybe_swap(loop, loader)))
@@ -241,6 +255,7 @@ def _topics(app: faust.App, settings: Settings) -> SimpleNamespace:
         deadletter=topic(settings.topic_deadletter),
         aggregates=topic(settings.topic_aggregates),
         alerts=topic(settings.topic_alerts),
+        shadow=topic(settings.topic_shadow),
     )
 
 

@@ -268,31 +268,37 @@ def worker_inference_threads() -> int:
 
 
 class ModelHolder:
-    """The classifier in use; ``maybe_swap`` replaces it between batches when the bundle changes."""
+    """The classifier in use; ``maybe_swap`` replaces it between batches when the bundle changes.
+    The serving model by default; ``candidate=True`` holds the shadow candidate instead (its own
+    bundle path and thread count, no model_info series)."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.path: Path = settings.model_bundle
+    def __init__(self, settings: Settings, candidate: bool = False):
+        self.settings, self.candidate = settings, candidate
+        self.path: Path = settings.shadow_bundle if candidate else settings.model_bundle
         self.classifier = self._load()
         self._refused: tuple[str, str] | None = None  # a broken bundle is tried once, not every poll
 
     def _load(self) -> Classifier:
         bundle = open_bundle(self.path.resolve())
+        settings = self.settings
+        threads = settings.shadow_inference_threads if self.candidate else settings.inference_threads
         classifier = Classifier(
             bundle,
-            variant=self.settings.model_variant,
-            providers=self.settings.onnx_providers or None,
-            batch_size=self.settings.max_batch,
-            intra_op_threads=self.settings.inference_threads or worker_inference_threads(),
+            variant=settings.model_variant,
+            providers=settings.onnx_providers or None,
+            batch_size=settings.max_batch,
+            intra_op_threads=threads or worker_inference_threads(),
         )
         log.info(
-            "model %s loaded from %s: variant %s on %s",
+            "%s model %s loaded from %s: variant %s on %s",
+            "candidate" if self.candidate else "serving",
             bundle.model_version,
             bundle.path,
             classifier.variant,
             classifier.provider,
         )
-        metrics.set_model_info(bundle.model_version, classifier.provider, classifier.variant)
+        if not self.candidate:
+            metrics.set_model_info(bundle.model_version, classifier.provider, classifier.variant)
         return classifier
 
     def bundle_on_disk(self) -> tuple[str, str] | None:

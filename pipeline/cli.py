@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -95,6 +96,12 @@ def settings_or_exit(config: Path | None) -> Settings:
 def _fail(exc: Exception) -> None:
     err.print(f"[red]error:[/red] {escape(str(exc))}")
     raise typer.Exit(1)
+
+
+def _usage(problem: str) -> None:
+    """A usage error found after parsing (options that need each other): exit status 2."""
+    err.print(f"[red]error:[/red] {escape(problem)}")
+    raise typer.Exit(2)
 
 
 def _status_table(rows) -> Table:
@@ -533,21 +540,48 @@ def replay(
     console.print(f"then: finsent report --run-id {result.run_id}")
 
 
+def _when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time such as 2026-12-06T09:00:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+MinAgreement = typer.Option(0.9, min=0, max=1, help="Shadow: the least agreement with the serving model to promote.")
+MaxAccuracyDrop = typer.Option(
+    0.01, min=0, max=1, help="Shadow: the most accuracy the candidate may lose on a labelled replay."
+)
+
+
 @app.command()
 def report(
-    run_id: str = typer.Option(..., help="The replay's run id."),
+    run_id: str = typer.Option(None, help="The replay's run id (needed unless --shadow with --since)."),
     output: Path = typer.Option(Path("reports"), help="Folder for report.html, summary.json and the plots."),
     source: str = typer.Option(
         "elasticsearch", help="Where to read scored records.", callback=_one_of("elasticsearch", "kafka")
     ),
+    shadow: bool = typer.Option(False, "--shadow", help="Report the shadow candidate against the serving model."),
+    since: str = typer.Option(None, help="Shadow: records processed from this time (ISO 8601)."),
+    until: str = typer.Option(None, help="Shadow: records processed until this time (ISO 8601)."),
+    min_agreement: float = MinAgreement,
+    max_accuracy_drop: float = MaxAccuracyDrop,
     config: Path | None = ConfigOption,
 ) -> None:
-    """Accuracy, confusion matrix, sentiment timelines with alerts, throughput and latency of a run."""
+    """Accuracy, confusion matrix, sentiment timelines with alerts, throughput and latency of a run;
+    with --shadow, the candidate against the serving model and a verdict (exit 1: do not promote)."""
     from .clients import ConnectionFailure
     from .report import ReportError
     from .report import report as write
 
     settings = settings_or_exit(config)
+    if shadow:
+        verdict = _shadow_report(settings, run_id, _when(since), _when(until), min_agreement, max_accuracy_drop, output)
+        raise typer.Exit(0 if verdict else 1)
+    if run_id is None:
+        _usage("--run-id is needed (or --shadow with --since)")
     try:
         path = write(settings, run_id, output / run_id, source=source)
     except (ReportError, ConnectionFailure, ConfigError) as exc:
@@ -559,6 +593,116 @@ def report(
             f"macro-F1 {summary['macro_f1']:.3f}"
         )
     console.print(f"report: {path}")
+
+
+def _shadow_summary(settings, run_id, since, until, min_agreement, max_accuracy_drop) -> dict:
+    from .clients import ConnectionFailure
+    from .report import ReportError
+    from .shadow_report import shadow_from_elasticsearch, summarise_shadow
+
+    if run_id is None and since is None:
+        _usage("--shadow needs --run-id or --since")
+    try:
+        records = shadow_from_elasticsearch(settings, run_id, since, until)
+        scope = f"run {run_id}" if run_id else f"since {since.isoformat()}"
+        if not records:
+            raise ReportError(f"no shadow records for {scope} in {settings.es_index_prefix}-shadow")
+        return summarise_shadow(records, min_agreement, max_accuracy_drop)
+    except (ReportError, ConnectionFailure, ConfigError) as exc:
+        _fail(exc)
+
+
+def _shadow_report(settings, run_id, since, until, min_agreement, max_accuracy_drop, output: Path) -> bool:
+    from .shadow_report import write_shadow_report
+
+    summary = _shadow_summary(settings, run_id, since, until, min_agreement, max_accuracy_drop)
+    title = run_id or f"since {since.isoformat()}"
+    path = write_shadow_report(summary, title, output / f"shadow-{run_id or since.strftime('%Y%m%dT%H%M%S')}")
+    verdict = summary["verdict"]
+    console.print(
+        f"{summary['records']:,} records compared: agreement {summary['agreement']:.3f}"
+        + (
+            f", accuracy {summary['accuracy']['serving']:.3f} -> {summary['accuracy']['candidate']:.3f}"
+            if "accuracy" in summary
+            else ""
+        ),
+        highlight=False,
+    )
+    console.print(
+        "verdict: promote" if verdict["promote"] else "verdict: do not promote: " + "; ".join(verdict["reasons"]),
+        highlight=False,
+    )
+    console.print(f"report: {path}")
+    return verdict["promote"]
+
+
+@app.command()
+def promote(
+    bundle: Path = typer.Argument(None, help="The bundle to serve (a folder written by `finsent export`)."),
+    rollback: bool = typer.Option(
+        False, "--rollback", help="Point the serving link back where the last switch came from."
+    ),
+    run_id: str = typer.Option(None, help="Shadow evidence: the replay run the candidate scored."),
+    since: str = typer.Option(None, help="Shadow evidence: records processed from this time (ISO 8601)."),
+    min_agreement: float = MinAgreement,
+    max_accuracy_drop: float = MaxAccuracyDrop,
+    force: bool = typer.Option(False, "--force", help="Switch even without shadow evidence or against it."),
+    by: str = typer.Option(None, help="Who switches (default: the login name), for the audit record."),
+    config: Path | None = ConfigOption,
+) -> None:
+    """Switch the serving bundle for every worker atomically, after checking the bundle and its
+    shadow report, and record it in Elasticsearch (`<prefix>-audit`)."""
+    from .bundle import BundleError, open_bundle
+    from .clients import ConnectionFailure, elasticsearch
+    from .promote import (
+        PromotionRefused,
+        audit_record,
+        check_evidence,
+        current_target,
+        last_switch,
+        switch,
+        write_audit,
+    )
+
+    settings = settings_or_exit(config)
+    if settings.model_bundle is None:
+        _usage("FINSENT_MODEL_BUNDLE is not set: it names the serving link to switch")
+    link = settings.model_bundle
+    if (bundle is None) == (not rollback):
+        _usage("give a BUNDLE to promote, or --rollback")
+    try:
+        previous = current_target(link)
+        es = elasticsearch(settings)
+        evidence = None
+        if rollback:
+            last = last_switch(es, settings.es_index_prefix)
+            if last is None:
+                raise PromotionRefused(f"no switch recorded in {settings.es_index_prefix}-audit to roll back")
+            target = Path(last["from_path"])
+            open_bundle(target)  # the bundle rolled back to must still be whole
+        else:
+            target = bundle.resolve()
+            candidate = open_bundle(target)  # its manifest, checksums and parity record: never forced
+            summary = None
+            if run_id or since:
+                summary = _shadow_summary(settings, run_id, _when(since), None, min_agreement, max_accuracy_drop)
+                evidence = {
+                    k: summary.get(k) for k in ("records", "agreement", "accuracy", "calibration_error", "thresholds")
+                }
+                evidence["verdict"] = summary["verdict"]
+            problems = check_evidence(summary, candidate.model_version, force)
+            if problems:
+                raise PromotionRefused("not promoted: " + "; ".join(problems) + " (--force switches anyway)")
+        record = audit_record("rollback" if rollback else "promote", previous, target, by, force, evidence)
+        switch(link, target)
+        write_audit(es, settings.es_index_prefix, record)
+    except (PromotionRefused, BundleError, ConnectionFailure, ConfigError, OSError) as exc:
+        _fail(exc)
+    console.print(
+        f"{record['action']}: {link} -> {record['to_path']} ({record['from_version']} -> {record['to_version']}); "
+        f"workers reading it swap within seconds; audit {record['id']} in {settings.es_index_prefix}-audit",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -150,6 +150,7 @@ class Settings(BaseSettings):
     topic_deadletter: str = "finsent.deadletter"
     topic_aggregates: str = "finsent.aggregates"
     topic_alerts: str = "finsent.alerts"
+    topic_shadow: str = "finsent.shadow"
     topic_partitions: int = Field(default=4, ge=1, le=10_000)
     topic_replication_factor: int = Field(default=1, ge=1, le=32)
     # min.insync.replicas of the topics finsent creates (None: the broker's default); with acks=all
@@ -209,6 +210,17 @@ class Settings(BaseSettings):
     es_retention_days: int = Field(default=30, ge=1, le=36_500)  # scored records
     es_summary_retention_days: int = Field(default=400, ge=1, le=36_500)  # aggregates and alerts
     es_retention_check_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+
+    # --- shadow evaluation (docs/rollout.md) ---------------------------------------------------
+    # A candidate bundle that scores the scored records beside the serving model, off the serving
+    # path; its results go to topic_shadow and the <prefix>-shadow index only.
+    shadow_bundle: Path | None = None
+    # The share of records the candidate scores, chosen by id (the same ones on every replay).
+    shadow_sample: float = Field(default=1.0, gt=0, le=1)
+    # A record the candidate reaches this long after it was scored is skipped (and counted):
+    # a candidate slower than the stream samples instead of falling further behind.
+    shadow_max_behind_s: float = Field(default=30.0, gt=0, le=86_400)
+    shadow_inference_threads: int = Field(default=1, ge=1, le=256)
 
     # --- windows and alerts ------------------------------------------------------------------
     window_tumbling_s: int = Field(default=60, ge=1, le=86_400)
@@ -292,6 +304,7 @@ class Settings(BaseSettings):
         "kafka_ssl_keyfile",
         "es_ca_certs",
         "model_bundle",
+        "shadow_bundle",
         "company_dictionary",
         "alert_rules",
     )
@@ -301,7 +314,9 @@ class Settings(BaseSettings):
             raise ValueError(f"{str(path)!r} does not exist")
         return path
 
-    @field_validator("topic_raw", "topic_scored", "topic_deadletter", "topic_aggregates", "topic_alerts")
+    @field_validator(
+        "topic_raw", "topic_scored", "topic_deadletter", "topic_aggregates", "topic_alerts", "topic_shadow"
+    )
     @classmethod
     def _check_topic(cls, name: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", name) or name in {".", ".."}:

@@ -47,6 +47,25 @@ TRANSACTIONS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+SHADOW_RECORDS = Counter(
+    "finsent_shadow_records",
+    "Scored records the shadow stage saw, by outcome: scored by the candidate, not_sampled "
+    "(FINSENT_SHADOW_SAMPLE), skipped_behind (the candidate too far behind), duplicate, unreadable, es_rejected.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SHADOW_LABELS = Counter(
+    "finsent_shadow_labels",
+    "Records the candidate scored, by the serving model's label and the candidate's (agreement and flips).",
+    ["serving", "candidate"],
+    registry=REGISTRY,
+)
+SHADOW_INFERENCE = Histogram(
+    "finsent_shadow_inference_seconds",
+    "The candidate model's inference time per batch.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 EVENT_LOOP_LAG = Histogram(
     "finsent_event_loop_lag_seconds",
     "How late the worker's event loop wakes a 0.25 s sleep: time it spent blocked by work that does not yield.",

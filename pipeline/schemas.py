@@ -189,6 +189,7 @@ class ScoredRecord(BaseModel):
     inferred_topics: list[InferredTopic] = Field(default_factory=list)
     model_version: str
     processed_at: datetime
+    inference_ms: float | None = None  # the batch's inference time per message scored in it
     latency_ms: float  # published_at -> processed_at
     kafka_latency_ms: float | None = None  # Kafka timestamp -> processed_at
     truncated: bool = False
@@ -198,6 +199,40 @@ class ScoredRecord(BaseModel):
     clock_skew_s: float | None = None
     extra: dict | None = None  # unknown input fields, when configured to keep them
     run_id: str | None = None
+
+
+class ShadowEntity(BaseModel):
+    """One ticker's label from each model (the candidate's from its entity head when it has one)."""
+
+    ticker: str
+    serving_label: Label
+    candidate_label: Label
+
+
+class ShadowRecord(BaseModel):
+    """A scored record as the candidate model scores it, beside the serving model's result
+    (shadow topic and index; never the serving outputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    text: str
+    published_at: datetime
+    tickers: list[str] = Field(default_factory=list)
+    topics: list[str] = Field(default_factory=list)
+    label_true: Label | None = None
+    run_id: str | None = None
+    serving_label: Label
+    serving_probabilities: dict[str, float]
+    serving_model_version: str
+    serving_inference_ms: float | None = None  # the serving batch's inference time per message
+    candidate_label: Label
+    candidate_probabilities: dict[str, float]
+    candidate_model_version: str
+    candidate_inference_ms: float  # the candidate batch's inference time per message
+    agree: bool
+    entities: list[ShadowEntity] = Field(default_factory=list)
+    processed_at: datetime
 
 
 DeadLetterReason = Literal[

@@ -100,6 +100,7 @@ SCORED_MAPPINGS = {
         },
         "model_version": {"type": "keyword"},
         "latency_ms": {"type": "float"},
+        "inference_ms": {"type": "float"},
         "kafka_latency_ms": {"type": "float"},
         "truncated": {"type": "boolean"},
         "duplicate_of": {"type": "keyword"},
@@ -152,8 +153,42 @@ ALERT_MAPPINGS = {
     },
 }
 
+SHADOW_MAPPINGS = {
+    "dynamic": False,
+    "properties": {
+        "id": {"type": "keyword"},
+        "text": {"type": "text"},
+        "published_at": {"type": "date"},
+        "processed_at": {"type": "date"},
+        "tickers": {"type": "keyword"},
+        "topics": {"type": "keyword"},
+        "label_true": {"type": "keyword"},
+        "run_id": {"type": "keyword"},
+        "serving_label": {"type": "keyword"},
+        "serving_model_version": {"type": "keyword"},
+        "serving_inference_ms": {"type": "float"},
+        "candidate_label": {"type": "keyword"},
+        "candidate_model_version": {"type": "keyword"},
+        "candidate_inference_ms": {"type": "float"},
+        "agree": {"type": "boolean"},
+        "entities": {
+            "type": "nested",
+            "properties": {
+                "ticker": {"type": "keyword"},
+                "serving_label": {"type": "keyword"},
+                "candidate_label": {"type": "keyword"},
+            },
+        },
+    },
+}
+
 # kind -> mappings; each gets an index template for its dated indices and their alias.
-INDICES = {"scored": SCORED_MAPPINGS, "aggregates": AGGREGATE_MAPPINGS, "alerts": ALERT_MAPPINGS}
+INDICES = {
+    "scored": SCORED_MAPPINGS,
+    "aggregates": AGGREGATE_MAPPINGS,
+    "alerts": ALERT_MAPPINGS,
+    "shadow": SHADOW_MAPPINGS,
+}
 assert tuple(INDICES) == layout.KINDS
 
 
@@ -163,7 +198,7 @@ def index_name(settings: Settings, kind: str) -> str:
 
 
 def retention_days(settings: Settings, kind: str) -> int:
-    return settings.es_retention_days if kind == "scored" else settings.es_summary_retention_days
+    return settings.es_retention_days if kind in ("scored", "shadow") else settings.es_summary_retention_days
 
 
 class _Backoff:

@@ -1,6 +1,6 @@
 """Where each document lives in Elasticsearch, and when its index goes (pure: no client).
 
-Every kind of document (scored, aggregates, alerts) goes to one index per UTC day,
+Every kind of document (scored, aggregates, alerts, shadow) goes to one index per UTC day,
 ``<prefix>-<kind>-YYYY.MM.DD``, read through the alias ``<prefix>-<kind>`` that the index
 template gives each of them. Retention deletes whole days, which costs Elasticsearch nothing,
 where deleting documents by query would rewrite segments.
@@ -18,10 +18,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta
 
-KINDS = ("scored", "aggregates", "alerts")
+KINDS = ("scored", "aggregates", "alerts", "shadow")
 # The field that dates each kind, and the field that says when it was processed (if it has one).
-EVENT_FIELD = {"scored": "published_at", "aggregates": "start", "alerts": "window_start"}
-PROCESSED_FIELD = {"scored": "processed_at"}
+EVENT_FIELD = {"scored": "published_at", "aggregates": "start", "alerts": "window_start", "shadow": "published_at"}
+PROCESSED_FIELD = {"scored": "processed_at", "shadow": "processed_at"}
 _DAY = re.compile(r"(\d{4})\.(\d{2})\.(\d{2})")
 
 

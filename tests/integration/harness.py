@@ -68,6 +68,18 @@ def render(url: str, profile, screenshot=None) -> str:
     return result.stdout
 
 
+def finsent(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """Runs the finsent command with ``env`` over this process's environment."""
+    # A wide terminal keeps rich from folding the messages the tests look for.
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env={**os.environ, "COLUMNS": "300", **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,6 +136,7 @@ class Pipeline:
             "FINSENT_TOPIC_DEADLETTER": f"{self.name}.deadletter",
             "FINSENT_TOPIC_AGGREGATES": f"{self.name}.aggregates",
             "FINSENT_TOPIC_ALERTS": f"{self.name}.alerts",
+            "FINSENT_TOPIC_SHADOW": f"{self.name}.shadow",
             "FINSENT_TOPIC_PARTITIONS": str(self.partitions),
             "FINSENT_ES_INDEX_PREFIX": self.name,
             "FINSENT_MODEL_BUNDLE": str(self.bundle),

@@ -7,16 +7,13 @@ data in Elasticsearch."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from elasticsearch import Elasticsearch
 
-from .harness import Pipeline, wait_for
+from .harness import Pipeline, finsent, wait_for
 from .secured import (
     CLIENT_KEY_PASSWORD,
     ES_PASSWORD,
@@ -43,17 +40,6 @@ def secured(local_stack, tmp_path_factory):
     finally:
         kafka.stop()
         es.stop()
-
-
-def finsent(env: dict, *args: str) -> subprocess.CompletedProcess:
-    # A wide terminal keeps rich from folding the messages the tests look for.
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        env={**os.environ, "COLUMNS": "300", **env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
 
 
 def as_files(env: dict, directory: Path) -> dict:

@@ -1,0 +1,163 @@
+"""Shadow evaluation's pure parts: sampling, the comparison record, the report's figures and
+verdict, and the atomic switch behind `finsent promote`."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.promote import PromotionRefused, check_evidence, current_target, switch
+from pipeline.report import ReportError
+from pipeline.schemas import LABELS, ScoredRecord
+from pipeline.shadow import agreement, compare, sampled, spans_of
+from pipeline.shadow_report import expected_calibration_error, summarise_shadow
+
+NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
+
+
+@given(ids=st.lists(st.text(min_size=1, max_size=20), max_size=50), low=st.floats(0.01, 1), high=st.floats(0.01, 1))
+def test_a_larger_sample_keeps_every_record_a_smaller_one_picked(ids, low, high):
+    low, high = min(low, high), max(low, high)
+    assert {i for i in ids if sampled(i, low)} <= {i for i in ids if sampled(i, high)}
+    assert all(sampled(i, 1.0) for i in ids)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.9])
+def test_the_sample_is_the_share_asked_for(share):
+    picked = sum(sampled(f"msg-{i}", share) for i in range(20_000))
+    assert abs(picked / 20_000 - share) < 0.015
+
+
+def _record(label="positive", entities=()) -> ScoredRecord:
+    probabilities = {"negative": 0.1, "neutral": 0.2, "positive": 0.7}
+    if label != "positive":
+        probabilities = {"negative": 0.7, "neutral": 0.2, "positive": 0.1}
+    return ScoredRecord(
+        id="m1",
+        text="Infosys beats estimates; Wipro slumps",
+        published_at=NOW,
+        tickers=["INFY", "WIT"],
+        label=label,
+        probabilities=probabilities,
+        sentiment_score=0.6,
+        entities=list(entities),
+        model_version="serving-1",
+        processed_at=NOW,
+        inference_ms=2.5,
+        latency_ms=1.0,
+    )
+
+
+def _entity(ticker, span, label):
+    scores = {name: (0.8 if name == label else 0.1) for name in LABELS}
+    return {
+        "ticker": ticker,
+        "mention": "x" if span else None,
+        "span": span,
+        "source": "dictionary" if span else "field",
+        "label": label,
+        "scores": scores,
+        "sentiment_score": scores["positive"] - scores["negative"],
+        "sentiment_of": "entity" if span else "message",
+    }
+
+
+def test_compare_reads_entity_rows_in_span_order_and_gives_unspanned_tickers_the_message_label():
+    record = _record(
+        entities=[
+            _entity("INFY", (0, 7), "positive"),
+            _entity("AAPL", None, "positive"),
+            _entity("WIT", (25, 30), "negative"),
+        ]
+    )
+    assert spans_of(record) == [(0, 7), (25, 30)]
+    message = np.array([0.6, 0.3, 0.1])  # the candidate says negative
+    entities = np.array([[0.1, 0.1, 0.8], [0.9, 0.05, 0.05]])  # INFY positive, WIT negative
+    shadow = compare(record, message, entities, "candidate-2", 3.0, NOW)
+    assert (shadow.serving_label, shadow.candidate_label, shadow.agree) == ("positive", "negative", False)
+    assert [(e.ticker, e.serving_label, e.candidate_label) for e in shadow.entities] == [
+        ("INFY", "positive", "positive"),
+        ("AAPL", "positive", "negative"),
+        ("WIT", "negative", "negative"),
+    ]
+    assert shadow.serving_inference_ms == 2.5 and shadow.candidate_model_version == "candidate-2"
+
+
+def _shadow(i, serving, candidate, truth=None, tickers=("AAPL",)):
+    probs = lambda label: {name: (0.8 if name == label else 0.1) for name in LABELS}  # noqa: E731
+    return {
+        "id": str(i),
+        "text": f"text {i}",
+        "tickers": list(tickers),
+        "topics": [],
+        "label_true": truth,
+        "serving_label": serving,
+        "serving_probabilities": probs(serving),
+        "serving_model_version": "s1",
+        "serving_inference_ms": 2.0,
+        "candidate_label": candidate,
+        "candidate_probabilities": probs(candidate),
+        "candidate_model_version": "c1",
+        "candidate_inference_ms": 3.0,
+        "agree": serving == candidate,
+        "entities": [],
+    }
+
+
+def test_the_verdict_follows_the_thresholds_and_counts_flips_by_direction_and_ticker():
+    records = [_shadow(i, "positive", "positive", "positive") for i in range(8)]
+    records += [
+        _shadow(8, "positive", "negative", "positive", ("NOK",)),
+        _shadow(9, "neutral", "negative", "neutral", ("NOK",)),
+    ]
+    summary = summarise_shadow(records, min_agreement=0.75, max_accuracy_drop=0.25)
+    assert summary["agreement"] == 0.8 and summary["records"] == 10
+    assert (
+        summary["matrix"]["positive"]["negative"] == 1
+        and sum(map(sum, (r.values() for r in summary["matrix"].values()))) == 10
+    )
+    assert summary["flips"] == {"positive->negative": 1, "neutral->negative": 1}
+    assert summary["flips_by_ticker"][0]["name"] == "NOK" and summary["flips_by_ticker"][0]["share"] == 1.0
+    assert summary["accuracy"] == {"serving": 1.0, "candidate": 0.8}
+    assert summary["verdict"] == {"promote": True, "reasons": []}
+    strict = summarise_shadow(records, min_agreement=0.9, max_accuracy_drop=0.1)
+    assert strict["verdict"]["promote"] is False and len(strict["verdict"]["reasons"]) == 2
+    with pytest.raises(ReportError):
+        summarise_shadow([], 0.9, 0.01)
+
+
+def test_agreement_of_records_as_documents_or_models_alike():
+    assert agreement([_shadow(0, "neutral", "neutral"), _shadow(1, "neutral", "positive")])["agreement"] == 0.5
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_grows_with_overconfidence():
+    confidence = np.full(10, 0.8)
+    assert expected_calibration_error(confidence, np.array([1.0] * 8 + [0.0] * 2)) == pytest.approx(0.0)
+    assert expected_calibration_error(np.full(10, 0.99), np.array([1.0] * 5 + [0.0] * 5)) == pytest.approx(0.49)
+
+
+def test_the_switch_replaces_the_link_atomically_and_refuses_a_folder(tmp_path):
+    old, new = tmp_path / "bundle-1", tmp_path / "bundle-2"
+    old.mkdir()
+    new.mkdir()
+    link = tmp_path / "current"
+    link.symlink_to("bundle-1")
+    assert current_target(link) == old.resolve()
+    switch(link, new)
+    assert link.is_symlink() and current_target(link) == new.resolve()
+    assert sorted(os.listdir(tmp_path)) == ["bundle-1", "bundle-2", "current"]  # no temporary left
+    with pytest.raises(PromotionRefused, match="not a symbolic link"):
+        current_target(old)
+
+
+def test_promotion_needs_evidence_about_this_very_candidate_unless_forced():
+    summary = summarise_shadow([_shadow(i, "neutral", "neutral") for i in range(5)], 0.9, 0.01)
+    assert check_evidence(summary, "c1", force=False) == []
+    assert "not of other-3" in check_evidence(summary, "other-3", force=False)[0]
+    assert "no shadow report" in check_evidence(None, "c1", force=False)[0]
+    assert check_evidence(None, "c1", force=True) == []
