@@ -44,7 +44,9 @@ def closure(root: str) -> dict[str, str]:
 def main() -> None:
     pins = closure("finsent")
     python = ".".join(map(str, sys.version_info[:2]))
-    header = f"# finsent's run-time dependencies as tested (python deploy/docker/lock.py; Python {python}, Linux x86-64)."
+    header = (
+        f"# finsent's run-time dependencies as tested (python deploy/docker/lock.py; Python {python}, Linux x86-64)."
+    )
     LOCK.write_text("\n".join([header] + [f"{n}=={v}" for n, v in sorted(pins.items())]) + "\n")
     print(f"{LOCK.relative_to(ROOT)}: {len(pins)} packages")
 
