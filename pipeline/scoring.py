@@ -118,16 +118,28 @@ def scored_records(
     dictionary: CompanyDictionary,
     max_clock_skew_s: float,
     topic_min_score: float = 0.5,
+    mentions: Mapping[int, list[Mention]] | None = None,
 ) -> list[ScoredRecord]:
+    """``mentions``: the companies already linked for the items scored now (linked once: the
+    entity head read their spans); the others are linked here."""
     records = []
     for i, (valid, _fp) in enumerate(messages):
         first = plan.copy_of.get(i)
         entry = scores[i] if i in scores else (scores[first] if isinstance(first, int) else first)
         original = i in scores or i in plan.redelivered
         duplicate_of = None if original else entry["id"]
+        linked = mentions.get(i) if mentions else None
         records.append(
             scored_record(
-                valid, entry, duplicate_of, processed_at, model_version, dictionary, max_clock_skew_s, topic_min_score
+                valid,
+                entry,
+                duplicate_of,
+                processed_at,
+                model_version,
+                dictionary,
+                max_clock_skew_s,
+                topic_min_score,
+                linked,
             )
         )
     return records
@@ -142,12 +154,13 @@ def scored_record(
     dictionary: CompanyDictionary,
     max_clock_skew_s: float,
     topic_min_score: float = 0.5,
+    mentions: list[Mention] | None = None,
 ) -> ScoredRecord:
     message = valid.message
     probs = entry["probabilities"]
-    entities = entity_sentiments(
-        message.text, link_entities(message.text, message.tickers, dictionary, MAX_NAMES), entry
-    )
+    if mentions is None:
+        mentions = link_entities(message.text, message.tickers, dictionary, MAX_NAMES)
+    entities = entity_sentiments(message.text, mentions, entry)
     inferred = sorted(
         ((t, p) for t, p in entry.get("topics", {}).items() if p >= topic_min_score), key=lambda tp: -tp[1]
     )

@@ -253,6 +253,7 @@ class ClassifyStage:
                 self.dictionary,
                 self.settings.max_clock_skew_s,
                 self.settings.topic_min_score,
+                mentions,
             )
             for i in scores:  # what scoring them cost (a shadow evaluation compares it)
                 records[i].inference_ms = per_message_ms

@@ -54,30 +54,7 @@ class ShadowStage:
 
         async def deliver() -> None:
             await cadence.wait()
-            batches = await pending.take(settings.max_batch)
-            events = [event for batch in batches for event in batch.events]
-            shadows = await self._score(events)
-            await self.sink.ensure_template()
-            documents = [s.model_dump(mode="json") for _event, s in shadows]
-            for rejected in await self.sink.write(documents, kind="shadow"):
-                # Our own documents: a rejection is a bug or a broken template; the scored record
-                # is untouched and the shadow record stays on its topic.
-                log.error("Elasticsearch rejected shadow document %s: %s", rejected.doc_id, rejected.reason)
-                metrics.SHADOW_RECORDS.labels("es_rejected").inc()
-            outputs = [
-                (event, Output(self.shadow_topic, s.id.encode(), s.model_dump_json().encode())) for event, s in shadows
-            ]
-            try:
-                await self.outbox.deliver(events, outputs)
-            except TransactionFailed as exc:  # the partition moved: its new owner reads it again
-                log.info("shadow batch not committed: %s", exc)
-                for batch in batches:
-                    self.intake.abandon(batch)
-                return
-            for batch in batches:
-                self.intake.ack(batch)
-            for _event, s in shadows:
-                metrics.SHADOW_LABELS.labels(s.serving_label, s.candidate_label).inc()
+            await self._deliver(await pending.take(settings.max_batch))
 
         deliverer = Worker(deliver)
         deliverer.start()
@@ -86,6 +63,34 @@ class ShadowStage:
                 await deliverer.guard(pending.put(await self.intake.take(events)))
         finally:
             deliverer.stop()
+
+    async def _deliver(self, batches) -> None:
+        """Scores the batches' records with the candidate, indexes the results, then writes them
+        with the batches' offsets through the outbox (one transaction per input partition) and
+        only then acknowledges the batches."""
+        events = [event for batch in batches for event in batch.events]
+        shadows = await self._score(events)
+        await self.sink.ensure_template()
+        documents = [s.model_dump(mode="json") for _event, s in shadows]
+        for rejected in await self.sink.write(documents, kind="shadow"):
+            # Our own documents: a rejection is a bug or a broken template; the scored record is
+            # untouched and the shadow record stays on its topic.
+            log.error("Elasticsearch rejected shadow document %s: %s", rejected.doc_id, rejected.reason)
+            metrics.SHADOW_RECORDS.labels("es_rejected").inc()
+        outputs = [
+            (event, Output(self.shadow_topic, s.id.encode(), s.model_dump_json().encode())) for event, s in shadows
+        ]
+        try:
+            await self.outbox.deliver(events, outputs)
+        except TransactionFailed as exc:  # the partition moved: its new owner reads it again
+            log.info("shadow batch not committed: %s", exc)
+            for batch in batches:
+                self.intake.abandon(batch)
+            return
+        for batch in batches:
+            self.intake.ack(batch)
+        for _event, s in shadows:
+            metrics.SHADOW_LABELS.labels(s.serving_label, s.candidate_label).inc()
 
     def _chosen(self, events) -> list[tuple[object, ScoredRecord]]:
         settings, now = self.settings, datetime.now(UTC)

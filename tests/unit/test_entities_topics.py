@@ -185,7 +185,10 @@ def test_each_ticker_gets_its_own_sentiment_and_windows_and_topics_are_inferred(
         from_message=[np.array([False, False]), np.zeros(0, bool)],
     )
     scores = first_scores(plan, batch, inference, NOW, "m1", mentions, TOPICS)
-    first, second = scored_records(plan, batch, scores, datetime.now(UTC), "m1", dictionary, 300.0, 0.5)
+    processed = datetime.now(UTC)
+    first, second = scored_records(plan, batch, scores, processed, "m1", dictionary, 300.0, 0.5)
+    # The mentions the entity head read, passed on, give the same records as linking again.
+    assert scored_records(plan, batch, scores, processed, "m1", dictionary, 300.0, 0.5, mentions) == [first, second]
     by_ticker = {e.ticker: e for e in first.entities}
     assert [e.ticker for e in first.entities] == ["TCS", "INFY", "WIPRO"]
     assert (by_ticker["INFY"].label, by_ticker["WIPRO"].label) == ("positive", "negative")

@@ -161,3 +161,91 @@ def test_promotion_needs_evidence_about_this_very_candidate_unless_forced():
     assert "not of other-3" in check_evidence(summary, "other-3", force=False)[0]
     assert "no shadow report" in check_evidence(None, "c1", force=False)[0]
     assert check_evidence(None, "c1", force=True) == []
+
+
+class _Topic:
+    def get_topic_name(self):
+        return "t.shadow"
+
+    async def send(self, **kwargs):  # the stage must never write around the outbox
+        raise AssertionError("a shadow record was sent outside the outbox (and its transaction)")
+
+
+class _Outbox:
+    exactly_once = True
+
+    def __init__(self, log):
+        self.log = log
+
+    async def deliver(self, events, outputs):
+        self.log.append(
+            ("deliver", [e.value for e in events], [(e.value, o.topic.get_topic_name()) for e, o in outputs])
+        )
+
+
+class _Intake:
+    def __init__(self, log):
+        self.log = log
+
+    def ack(self, batch):
+        self.log.append(("ack", batch))
+
+    def abandon(self, batch):
+        self.log.append(("abandon", batch))
+
+
+class _Sink:
+    def __init__(self):
+        self.documents = []
+
+    async def ensure_template(self):
+        pass
+
+    async def write(self, documents, kind="scored", index=None):
+        assert kind == "shadow"
+        self.documents += documents
+        return []
+
+
+class _Candidate:
+    class classifier:  # stands in for a Classifier instance
+        model_version = "candidate-2"
+
+        @staticmethod
+        def infer(texts, spans):
+            from pipeline.classify import Inference
+
+            n = len(texts)
+            return Inference(np.tile([0.1, 0.2, 0.7], (n, 1)), None, [np.zeros((len(s), 3)) for s in spans], [])
+
+
+class _Event:
+    def __init__(self, value: bytes):
+        self.value = value
+
+
+def test_the_stage_writes_only_through_the_outbox_and_acknowledges_after_it(monkeypatch):
+    import asyncio
+
+    from pipeline.config import Settings
+    from pipeline.faustcompat import Batch
+    from pipeline.stages.shadow import ShadowStage
+
+    log: list = []
+    sink = _Sink()
+    settings = Settings(shadow_sample=1.0, shadow_max_behind_s=3600)
+    stage = ShadowStage(settings, _Intake(log), _Outbox(log), _Candidate(), sink, _Topic())
+    fresh = _record().model_copy(update={"processed_at": datetime.now(UTC)})
+    copy = fresh.model_copy(update={"id": "m2", "duplicate_of": "m1"})
+    events = [
+        _Event(fresh.model_dump_json().encode()),
+        _Event(b"{not a record"),
+        _Event(copy.model_dump_json().encode()),
+    ]
+    batches = [Batch([], events[:2]), Batch([], events[2:])]
+    asyncio.run(stage._deliver(batches))
+    (deliver, ack_1, ack_2) = log
+    assert deliver[0] == "deliver" and deliver[1] == [e.value for e in events]  # every offset, scored or not
+    assert deliver[2] == [(events[0].value, "t.shadow")]  # the copy and the unreadable one: no shadow record
+    assert (ack_1, ack_2) == (("ack", batches[0]), ("ack", batches[1]))
+    assert [d["id"] for d in sink.documents] == ["m1"] and sink.documents[0]["candidate_label"] == "positive"
