@@ -596,6 +596,7 @@ def report(
 
 
 def _shadow_summary(settings, run_id, since, until, min_agreement, max_accuracy_drop) -> dict:
+    from .alerts import RuleError
     from .clients import ConnectionFailure
     from .report import ReportError
     from .shadow_report import shadow_from_elasticsearch, summarise_shadow
@@ -607,8 +608,13 @@ def _shadow_summary(settings, run_id, since, until, min_agreement, max_accuracy_
         scope = f"run {run_id}" if run_id else f"since {since.isoformat()}"
         if not records:
             raise ReportError(f"no shadow records for {scope} in {settings.es_index_prefix}-shadow")
-        return summarise_shadow(records, min_agreement, max_accuracy_drop)
-    except (ReportError, ConnectionFailure, ConfigError) as exc:
+        rules = []
+        if settings.alert_rules:
+            from .alerts import load_rules
+
+            rules = load_rules(settings.alert_rules, [spec.name for spec in settings.window_config().specs])
+        return summarise_shadow(records, min_agreement, max_accuracy_drop, settings.window_config(), rules)
+    except (ReportError, RuleError, ConnectionFailure, ConfigError) as exc:
         _fail(exc)
 
 

@@ -3,8 +3,8 @@
 Reads the shadow records (stages/shadow.py) of a replay run or a time range from Elasticsearch
 and reports the agreement matrix, label flips by direction, by ticker and by topic with example
 texts, accuracy and calibration of both models where the replay carried labels, the inference
-time of both, and a verdict against the user's thresholds. Alerts the candidate would have fired
-are not evaluated yet (the shadow stage runs no windows).
+time of both, the alerts each model's labels would raise (windows and rules recomputed from the
+shadow records), and a verdict against the user's thresholds.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter, defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -93,14 +93,70 @@ def _flips_by(records: list[dict], field: str) -> list[dict]:
     return sorted(rows, key=lambda row: (-row["flips"], row["name"]))[:TOP]
 
 
+def _rows(records: list[dict], side: str) -> dict[str, list[tuple[float, float, str]]]:
+    """name -> (event time, score, label) as ``side``'s model saw each record: a ticker by its
+    own entity label where it has one, a topic by the message's; scores are the message's
+    p(positive) - p(negative) (shadow records keep labels per entity, not scores)."""
+    rows: dict[str, list] = defaultdict(list)
+    for r in records:
+        probs = r[f"{side}_probabilities"]
+        score = probs["positive"] - probs["negative"]
+        t = datetime.fromisoformat(r["published_at"].replace("Z", "+00:00")).timestamp()
+        own = {e["ticker"]: e[f"{side}_label"] for e in r.get("entities", [])}
+        for ticker in r.get("tickers", []):
+            rows[ticker].append((t, score, own.get(ticker, r[f"{side}_label"])))
+        for topic in r.get("topics", []):
+            if topic not in own:
+                rows[topic].append((t, score, r[f"{side}_label"]))
+    return rows
+
+
+def _alerts(config, rules, rows: dict[str, list]) -> set[tuple[str, str, float]]:
+    from . import windows
+    from .alerts import apply_rules
+
+    fired = set()
+    flush = max(spec.size_s for spec in config.specs) + config.lateness_s
+    for name, items in rows.items():
+        state, rule_states = windows.new_state(), {}
+        for t, score, label in sorted(items):
+            windows.add(config, state, t, score, label)
+        for window in windows.close(config, name, state, max(t for t, _s, _l in items) + flush):
+            for alert in apply_rules(rules, window, rule_states):
+                if alert["status"] == "firing":
+                    fired.add((alert["rule"], alert["topic"], window.start))
+    return fired
+
+
+def alert_differences(records: list[dict], config, rules) -> dict:
+    """The alert episodes each model's labels would start, windows and rules recomputed from the
+    shadow records in event time (as the window stage would, with no late records)."""
+    serving, candidate = (_alerts(config, rules, _rows(records, side)) for side in ("serving", "candidate"))
+
+    def listed(keys):
+        return [
+            {"rule": rule, "name": name, "window_start": datetime.fromtimestamp(start, UTC).isoformat()}
+            for rule, name, start in sorted(keys)
+        ]
+
+    return {
+        "both": len(serving & candidate),
+        "candidate_only": listed(candidate - serving),
+        "serving_only": listed(serving - candidate),
+    }
+
+
 def _quantiles(values: list[float]) -> dict | None:
     if not values:
         return None
     return {f"p{q}": float(np.percentile(values, q)) for q in (50, 99)}
 
 
-def summarise_shadow(records: list[dict], min_agreement: float, max_accuracy_drop: float) -> dict:
-    """Figures and verdict of a set of shadow records (pure)."""
+def summarise_shadow(
+    records: list[dict], min_agreement: float, max_accuracy_drop: float, window_config=None, rules=()
+) -> dict:
+    """Figures and verdict of a set of shadow records (pure); with a window configuration and
+    rules, the alerts that would differ."""
     if not records:
         raise ReportError("no shadow records to report")
     summary: dict = {
@@ -119,6 +175,8 @@ def summarise_shadow(records: list[dict], min_agreement: float, max_accuracy_dro
     entity_pairs = [(e["serving_label"], e["candidate_label"]) for r in records for e in r.get("entities", [])]
     if entity_pairs:
         summary["entity_agreement"] = sum(s == c for s, c in entity_pairs) / len(entity_pairs)
+    if window_config is not None and rules:
+        summary["alerts"] = alert_differences(records, window_config, rules)
     labelled = [r for r in records if r.get("label_true")]
     reasons = []
     if summary["agreement"] < min_agreement:
@@ -200,6 +258,14 @@ def write_shadow_report(summary: dict, title: str, output: Path) -> Path:
             for r in summary[field]
         ]
         sections.append((field, heading, _table(["name", "records", "flips", "share", "directions", "examples"], rows)))
+    if "alerts" in summary:
+        alerts = summary["alerts"]
+        rows = [
+            ["candidate only (would fire)", a["rule"], a["name"], a["window_start"]] for a in alerts["candidate_only"]
+        ]
+        rows += [["serving only (would miss)", a["rule"], a["name"], a["window_start"]] for a in alerts["serving_only"]]
+        note = f"<p>{alerts['both']} alert episodes start under both models.</p>"
+        sections.append(("alerts", "Alerts that differ", note + _table(["", "rule", "name", "window start"], rows)))
     body = "".join(f'<section id="{a}"><h2>{html.escape(h)}</h2>{c}</section>' for a, h, c in sections)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>finsent shadow report {html.escape(title)}</title>
 <style>{STYLE}</style></head><body><h1>finsent shadow report: {html.escape(title)}</h1>{body}</body></html>"""

@@ -73,6 +73,7 @@ def test_shadow_report_promote_and_rollback(local_stack, tiny_bundle, tiny_heads
         assert summary["agreement"] == sum(offline.values()) / len(offline)
         assert {s["id"]: s["agree"] for s in shadow} == offline
         assert summary["verdict"] == {"promote": True, "reasons": []}
+        assert {"both", "candidate_only", "serving_only"} <= set(summary["alerts"])  # the shipped rules
 
         # A verdict against the candidate refuses the promotion and exits 1; the link stays.
         strict = ["--run-id", run, "--min-agreement", "1", "--max-accuracy-drop", "0"]

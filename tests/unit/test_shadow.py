@@ -249,3 +249,30 @@ def test_the_stage_writes_only_through_the_outbox_and_acknowledges_after_it(monk
     assert deliver[2] == [(events[0].value, "t.shadow")]  # the copy and the unreadable one: no shadow record
     assert (ack_1, ack_2) == (("ack", batches[0]), ("ack", batches[1]))
     assert [d["id"] for d in sink.documents] == ["m1"] and sink.documents[0]["candidate_label"] == "positive"
+
+
+def test_alert_differences_name_the_episodes_only_one_model_would_start():
+    from pipeline.alerts import Rule
+    from pipeline.shadow_report import alert_differences
+    from pipeline.windows import WindowConfig
+
+    config = WindowConfig.from_seconds(60, 0, 60, lateness_s=0)
+    rules = [Rule(name="burst", kind="negative_share", window="1m", threshold=0.6, min_messages=5, severity="page")]
+    records = []
+    for i in range(10):  # one minute of AAPL: the candidate calls it negative, the serving model neutral
+        r = _shadow(i, "neutral", "negative", tickers=("AAPL",))
+        r["published_at"] = f"2026-12-06T10:00:{i:02d}Z"
+        records.append(r)
+    for i in range(10):  # one minute of NOK both call negative; a ticker's own label counts over the message's
+        r = _shadow(100 + i, "neutral", "neutral", tickers=("NOK",))
+        r["published_at"] = f"2026-12-06T10:05:{i:02d}Z"
+        r["entities"] = [{"ticker": "NOK", "serving_label": "negative", "candidate_label": "negative"}]
+        records.append(r)
+    differences = alert_differences(records, config, rules)
+    assert differences["both"] == 1
+    assert differences["candidate_only"] == [
+        {"rule": "burst", "name": "AAPL", "window_start": "2026-12-06T10:00:00+00:00"}
+    ]
+    assert differences["serving_only"] == []
+    summary = summarise_shadow(records, 0.0, 1.0, config, rules)
+    assert summary["alerts"] == differences
