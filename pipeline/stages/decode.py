@@ -7,19 +7,15 @@ entries. A partition's messages keep their order.
 
 from __future__ import annotations
 
-import logging
-
 from ..config import Settings
 from ..decode import Origin, dead_letter, decode, too_large, validated
 from ..dedup import fingerprint
 from ..faustcompat import Intake
 from ..schemas import DeadLetter
-from ..transactions import Output, TransactionFailed
+from ..transactions import Output
 from .batching import Pending, Worker
 from .dead_letters import DeadLetters
-from .outbox import Outbox
-
-log = logging.getLogger("finsent.worker")
+from .outbox import Outbox, deliver_and_acknowledge
 
 
 class DecodeStage:
@@ -37,17 +33,8 @@ class DecodeStage:
         async def deliver() -> None:
             await cadence.wait()
             batches = await pending.take(settings.max_batch * 4)
-            events = [event for batch in batches for event in batch.events]
-            outputs = [(event, self._forward(event)) for event in events]
-            try:  # delivered before the batches are acknowledged
-                await self.outbox.deliver(events, outputs)
-            except TransactionFailed as exc:  # the partition moved: its new owner reads it again
-                log.info("decode batch not committed: %s", exc)
-                for batch in batches:
-                    self.intake.abandon(batch)
-                return
-            for batch in batches:
-                self.intake.ack(batch)
+            outputs = [(event, self._forward(event)) for batch in batches for event in batch.events]
+            await deliver_and_acknowledge(self.outbox, self.intake, batches, outputs, "decode")
 
         deliverer = Worker(deliver)
         deliverer.start()

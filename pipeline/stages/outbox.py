@@ -9,11 +9,14 @@ acknowledged too, though its offsets are already committed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 
 from ..decode import MAX_RECORD_BYTES
-from ..transactions import DeliveryRefused, Output, Transactions
+from ..transactions import DeliveryRefused, Output, TransactionFailed, Transactions
+
+log = logging.getLogger("finsent.worker")
 
 
 class Cadence:
@@ -93,3 +96,20 @@ async def _all(awaitables) -> None:
     for result in results:
         if isinstance(result, BaseException):
             raise result
+
+
+async def deliver_and_acknowledge(outbox: Outbox, intake, batches, outputs, stage: str) -> bool:
+    """A stage's checkpoint: its outputs for ``batches`` (with their offsets, exactly-once), then
+    the batches acknowledged; when a partition moved meanwhile, the batches are abandoned for its
+    new owner to read again. Returns whether they were delivered."""
+    events = [event for batch in batches for event in batch.events]
+    try:
+        await outbox.deliver(events, outputs)
+    except TransactionFailed as exc:
+        log.info("%s batch not committed: %s", stage, exc)
+        for batch in batches:
+            intake.abandon(batch)
+        return False
+    for batch in batches:
+        intake.ack(batch)
+    return True

@@ -26,9 +26,9 @@ from ..faustcompat import Intake
 from ..schemas import ScoredRecord, ShadowRecord
 from ..shadow import compare, sampled, spans_of
 from ..sinks.elasticsearch import ElasticsearchSink
-from ..transactions import Output, TransactionFailed
+from ..transactions import Output
 from .batching import Pending, Worker
-from .outbox import Outbox
+from .outbox import Outbox, deliver_and_acknowledge
 
 log = logging.getLogger("finsent.worker")
 
@@ -80,15 +80,8 @@ class ShadowStage:
         outputs = [
             (event, Output(self.shadow_topic, s.id.encode(), s.model_dump_json().encode())) for event, s in shadows
         ]
-        try:
-            await self.outbox.deliver(events, outputs)
-        except TransactionFailed as exc:  # the partition moved: its new owner reads it again
-            log.info("shadow batch not committed: %s", exc)
-            for batch in batches:
-                self.intake.abandon(batch)
+        if not await deliver_and_acknowledge(self.outbox, self.intake, batches, outputs, "shadow"):
             return
-        for batch in batches:
-            self.intake.ack(batch)
         for _event, s in shadows:
             metrics.SHADOW_LABELS.labels(s.serving_label, s.candidate_label).inc()
 
