@@ -700,8 +700,14 @@ def promote(
             if problems:
                 raise PromotionRefused("not promoted: " + "; ".join(problems) + " (--force switches anyway)")
         record = audit_record("rollback" if rollback else "promote", previous, target, by, force, evidence)
-        switch(link, target)
+        # Recorded before it happens: a switch nobody can trace is worse than a record of one
+        # that failed (which is then marked so).
         write_audit(es, settings.es_index_prefix, record)
+        try:
+            switch(link, target)
+        except OSError as exc:
+            write_audit(es, settings.es_index_prefix, {**record, "failed": str(exc)})
+            raise
     except (PromotionRefused, BundleError, ConnectionFailure, ConfigError, OSError) as exc:
         _fail(exc)
     console.print(

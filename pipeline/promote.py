@@ -4,8 +4,8 @@ The serving path (FINSENT_MODEL_BUNDLE) is a symbolic link to a bundle folder; p
 it at another bundle with one atomic rename, so every worker that reads the path (one host, or a
 shared volume) swaps between two batches within its bundle poll (2 s), and none ever sees half a
 bundle. Each switch writes an audit document (who, when, from and to, forced or not, the shadow
-report's figures) to ``<prefix>-audit``; ``rollback`` points the link back where the last switch
-came from.
+report's figures) to ``<prefix>-audit`` before it happens (marked ``failed`` if the rename fails);
+``rollback`` points the link back where the last switch came from.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def last_switch(es, prefix: str) -> dict | None:
     index = audit_index(prefix)
     if not es.indices.exists(index=index):
         return None
-    hits = es.search(index=index, size=1, sort=[{"at": {"order": "desc"}}])["hits"]["hits"]
+    done = {"bool": {"must_not": {"exists": {"field": "failed"}}}}  # a switch that failed changed nothing
+    hits = es.search(index=index, size=1, query=done, sort=[{"at": {"order": "desc"}}])["hits"]["hits"]
     return hits[0]["_source"] if hits else None
 
 
