@@ -234,6 +234,13 @@ def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env:
             "indexed_distinct": len(set(ids)),
             "latency": {k: {f: v for f, v in p.items() if f != "samples"} for k, p in phases.items()},
             "worker_peak_rss_mb": peak_rss_mb(worker.process.pid),
+            # With a candidate in shadow: what it scored and what it skipped for being behind.
+            "shadow_records": {
+                outcome: worker.metric("finsent_shadow_records_total", outcome=outcome)
+                for outcome in ("scored", "skipped_behind", "not_sampled", "duplicate")
+            }
+            if "FINSENT_SHADOW_BUNDLE" in extra_env
+            else None,
         }
     finally:
         pipeline.stop_all()
