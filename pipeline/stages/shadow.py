@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -33,6 +35,16 @@ from .outbox import Outbox, deliver_and_acknowledge
 log = logging.getLogger("finsent.worker")
 
 
+def lower_thread_priority(niceness: int = 19) -> None:
+    """The calling thread yields the CPU to every other: the candidate runs on what the serving
+    path leaves (with one ONNX Runtime thread it runs on this very thread). Linux sets niceness
+    per thread; elsewhere nothing changes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: the same priority then
+        log.info("shadow inference keeps its priority: %s", exc)
+
+
 class ShadowStage:
     def __init__(
         self,
@@ -45,7 +57,9 @@ class ShadowStage:
     ):
         self.settings, self.intake, self.outbox = settings, intake, outbox
         self.candidate, self.sink, self.shadow_topic = candidate, sink, shadow_topic
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow-inference")
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="shadow-inference", initializer=lower_thread_priority
+        )
 
     async def run(self, stream) -> None:
         settings = self.settings

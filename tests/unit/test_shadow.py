@@ -276,3 +276,14 @@ def test_alert_differences_name_the_episodes_only_one_model_would_start():
     assert differences["serving_only"] == []
     summary = summarise_shadow(records, 0.0, 1.0, config, rules)
     assert summary["alerts"] == differences
+
+
+def test_the_candidate_infers_on_a_thread_that_yields_the_cpu_to_serving():
+    import threading
+
+    from pipeline.config import Settings
+    from pipeline.stages.shadow import ShadowStage
+
+    stage = ShadowStage(Settings(), None, None, _Candidate(), _Sink(), _Topic())
+    niceness = stage.executor.submit(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result()
+    assert niceness == 19 and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < 19
