@@ -221,6 +221,9 @@ class Settings(BaseSettings):
     # a candidate slower than the stream samples instead of falling further behind.
     shadow_max_behind_s: float = Field(default=30.0, gt=0, le=86_400)
     shadow_inference_threads: int = Field(default=1, ge=1, le=256)
+    # The shadow stage delivers a batch at most this often: larger, rarer batches (one Kafka
+    # transaction and one Elasticsearch bulk each) leave the event loop and the services to serving.
+    shadow_interval_ms: int = Field(default=1000, ge=0, le=60_000)
 
     # --- windows and alerts ------------------------------------------------------------------
     window_tumbling_s: int = Field(default=60, ge=1, le=86_400)

@@ -30,7 +30,7 @@ from ..shadow import compare, sampled, spans_of
 from ..sinks.elasticsearch import ElasticsearchSink
 from ..transactions import Output
 from .batching import Pending, Worker
-from .outbox import Outbox, deliver_and_acknowledge
+from .outbox import Cadence, Outbox, deliver_and_acknowledge
 
 log = logging.getLogger("finsent.worker")
 
@@ -63,12 +63,12 @@ class ShadowStage:
 
     async def run(self, stream) -> None:
         settings = self.settings
-        pending = Pending(max_events=settings.max_batch * 4)
-        cadence = self.outbox.cadence()
+        pending = Pending(max_events=settings.max_batch * 16)
+        cadence = Cadence(settings.shadow_interval_ms / 1000)
 
         async def deliver() -> None:
             await cadence.wait()
-            await self._deliver(await pending.take(settings.max_batch))
+            await self._deliver(await pending.take(settings.max_batch * 8))
 
         deliverer = Worker(deliver)
         deliverer.start()
