@@ -10,8 +10,9 @@ Elasticsearch exactly once; (3) produce -> scored latency (Kafka timestamp to pr
 with traffic paced at 25 %, 50 % and 80 % of that sustained rate, p50/p95/p99 each, and when a
 read_committed consumer of the scored topic sees each record; (4) the worker's peak memory.
 ``--guarantees at_least_once exactly_once`` repeats (2)-(4) under each processing guarantee;
-``--shadow CANDIDATE`` repeats them with the candidate bundle in shadow (docs/rollout.md) and
-compares the serving p99 at 50 % of sustained and the sustained rate with and without.
+``--shadow CANDIDATE`` repeats them with a shadow worker (`finsent shadow`, the candidate
+bundle) beside the worker (docs/rollout.md) and compares the serving p99 at 50 % of sustained and
+the sustained rate with and without.
 Starts the local stack if needed. Writes JSON and latency histogram PNGs next to --out.
 """
 
@@ -149,6 +150,8 @@ def drain_backlog(args, pipeline: Pipeline, texts: list[str], run: str) -> tuple
     ]
     pipeline.produce(payloads)
     worker = pipeline.start_worker()
+    if "FINSENT_SHADOW_BUNDLE" in pipeline.extra_env:  # beside it on the same host, as a user would
+        pipeline.start_shadow()
     samples: list[tuple[float, float]] = []
     windows_topic = f"{pipeline.env['FINSENT_CONSUMER_GROUP']}.windows"
     deadline = time.monotonic() + 1800
@@ -236,7 +239,7 @@ def measure(args, texts: list[str], run: str, bare: dict[str, float], extra_env:
             "worker_peak_rss_mb": peak_rss_mb(worker.process.pid),
             # With a candidate in shadow: what it scored and what it skipped for being behind.
             "shadow_records": {
-                outcome: worker.metric("finsent_shadow_records_total", outcome=outcome)
+                outcome: pipeline.workers[-1].metric("finsent_shadow_records_total", outcome=outcome)
                 for outcome in ("scored", "skipped_behind", "not_sampled", "duplicate")
             }
             if "FINSENT_SHADOW_BUNDLE" in extra_env

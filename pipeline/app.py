@@ -11,7 +11,7 @@
                                                                      ▼  WindowStage
                       finsent.aggregates, finsent.alerts, Elasticsearch, metrics, live view
 
-    finsent.scored ──ShadowStage (FINSENT_SHADOW_BUNDLE only)──▶ finsent.shadow, <prefix>-shadow
+    finsent.scored ──ShadowStage (`finsent shadow`: its own process and group)──▶ finsent.shadow, <prefix>-shadow
 
 Each stage is a class in pipeline/stages; its decisions live in pure modules (decode, scoring,
 aggregation, windows, alerts), and every faust-streaming internal it needs goes through
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -79,14 +80,10 @@ def create_app(settings: Settings) -> faust.App:
     window_table = app.Table("finsent-windows", default=None, partitions=settings.topic_partitions)
 
     upstream = {topics.raw.get_topic_name(), topics.valid.get_topic_name()}
-    # Every topic a stage consumes: the shadow stage, when on, reads the scored topic.
     consumed = upstream | {topics.windows.get_topic_name()}
-    if settings.shadow_bundle is not None:
-        consumed |= {topics.scored.get_topic_name()}
     gaps = _offset_gaps(app, settings, consumed)
     intake = faustcompat.Intake(app, gaps)
     model = ModelHolder(settings)
-    candidate = ModelHolder(settings, candidate=True) if settings.shadow_bundle is not None else None
     live = LiveView(settings.window_config().specs[0].name)
     sink = ElasticsearchSink(settings)
     dead_letters = DeadLetters(topics.deadletter)
@@ -107,43 +104,19 @@ def create_app(settings: Settings) -> faust.App:
     app.agent(topics.raw, name="decode_stage")(decode.run)
     app.agent(topics.valid, name="classify_stage")(classify.run)
     app.agent(topics.windows, name="window_stage")(window.run)
-    if candidate is not None:  # off the serving path: a stage of its own on the scored topic
-        shadow = ShadowStage(settings, intake, outbox, candidate, sink, topics.shadow)
-        app.agent(topics.scored, name="shadow_stage")(shadow.run)
 
-    @app.on_partitions_assigned.connect
-    async def on_assigned(app, assigned, **kwargs):
-        gaps.reset()
-        first_scores.on_assigned()
-        if transactions is not None:  # fences the previous owners before anything is read
-            await transactions.assign(assigned)
-
-    group_lag = GroupLag(settings, sorted(consumed), lambda: _owned(app, consumed), settings.ready_stall_s)
-    _every(app, 5.0, group_lag.refresh)
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app, revoked, **kwargs):
-        group_lag.forget(revoked)
-        window.on_revoked(revoked)
-        if transactions is not None:
-            await transactions.revoke(revoked)
+    _operate(
+        app, settings, consumed, gaps, transactions, model, live,
+        on_assigned=first_scores.on_assigned, on_revoked=window.on_revoked,
+    )  # fmt: skip
 
     @app.timer(interval=5.0)
     async def index_restored_dedup_entries():
         if first_scores.stale and intake.settled():
             await first_scores.index_restored()
 
-    # Loading a new bundle takes seconds: on its own thread, so scoring goes on meanwhile.
-    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
     app.timer(interval=1.0, name="window_ticks")(window.tick)
-    _every(app, 1.0, gaps.watch)
     _every(app, 1.0, upstream_progress.watch)
-
-    @app.timer(interval=2.0)
-    async def watch_bundle():
-        await model.maybe_swap(asyncio.get_running_loop(), loader)
-        if candidate is not None:
-            await candidate.maybe_swap(asyncio.get_running_loop(), loader)
 
     @app.task
     async def on_start():
@@ -151,8 +124,88 @@ def create_app(settings: Settings) -> faust.App:
         # left to the broker's auto-creation defaults.
         for output in (topics.scored, topics.deadletter, topics.aggregates, topics.alerts):
             await output.maybe_declare()
-        if candidate is not None:
-            await topics.shadow.maybe_declare()
+
+    @app.task
+    async def apply_retention():
+        # Every worker sweeps (a delete of a gone index is a no-op); the first sweep at start, so
+        # workers restarted more often than the interval still apply it.
+        while True:
+            try:
+                await sink.delete_expired()
+            except Exception as exc:  # a refusal (e.g. no delete privilege) must not stop the worker
+                log.warning("Elasticsearch retention failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(settings.es_retention_check_s)
+
+    app.finsent_model = model  # for tests
+    # The Elasticsearch client and the executors are not closed on shutdown: agents may still be
+    # finishing a batch then, and a closed client would turn a clean stop into errors.
+    return app
+
+
+def shadow_group(settings: Settings) -> str:
+    return f"{settings.consumer_group}-shadow"
+
+
+def create_shadow_app(settings: Settings) -> faust.App:
+    """The shadow worker (docs/rollout.md): a process of its own, in a consumer group of its own
+    on the scored topic, so the candidate never shares the serving workers' event loop."""
+    if settings.shadow_bundle is None:
+        raise ValueError("FINSENT_SHADOW_BUNDLE is not set: point it at the candidate bundle")
+    settings = settings.model_copy(update={"consumer_group": shadow_group(settings)})
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    faustcompat.configure_consumer(settings.kafka_fetch_min_bytes, settings.kafka_fetch_max_wait_ms)
+    app = _faust_app(settings)
+    topics = _topics(app, settings)
+    consumed = {topics.scored.get_topic_name()}
+    gaps = _offset_gaps(app, settings, consumed)
+    intake = faustcompat.Intake(app, gaps)
+    candidate = ModelHolder(settings, candidate=True)
+    transactions = _transactions(app, settings, consumed, intake)
+    outbox = Outbox(transactions, settings.transaction_interval_ms / 1000)
+    shadow = ShadowStage(settings, intake, outbox, candidate, ElasticsearchSink(settings), topics.shadow)
+    app.agent(topics.scored, name="shadow_stage")(shadow.run)
+    _operate(app, settings, consumed, gaps, transactions, candidate, LiveView(settings.window_config().specs[0].name))
+
+    @app.task
+    async def on_start():
+        await topics.shadow.maybe_declare()
+
+    return app
+
+
+def _operate(app, settings, consumed, gaps, transactions, model, live, on_assigned=None, on_revoked=None) -> None:
+    """What every worker runs beside its stages: fencing and bookkeeping on rebalances, lag read
+    from the broker, the offset-gap watch, the bundle watch (hot swap), the event-loop watch,
+    readiness and the web pages."""
+    group_lag = GroupLag(settings, sorted(consumed), lambda: _owned(app, consumed), settings.ready_stall_s)
+    _every(app, 5.0, group_lag.refresh)
+    _every(app, 1.0, gaps.watch)
+
+    @app.on_partitions_assigned.connect
+    async def assigned(app, assigned, **kwargs):
+        gaps.reset()
+        if on_assigned is not None:
+            on_assigned()
+        if transactions is not None:  # fences the previous owners before anything is read
+            await transactions.assign(assigned)
+
+    @app.on_partitions_revoked.connect
+    async def revoked(app, revoked, **kwargs):
+        group_lag.forget(revoked)
+        if on_revoked is not None:
+            on_revoked(revoked)
+        if transactions is not None:
+            await transactions.revoke(revoked)
+
+    # Loading a new bundle takes seconds: on its own thread, so scoring goes on meanwhile.
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+
+    @app.timer(interval=2.0)
+    async def watch_bundle():
+        await model.maybe_swap(asyncio.get_running_loop(), loader)
+
+    @app.task
+    async def swap_on_sighup():
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(model.maybe_swap(loop, loader)))
@@ -166,27 +219,12 @@ def create_app(settings: Settings) -> faust.App:
             await asyncio.sleep(0.25)
             metrics.EVENT_LOOP_LAG.observe(max(0.0, time.monotonic() - asked - 0.25))
 
-    @app.task
-    async def apply_retention():
-        # Every worker sweeps (a delete of a gone index is a no-op); the first sweep at start, so
-        # workers restarted more often than the interval still apply it.
-        while True:
-            try:
-                await sink.delete_expired()
-            except Exception as exc:  # a refusal (e.g. no delete privilege) must not stop the worker
-                log.warning("Elasticsearch retention failed: %s: %s", type(exc).__name__, exc)
-            await asyncio.sleep(settings.es_retention_check_s)
-
     def ready():
         assigned = bool(_owned(app, consumed)) and not app.rebalancing
         return readiness(assigned, metrics.ES_BACKPRESSURE._value.get() == 1, group_lag.view.stalled(time.monotonic()))
 
     add_pages(app, model, live, ready)
-    app.finsent_model = model  # for tests
     faustcompat.disable_read_offset_filter(app)
-    # The Elasticsearch client and the executors are not closed on shutdown: agents may still be
-    # finishing a batch then, and a closed client would turn a clean stop into errors.
-    return app
 
 
 def _every(app: faust.App, interval_s: float, job) -> None:
@@ -337,6 +375,19 @@ def _dictionary(settings: Settings) -> CompanyDictionary:
     if settings.company_dictionary:
         return CompanyDictionary.from_csv(settings.company_dictionary)
     return CompanyDictionary.empty()
+
+
+def run_shadow_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Blocks running one shadow worker (at the lowest CPU priority) until it is stopped."""
+    if settings.shadow_bundle is None:
+        raise ValueError("FINSENT_SHADOW_BUNDLE is not set: point it at the candidate bundle")
+    open_bundle(settings.shadow_bundle, verify_checksums=False)
+    try:
+        os.nice(19)  # a candidate never takes CPU a serving worker on the same host wants
+    except OSError:  # pragma: no cover - not allowed: it runs at the same priority then
+        log.info("the shadow worker keeps its CPU priority")
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    faustcompat.run(create_shadow_app(settings), loglevel)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

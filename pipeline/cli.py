@@ -485,6 +485,27 @@ def worker(
 
 
 @app.command()
+def shadow(
+    config: Path | None = ConfigOption,
+    bundle: Path | None = typer.Option(None, help="Candidate bundle (overrides FINSENT_SHADOW_BUNDLE)."),
+    loglevel: str = typer.Option("info"),
+) -> None:
+    """Run a shadow worker: a candidate bundle scores the scored topic beside the serving model
+    (its own process and consumer group, lowest CPU priority); docs/rollout.md."""
+    from .app import run_shadow_worker
+    from .bundle import BundleError
+
+    try:
+        settings = load_settings(config, **({"shadow_bundle": bundle} if bundle else {}))
+    except ConfigError as exc:
+        _fail(exc)
+    try:
+        run_shadow_worker(settings, loglevel)
+    except (BundleError, ValueError) as exc:
+        _fail(exc)
+
+
+@app.command()
 def replay(
     path: Path = typer.Argument(..., help="Financial PhraseBank .txt, Twitter Financial News .csv, or CSV/JSONL."),
     speedup: float | None = typer.Option(

@@ -212,8 +212,8 @@ class Settings(BaseSettings):
     es_retention_check_s: float = Field(default=3600.0, gt=0, le=7 * 86_400)
 
     # --- shadow evaluation (docs/rollout.md) ---------------------------------------------------
-    # A candidate bundle that scores the scored records beside the serving model, off the serving
-    # path; its results go to topic_shadow and the <prefix>-shadow index only.
+    # The candidate bundle a shadow worker (`finsent shadow`) scores the scored records with,
+    # beside the serving model; its results go to topic_shadow and the <prefix>-shadow index only.
     shadow_bundle: Path | None = None
     # The share of records the candidate scores, chosen by id (the same ones on every replay).
     shadow_sample: float = Field(default=1.0, gt=0, le=1)

@@ -1,8 +1,8 @@
 """Shadow stage: scored topic -> the candidate model's view of each record (shadow topic and index).
 
-A candidate bundle (FINSENT_SHADOW_BUNDLE) scores what the serving model scored, in a stage of
-its own with its own inference thread: the serving path (decode -> classify -> windows) never
-waits for it. Records are chosen by id (FINSENT_SHADOW_SAMPLE, the same ones on every replay);
+A candidate bundle (FINSENT_SHADOW_BUNDLE) scores what the serving model scored, in a shadow
+worker of its own (app.create_shadow_app, `finsent shadow`): the serving path (decode ->
+classify -> windows) never waits for it nor shares its event loop. Records are chosen by id (FINSENT_SHADOW_SAMPLE, the same ones on every replay);
 one the candidate reaches more than FINSENT_SHADOW_MAX_BEHIND_S after it was scored is skipped
 and counted, so a candidate slower than the stream samples instead of falling further behind.
 Outputs go through the outbox like every stage's (exactly-once on the shadow topic, one document

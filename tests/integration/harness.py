@@ -153,11 +153,15 @@ class Pipeline:
             values[name] = value
         return Settings(**values)
 
-    def start_worker(self, index: int = 0) -> Worker:
-        worker = Worker(self, index)
+    def start_worker(self, index: int = 0, command: str = "worker") -> Worker:
+        worker = Worker(self, index, command)
         worker.start()
         self.workers.append(worker)
         return worker
+
+    def start_shadow(self, index: int = 100) -> Worker:
+        """A shadow worker (`finsent shadow`) with FINSENT_SHADOW_BUNDLE from ``extra_env``."""
+        return self.start_worker(index, "shadow")
 
     def stop_all(self) -> None:
         for worker in self.workers:
@@ -334,8 +338,8 @@ class Pipeline:
 
 
 class Worker:
-    def __init__(self, pipeline: Pipeline, index: int):
-        self.pipeline = pipeline
+    def __init__(self, pipeline: Pipeline, index: int, command: str = "worker"):
+        self.pipeline, self.command = pipeline, command
         self.port = free_port()
         self.state = pipeline.workdir / f"state-{index}"
         self.log = pipeline.workdir / f"worker-{index}.log"
@@ -351,7 +355,7 @@ class Worker:
         with open(self.log, "ab") as log:
             level = os.environ.get("FINSENT_TEST_WORKER_LOGLEVEL", "warning")
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", level],
+                [sys.executable, "-m", "pipeline.cli", self.command, "--loglevel", level],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

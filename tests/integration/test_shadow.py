@@ -1,6 +1,7 @@
-"""Shadow evaluation through the real broker and Elasticsearch: a candidate scores a replay beside
-the serving model, the report's agreement equals an offline comparison, promotion switches every
-worker and is audited, a rollback goes back, and a SIGKILL leaves the shadow topic exactly-once."""
+"""Shadow evaluation through the real broker and Elasticsearch: a shadow worker's candidate scores
+a replay beside the serving worker, the report's agreement equals an offline comparison,
+promotion switches every worker and is audited, a rollback goes back, and a SIGKILL of the shadow
+worker leaves the shadow topic exactly-once."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_shadow_report_promote_and_rollback(local_stack, tiny_bundle, tiny_heads
     run = f"run-{unique}"
     data = _labelled_file(phrasebank, tmp_path / "news.csv", 60)
     try:
-        worker = pipeline.start_worker()
+        worker, shadow_worker = pipeline.start_worker(), pipeline.start_shadow()
         replay = finsent(pipeline.env, "replay", str(data), "--rate", "200", "--run-id", run)
         assert replay.returncode == 0, replay.stderr
         pipeline.wait_indexed(60)
@@ -57,7 +58,8 @@ def test_shadow_report_promote_and_rollback(local_stack, tiny_bundle, tiny_heads
         assert {s["candidate_model_version"] for s in shadow} == {"tiny-heads-1"}
         on_scored_topic = pipeline.read_topic("FINSENT_TOPIC_SCORED", 60, isolation_level="read_committed")
         assert {r["model_version"] for r in on_scored_topic} == {"tiny-1"}
-        assert worker.metric("finsent_shadow_records_total", outcome="scored") == 60
+        assert shadow_worker.metric("finsent_shadow_records_total", outcome="scored") == 60
+        assert worker.metric("finsent_shadow_records_total", outcome="scored") == 0  # not on the serving path
 
         # The report's agreement is the offline comparison of the two bundles on the same texts.
         candidate = Classifier(open_bundle(tiny_heads_bundle), intra_op_threads=1)
@@ -124,14 +126,15 @@ def test_a_sigkill_during_shadow_scoring_leaves_the_shadow_topic_exactly_once(
     )
     data = _labelled_file(phrasebank, tmp_path / "news.csv", 400)
     try:
-        worker = pipeline.start_worker()
+        pipeline.start_worker()
+        shadow_worker = pipeline.start_shadow()
         replay = finsent(pipeline.env, "replay", str(data), "--rate", "400", "--run-id", f"run-{unique}")
         assert replay.returncode == 0, replay.stderr
         # Killed while the candidate is mid-stream: some shadow records out, not all.
-        wait_for(lambda: worker.metric("finsent_shadow_records_total", outcome="scored") >= 40, 120, "shadow work")
-        worker.kill()
+        wait_for(lambda: shadow_worker.metric("finsent_shadow_records_total", outcome="scored") >= 40, 120, "shadow")
+        shadow_worker.kill()
         assert len(pipeline.documents("shadow")) < 400, "the kill came after the shadow stage had finished"
-        pipeline.start_worker(1)
+        pipeline.start_shadow(101)
         ids = set(pipeline.wait_indexed(400, timeout_s=240))
         wait_for(lambda: len(pipeline.documents("shadow")) >= 400, 240, "400 shadow documents")
         pipeline.assert_once_each("FINSENT_TOPIC_SHADOW", ids, timeout_s=120)
