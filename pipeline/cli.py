@@ -519,8 +519,8 @@ def replay(
     fmt: str | None = typer.Option(
         None,
         "--format",
-        help="Default: detected.",
-        callback=_one_of("phrasebank", "twitter", "csv", "jsonl"),
+        help="Default: detected (entities: SEntFiN's CSV or text,entity,label, for per-ticker accuracy).",
+        callback=_one_of("phrasebank", "twitter", "entities", "csv", "jsonl"),
     ),
     text_column: str = typer.Option("text"),
     label_column: str = typer.Option("label"),

@@ -1,7 +1,8 @@
 """Replay a labelled or historical file into the raw topic, to evaluate a model on a live stream.
 
-Rows come from Financial PhraseBank, the Twitter Financial News CSV, or any CSV/JSONL with a text
-column and optional label, time, tickers, topics, source and id columns. With timestamps, the
+Rows come from Financial PhraseBank, the Twitter Financial News CSV, an entity-level file (SEntFiN's
+CSV or text,entity,label: one message per text, carrying each entity's label and span), or any
+CSV/JSONL with a text column and optional label, time, tickers, topics, source and id columns. With timestamps, the
 original gaps are kept, divided by ``speedup``, and ``published_at`` is the original time (so
 windows and alerts are those the live stream would have produced); without them, messages go
 out at a fixed ``rate`` with synthetic, increasing ``published_at`` from ``start``.
@@ -25,8 +26,9 @@ from pathlib import Path
 
 from .clients import kafka_producer
 from .progress import Progress
-from .schemas import LABEL_ALIASES, TWITTER_LABELS, RawMessage
+from .schemas import LABEL_ALIASES, TWITTER_LABELS, EntityLabel, RawMessage
 
+FORMATS = ("phrasebank", "twitter", "entities", "csv", "jsonl")
 TIME_COLUMNS = ("published_at", "timestamp", "created_at", "date", "time")
 
 
@@ -43,6 +45,7 @@ class ReplayRow:
     tickers: list[str] = field(default_factory=list)
     topics: list[str] = field(default_factory=list)
     source: str | None = None
+    entity_labels: list[EntityLabel] = field(default_factory=list)
 
 
 @dataclass
@@ -73,8 +76,10 @@ def detect_format(path: Path) -> str:
     if name.endswith(".csv"):
         with open(path, encoding="utf-8", errors="replace", newline="") as handle:
             header = next(csv.reader(handle), [])
+        if {"Title", "Decisions"} <= set(header) or {"text", "entity", "label"} <= set(header):
+            return "entities"
         return "twitter" if header == ["text", "label"] else "csv"
-    raise ReplayError(f"{path}: cannot tell the format from the name; use --format phrasebank|twitter|csv|jsonl")
+    raise ReplayError(f"{path}: cannot tell the format from the name; use --format {'|'.join(FORMATS)}")
 
 
 def _label(raw, twitter: bool) -> str:
@@ -114,6 +119,8 @@ def read_rows(
     fmt = fmt or detect_format(path)
     if fmt == "phrasebank":
         return _phrasebank_rows(path)
+    if fmt == "entities":
+        return _entity_rows(path)
     bad: Counter = Counter()
     rows: list[ReplayRow] = []
     handle, records = _open_records(path, fmt, text_column)
@@ -148,6 +155,26 @@ def _phrasebank_rows(path: Path) -> tuple[list[ReplayRow], Counter]:
             rows.append(ReplayRow(number, text.strip(), _label(label, False)))
         except ValueError as exc:
             bad[str(exc).split(" '")[0]] += 1
+    return rows, bad
+
+
+def _entity_rows(path: Path) -> tuple[list[ReplayRow], Counter]:
+    """One row per text of an entity-level file, with every entity's label at its span."""
+    from training.data import BadDataError, by_text, load_entity_file
+
+    bad: Counter = Counter()
+    try:
+        examples = load_entity_file(path, skip_bad_rows=True, bad_rows=bad)
+    except BadDataError as exc:
+        raise ReplayError(str(exc)) from None
+    rows = [
+        ReplayRow(
+            mentions[0].line,
+            text,
+            entity_labels=[EntityLabel(entity=m.entity, span=(m.start, m.end), label=m.label) for m in mentions],
+        )
+        for text, mentions in by_text(examples).items()
+    ]
     return rows, bad
 
 
@@ -223,6 +250,7 @@ def messages(
             tickers=row.tickers,
             topics=row.topics,
             label=row.label,
+            entity_labels=row.entity_labels,
             run_id=run_id,
         )
         out.append((offset, message.model_dump(mode="json", exclude_none=True)))

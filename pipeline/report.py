@@ -3,6 +3,8 @@
 Reads the run's scored records from Elasticsearch (or from the scored topic), the alerts raised
 for its topics while it ran, and its dead letters from the dead-letter topic. Reports the key
 figures, accuracy against the replay's labels (per-class precision/recall, confusion matrix),
+each entity's own sentiment against an entity replay's labels (per ticker, and where a text's
+entities disagree),
 latency p50/p95/p99 with its histogram, throughput over time, 1-minute window charts of the
 tickers that alerted and the busiest ones (alert episodes shaded), the alerts, and dead letters
 by reason; the demo adds its scorecard.
@@ -134,6 +136,9 @@ def summarise(scored: list[dict], alerts: list[dict], letters: Counter) -> dict:
             per_class=metrics.get("per_class"),
             confusion_matrix=metrics["confusion_matrix"],
         )
+    entities = entity_accuracy(scored)
+    if entities:
+        summary["entities"] = entities
     latencies = np.array([r["kafka_latency_ms"] for r in scored if r.get("kafka_latency_ms") is not None])
     if latencies.size:
         summary["latency_ms"] = {f"p{q}": float(np.percentile(latencies, q)) for q in (50, 95, 99)}
@@ -142,6 +147,56 @@ def summarise(scored: list[dict], alerts: list[dict], letters: Counter) -> dict:
         summary["throughput_msgs_per_s"] = len(processed) / max(processed[-1] - processed[0], 1e-3)
     summary["models"] = dict(Counter(r["model_version"] for r in scored))
     return summary
+
+
+def entity_accuracy(scored: list[dict], top_unlinked: int = 20) -> dict | None:
+    """How each labelled entity of an entity replay was scored: the record's entity whose span
+    overlaps the labelled one gives its label (a labelled entity the linker did not find is
+    unlinked). Accuracy overall, per ticker, where a text's entities disagree, and what copying
+    the message's label to every entity would have scored on the same entities."""
+    rows = []  # (ticker or None, truth, entity label or None, message label, disagree, entity)
+    for record in scored:
+        truths = record.get("entity_labels_true") or []
+        disagree = len({t["label"] for t in truths}) > 1
+        for truth in truths:
+            start, end = truth["span"]
+            found = next(
+                (
+                    e
+                    for e in record.get("entities", [])
+                    if e.get("span") and e["span"][0] < end and start < e["span"][1]
+                ),
+                None,
+            )
+            ticker, predicted = (found["ticker"], found["label"]) if found else (None, None)
+            rows.append((ticker, truth["label"], predicted, record["label"], disagree, truth["entity"]))
+    if not rows:
+        return None
+    linked = [r for r in rows if r[0]]
+
+    def accuracy(part: list[tuple], column: int = 2) -> float | None:
+        return sum(r[1] == r[column] for r in part) / len(part) if part else None
+
+    per_ticker: dict[str, list[tuple]] = {}
+    for row in linked:
+        per_ticker.setdefault(row[0], []).append(row)
+    disagreeing = [r for r in linked if r[4]]
+    return {
+        "labelled": len(rows),
+        "linked": len(linked),
+        "accuracy": accuracy(linked),
+        "message_label_accuracy": accuracy(linked, column=3),
+        "disagreeing": {
+            "entities": len(disagreeing),
+            "accuracy": accuracy(disagreeing),
+            "message_label_accuracy": accuracy(disagreeing, column=3),
+        },
+        "per_ticker": {
+            ticker: {"entities": len(part), "accuracy": accuracy(part)}
+            for ticker, part in sorted(per_ticker.items(), key=lambda item: (-len(item[1]), item[0]))
+        },
+        "unlinked": dict(Counter(r[5] for r in rows if not r[0]).most_common(top_unlinked)),
+    }
 
 
 def _png(fig) -> str:
@@ -214,6 +269,29 @@ def _ticker_windows_figure(plt, scored: list[dict], alerts: list[dict], topics: 
     return fig
 
 
+ENTITY_CHART_TICKERS = 20
+ENTITY_TABLE_TICKERS = 100  # the most labelled; summary.json has them all
+
+
+def _entity_accuracy_figure(plt, entities: dict):
+    """Accuracy of the most-labelled tickers' own sentiment, beside the overall figure and what
+    one label per message would have scored."""
+    tickers = list(entities["per_ticker"])[:ENTITY_CHART_TICKERS][::-1]
+    values = [entities["per_ticker"][t]["accuracy"] for t in tickers]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(tickers) + 1.2))
+    ax.barh(tickers, values, color="tab:blue")
+    for y, ticker in enumerate(tickers):
+        ax.annotate(f" n={entities['per_ticker'][ticker]['entities']}", (values[y], y), va="center", fontsize=7)
+    ax.axvline(entities["accuracy"], color="black", label=f"all linked entities {entities['accuracy']:.3f}")
+    copied = entities["message_label_accuracy"]
+    ax.axvline(copied, color="tab:red", linestyle="--", label=f"message label copied {copied:.3f}")
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel("entity sentiment accuracy")
+    ax.legend(loc="lower right", fontsize=7)
+    ax.set_title(f"per ticker ({len(tickers)} most labelled)")
+    return fig
+
+
 def plots(scored: list[dict], alerts: list[dict], summary: dict, output: Path) -> dict[str, str]:
     """name -> base64 PNG (also written next to the report)."""
     import matplotlib
@@ -240,6 +318,9 @@ def plots(scored: list[dict], alerts: list[dict], summary: dict, output: Path) -
             ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
         ax.set_title(f"accuracy {summary['accuracy']:.3f}, macro-F1 {summary['macro_f1']:.3f}")
         save("confusion_matrix", fig)
+
+    if "entities" in summary:
+        save("entity_accuracy", _entity_accuracy_figure(plt, summary["entities"]))
 
     counts = Counter(t for r in scored for t in r.get("tickers", []) + r.get("topics", []))
     alerted = {a["topic"] for a in alerts}
@@ -318,6 +399,8 @@ def _sections(summary: dict, alerts: list[dict], images: dict[str, str], scoreca
                 _table(["class", "precision", "recall", "F1", "support"], per_class) + img("confusion_matrix"),
             )
         )
+    if "entities" in summary:
+        sections.append(_entities_section(summary["entities"], img("entity_accuracy")))
     if latency:
         rows = [[q, f"{latency[q]:,.0f} ms"] for q in ("p50", "p95", "p99")]
         sections.append(
@@ -331,6 +414,28 @@ def _sections(summary: dict, alerts: list[dict], images: dict[str, str], scoreca
         ("dead-letters", "Dead letters", _table(["reason", "messages"], letters) if letters else "<p>none</p>")
     )
     return sections
+
+
+def _entities_section(entities: dict, chart: str) -> tuple[str, str, str]:
+    d = entities["disagreeing"]
+    figures = [
+        ["labelled entities / linked to a ticker", f"{entities['labelled']:,} / {entities['linked']:,}"],
+        ["accuracy (linked)", _pct(entities["accuracy"])],
+        ["the message's label copied (same entities)", _pct(entities["message_label_accuracy"])],
+        [f"where a text's entities disagree ({d['entities']:,})", _pct(d["accuracy"])],
+        ["there, the message's label copied", _pct(d["message_label_accuracy"])],
+    ]
+    ranked = list(entities["per_ticker"].items())[:ENTITY_TABLE_TICKERS]
+    per_ticker = [[t, f"{m['entities']:,}", _pct(m["accuracy"])] for t, m in ranked]
+    unlinked = ", ".join(f"{name} ({n})" for name, n in entities["unlinked"].items()) or "none"
+    return (
+        "entities",
+        "Entity sentiment",
+        _table(["", ""], figures, "figures")
+        + chart
+        + _table(["ticker", "entities", "accuracy"], per_ticker)
+        + f"<p>Most frequent unlinked entities: {html.escape(unlinked)}</p>",
+    )
 
 
 def _scorecard_section(scorecard) -> tuple[str, str, str]:

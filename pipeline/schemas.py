@@ -60,6 +60,16 @@ def content_id(text: str, source: str | None = None) -> str:
 MAX_NAME_CHARS = 64  # a ticker or topic name
 
 
+class EntityLabel(BaseModel):
+    """An evaluation replay's ground truth for one entity: its sentiment where the text names it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entity: str = Field(max_length=256)
+    span: tuple[int, int]  # character offsets of the entity in the text
+    label: Label
+
+
 class RawMessage(BaseModel):
     """One piece of text to classify, as read from the raw topic."""
 
@@ -75,6 +85,7 @@ class RawMessage(BaseModel):
     url: str | None = Field(default=None, max_length=4096)
     # Ground truth and replay run, only present in evaluation replays.
     label: Label | None = None
+    entity_labels: list[EntityLabel] = Field(default_factory=list, max_length=64)
     run_id: str | None = Field(default=None, max_length=128)
 
     @field_validator("id")
@@ -126,6 +137,16 @@ class RawMessage(BaseModel):
             if not name.isprintable():
                 raise ValueError(f"entry {i} contains control characters")
         return cleaned
+
+    @model_validator(mode="after")
+    def _entity_labels_in_text(self) -> RawMessage:
+        for i, truth in enumerate(self.entity_labels):
+            start, end = truth.span
+            if not 0 <= start < end <= len(self.text):
+                raise ValueError(
+                    f"entity_labels[{i}] span {list(truth.span)} is outside the text ({len(self.text)} characters)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _fill_id(self) -> RawMessage:
@@ -180,6 +201,7 @@ class ScoredRecord(BaseModel):
     lang: str | None = None
     url: str | None = None
     label_true: Label | None = None  # the replay's ground truth, when present
+    entity_labels_true: list[EntityLabel] = Field(default_factory=list)  # an entity replay's
     label: Label
     probabilities: dict[str, float]
     sentiment_score: float  # p(positive) - p(negative), in [-1, 1]

@@ -180,6 +180,7 @@ def scored_record(
         lang=message.lang,
         url=message.url,
         label_true=message.label,
+        entity_labels_true=message.entity_labels,
         label=entry["label"],
         probabilities=probs,
         sentiment_score=probs["positive"] - probs["negative"],

@@ -256,6 +256,7 @@ _TOPIC_BY_NAME = {topic.lower(): topic for topic in TOPICS}
 # SEntFiN's published Decisions had "Hold"/"sell"/"buy" replaced by label names inside a few
 # entity names ("IIFL neutralings" for "IIFL Holdings"); undone when the name is not in the title.
 _SENTFIN_REPAIRS = (("neutral", "Hold"), ("negative", "sell"), ("positive", "buy"))
+_QUOTED = re.compile(r" ('[^']*'|\"[^\"]*\"|\{.*\})")
 _SENTFIN_DECISION = re.compile(r"'([^:]+?)': '(positive|negative|neutral)'")
 
 
@@ -354,7 +355,8 @@ def load_entity_file(path: Path | str, *, skip_bad_rows: bool = False, bad_rows:
         except BadDataError as exc:
             if not skip_bad_rows:
                 raise
-            bad_rows[str(exc).split(": ", 1)[1].split(" '")[0].split(" {")[0]] += 1
+            # The reason without the row's own values (quoted names, the Decisions dict).
+            bad_rows[_QUOTED.sub("", str(exc).split(": ", 1)[1])] += 1
             continue
         examples.append(EntityExample(text.strip(), entity, label, *span, path.name, number))
     if not examples:

@@ -69,6 +69,10 @@ SCORED_MAPPINGS = {
         "url": {"type": "keyword", "index": False},
         "label": {"type": "keyword"},
         "label_true": {"type": "keyword"},
+        "entity_labels_true": {
+            "type": "nested",
+            "properties": {"entity": {"type": "keyword"}, "span": {"type": "integer"}, "label": {"type": "keyword"}},
+        },
         "probabilities": {
             "properties": {"negative": {"type": "float"}, "neutral": {"type": "float"}, "positive": {"type": "float"}}
         },

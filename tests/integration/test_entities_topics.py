@@ -4,6 +4,7 @@ per-ticker and per-topic window against a recomputation from the indexed records
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,8 @@ from pipeline.bundle import open_bundle
 from pipeline.classify import Classifier
 from pipeline.config import DATA_DIR
 from pipeline.enrich import CompanyDictionary, link_entities
+from pipeline.replay import replay
+from pipeline.report import report
 
 from .harness import WINDOW_CONFIG, WINDOW_ENV, Pipeline
 
@@ -136,3 +139,55 @@ def test_each_company_gets_its_own_sentiment_and_window_and_tweets_land_in_infer
     infy = [a for k, a in got.items() if k[0] == "INFY" and k[1] == "1m"]
     wipro = [a for k, a in got.items() if k[0] == "WIPRO" and k[1] == "1m"]
     assert [a["sentiment_mean"] for a in infy] != [a["sentiment_mean"] for a in wipro]
+
+
+def test_an_entity_replay_reports_each_tickers_accuracy_as_offline_inference_gives_it(
+    local_stack, tiny_heads_bundle, tmp_path, unique
+):
+    """SEntFiN headlines replayed as an entity file; the report's per-ticker accuracy equals the
+    bundle's entity labels computed offline for the same linked spans."""
+    from training.data import by_text, load_entity_file
+
+    headlines = list(by_text(load_entity_file(DATA_DIR / "sentfin" / "SEntFiN-dev.csv")).items())[:120]
+    data = tmp_path / "entities.csv"
+    with open(data, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "entity", "label"])
+        for text, mentions in headlines:
+            writer.writerows([text, m.entity, m.label] for m in mentions)
+    run = f"entities-{unique}"
+    pipeline = Pipeline(name=f"er{unique}", bundle=tiny_heads_bundle, workdir=tmp_path)
+    try:
+        pipeline.start_worker()
+        sent = replay(pipeline.settings, data, rate=200, run_id=run, progress=False)
+        assert sent.sent == len(headlines) and not sent.bad_rows
+        pipeline.wait_indexed(len(headlines))
+        path = report(pipeline.settings, run, tmp_path / "report")
+    finally:
+        pipeline.stop_all()
+    entities = json.loads((path.parent / "summary.json").read_text())["entities"]
+
+    classifier = Classifier(open_bundle(tiny_heads_bundle))
+    dictionary = CompanyDictionary.from_csv(DATA_DIR / "companies" / "dictionary.csv")
+    per_ticker: dict[str, list[bool]] = {}
+    labelled = 0
+    for text, truths in headlines:
+        labelled += len(truths)
+        mentions = link_entities(text, [], dictionary)
+        scores = classifier.infer([text], [[m.span for m in mentions]]).entities[0]
+        for truth in truths:
+            found = [
+                (m, s)
+                for m, s in zip(mentions, scores, strict=True)
+                if m.span[0] < truth.end and truth.start < m.span[1]
+            ]
+            if found:
+                mention, probs = found[0]
+                predicted = ("negative", "neutral", "positive")[int(np.argmax(probs))]
+                per_ticker.setdefault(mention.ticker, []).append(predicted == truth.label)
+    assert entities["labelled"] == labelled
+    assert entities["linked"] == sum(map(len, per_ticker.values())) > 20
+    assert {t: (m["entities"], m["accuracy"]) for t, m in entities["per_ticker"].items()} == {
+        t: (len(hits), pytest.approx(sum(hits) / len(hits))) for t, hits in per_ticker.items()
+    }
+    assert (path.parent / "entity_accuracy.png").stat().st_size > 5000

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from pipeline.replay import ReplayError, default_run_id, messages, read_rows
-from pipeline.report import minute_windows, summarise, write_report
+from pipeline.report import entity_accuracy, minute_windows, summarise, write_report
 from pipeline.schemas import Alert, RawMessage, WindowAggregate
 from pipeline.web import HISTORY, LiveView
 
@@ -140,6 +140,86 @@ def test_report_summary_and_pictures(tmp_path):
     assert "<td>negative</td><td>100.0%</td><td>75.0%</td>" in page  # precision, recall
     assert "<td>invalid_json</td><td>2</td>" in page
     assert "p50.0" not in page and "{" not in page.split("<body>")[1].split("<script")[0]
+
+
+def test_an_entity_file_replays_one_message_per_text_with_each_entity_label(tmp_path):
+    path = tmp_path / "entities.csv"
+    path.write_text(
+        "text,entity,label\n"
+        "Infosys beats estimates; Wipro slumps,Infosys,positive\n"
+        "Infosys beats estimates; Wipro slumps,Wipro,negative\n"
+        "Gold steady,Silver,neutral\n"  # the entity is not in its text: a bad row
+        "Tata Steel cuts output,Tata Steel,negative\n"
+    )
+    rows, bad = read_rows(path)
+    assert bad == Counter({"entity does not occur in the text": 1})
+    assert [(r.row, r.text) for r in rows] == [
+        (2, "Infosys beats estimates; Wipro slumps"),
+        (5, "Tata Steel cuts output"),
+    ]
+    [(_offset, first), _second] = messages(rows, "e", 10.0, START)
+    assert first["entity_labels"] == [
+        {"entity": "Infosys", "span": [0, 7], "label": "positive"},
+        {"entity": "Wipro", "span": [25, 30], "label": "negative"},
+    ]
+    assert RawMessage.model_validate(first).entity_labels[1].span == (25, 30)
+    with pytest.raises(ValueError, match=r"entity_labels\[0\] span \[3, 99\] is outside the text"):
+        RawMessage(text="short", entity_labels=[{"entity": "x", "span": (3, 99), "label": "neutral"}])
+    sentfin = tmp_path / "sentfin.csv"
+    sentfin.write_text(
+        "S No.,Title,Decisions,Words\n1,Infosys up; Wipro down,\"{'Infosys': 'positive', 'Wipro': 'negative'}\",4\n"
+    )
+    rows, bad = read_rows(sentfin)
+    assert not bad and [t.label for t in rows[0].entity_labels] == ["positive", "negative"]
+
+
+def entity_record(i: int, message_label: str, truths: list, found: list) -> dict:
+    """A scored record of an entity replay: ``truths`` (entity, span, label), ``found`` (ticker,
+    span, label) as the worker linked and scored them."""
+    record = scored(i, None, message_label)
+    record["entity_labels_true"] = [{"entity": e, "span": list(s), "label": lab} for e, s, lab in truths]
+    record["entities"] = [
+        {"ticker": t, "span": list(s) if s else None, "label": lab, "sentiment_of": "entity" if s else "message"}
+        for t, s, lab in found
+    ]
+    return record
+
+
+def test_entity_accuracy_matches_labelled_entities_by_span_per_ticker(tmp_path):
+    pair = entity_record(
+        0,
+        "positive",
+        [("Infosys", (0, 7), "positive"), ("Wipro", (25, 30), "negative")],
+        [("INFY", (0, 7), "positive"), ("WIT", (25, 30), "negative")],
+    )
+    wrong = entity_record(
+        1,
+        "negative",
+        [("Infosys", (0, 7), "positive"), ("Wipro", (20, 25), "neutral")],
+        # Wipro linked at another place than labelled (a second mention): not its label's entity.
+        [("INFY", (0, 7), "negative"), ("WIT", (40, 45), "neutral"), ("TCS", None, "neutral")],
+    )
+    single = entity_record(2, "negative", [("Tata Steel", (0, 10), "negative")], [("TATASTEEL", (0, 10), "negative")])
+    result = entity_accuracy([pair, wrong, single])
+    assert (result["labelled"], result["linked"]) == (5, 4)
+    assert result["accuracy"] == pytest.approx(3 / 4)
+    assert result["message_label_accuracy"] == pytest.approx(2 / 4)  # positive, negative, positive, negative
+    assert result["disagreeing"] == {
+        "entities": 3,
+        "accuracy": pytest.approx(2 / 3),
+        "message_label_accuracy": pytest.approx(1 / 3),
+    }
+    assert result["per_ticker"] == {
+        "INFY": {"entities": 2, "accuracy": 0.5},
+        "TATASTEEL": {"entities": 1, "accuracy": 1.0},
+        "WIT": {"entities": 1, "accuracy": 1.0},
+    }
+    assert result["unlinked"] == {"Wipro": 1}
+    assert entity_accuracy([scored(3, "positive", "positive")]) is None
+    path = write_report("e", [pair, wrong, single], [], Counter(), tmp_path / "out")
+    page = path.read_text()
+    assert (path.parent / "entity_accuracy.png").stat().st_size > 5000
+    assert "<td>INFY</td><td>2</td><td>50.0%</td>" in page and "Wipro (1)" in page
 
 
 def test_minute_windows_include_empty_minutes_and_shares():
