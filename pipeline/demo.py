@@ -127,8 +127,13 @@ def scorecard_table(card: scenario.Scorecard) -> Table:
         table.add_row(
             row["event"], row["ticker"], row["rule"], f"min {row['scripted'].removesuffix(' min')}", fired, resolved
         )
+    for row in card.silent:
+        held = "[green]silent[/green]" if row["fired_at"] is None else f"[red]fired min {row['fired_min']:.0f}[/red]"
+        table.add_row(row["event"], row["ticker"], f"{row['rule']} (must not fire)", row["scripted"], held, "–")
     for alert in card.false_alerts:
         table.add_row("[red]false alert[/red]", alert["topic"], alert["rule"], "–", alert["fired_at"][11:16], "")
+    for event in card.skipped:
+        table.add_row(f"[dim]{event}[/dim]", "", "[dim]skipped: the model has no head for it[/dim]", "", "", "")
     return table
 
 
@@ -194,7 +199,8 @@ def run_demo(
         worker, url = _start_worker(env, demo_settings, home / "demo-worker.log")
         _wait_for_assignment(demo_settings, deadline=time.monotonic() + 120)
         _watch(demo_settings, session, rows, name, speedup, url, model)
-        return _score_and_report(demo_settings, rows, name, output)
+        heads = json.loads((bundle / "manifest.json").read_text()).get("heads", {})
+        return _score_and_report(demo_settings, rows, name, output, tuple(heads))
     except KeyboardInterrupt:
         console.print("interrupted: stopping")
         return None
@@ -267,14 +273,14 @@ def _watch(settings: Settings, session: Path, rows: list[dict], name: str, speed
             time.sleep(1)
 
 
-def _score_and_report(settings: Settings, rows: list[dict], name: str, output: Path) -> Path:
+def _score_and_report(settings: Settings, rows: list[dict], name: str, output: Path, heads: tuple[str, ...]) -> Path:
     from .report import alerts_from_elasticsearch, report
 
     first = datetime.fromisoformat(rows[0]["published_at"].replace("Z", "+00:00"))
     times = [datetime.fromisoformat(r["published_at"].replace("Z", "+00:00")) for r in rows]
-    topics = {t for r in rows for t in r["tickers"]}
+    topics = {name for r in rows for name in scenario.labels_by_name(r)}
     alerts = scenario.latest_episodes(alerts_from_elasticsearch(settings, topics, min(times), max(times)))
-    card = scenario.score(alerts, start=first)
+    card = scenario.score(alerts, start=first, heads=heads)
     console.print(scorecard_table(card))
     path = report(settings, name, output / name, scorecard=card)
     summary = json.loads((path.parent / "summary.json").read_text())

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .clients import kafka_producer
 from .progress import Progress
 from .schemas import LABEL_ALIASES, TWITTER_LABELS, EntityLabel, RawMessage
@@ -223,7 +225,12 @@ def _row(number: int, record, fmt: str, text_column: str, label_column: str, tim
     except (ValueError, OverflowError, OSError):
         return "invalid time"
     tickers, topics = _names(record.get("tickers")), _names(record.get("topics"))
-    return ReplayRow(number, text.strip(), label, published, tickers, topics, record.get("source") or None)
+    try:  # a JSONL row may carry each entity's label, as an entity file does
+        entity_labels = [EntityLabel.model_validate(e) for e in record.get("entity_labels") or []]
+    except (ValidationError, TypeError):
+        return "invalid entity_labels"
+    source = record.get("source") or None
+    return ReplayRow(number, text.strip(), label, published, tickers, topics, source, entity_labels)
 
 
 def messages(

@@ -449,7 +449,20 @@ def _scorecard_section(scorecard) -> tuple[str, str, str]:
             f"min {r['resolved_min']:.0f}" if r.get("resolved_at") else "–",
         ]
         for r in scorecard.found
-    ] + [["false alert", a["topic"], a["rule"], "–", a["fired_at"][11:16], ""] for a in scorecard.false_alerts]
+    ]
+    rows += [
+        [
+            r["event"],
+            r["ticker"],
+            f"{r['rule']} (must not fire)",
+            r["scripted"],
+            "silent" if r["fired_at"] is None else f"FIRED min {r['fired_min']:.0f}",
+            "–",
+        ]
+        for r in scorecard.silent
+    ]
+    rows += [["false alert", a["topic"], a["rule"], "–", a["fired_at"][11:16], ""] for a in scorecard.false_alerts]
+    rows += [[event, "", "skipped: the model has no head for it", "", "", ""] for event in scorecard.skipped]
     verdict = "every scripted alert fired, no false alert" if scorecard.passed else "the run missed its script"
     table = _table(["scripted event", "ticker", "rule", "scripted", "fired", "resolved"], rows)
     return "scorecard", "Scorecard", f"<p>{verdict}</p>" + table
@@ -482,7 +495,13 @@ def write_report(
     summary = {"run_id": run_id, **summarise(scored, alerts, letters)}
     images = plots(scored, alerts, summary, output)
     if scorecard is not None:
-        summary["scorecard"] = {"passed": scorecard.passed, "found": scorecard.found, "false": scorecard.false_alerts}
+        summary["scorecard"] = {
+            "passed": scorecard.passed,
+            "found": scorecard.found,
+            "silent": scorecard.silent,
+            "skipped": scorecard.skipped,
+            "false": scorecard.false_alerts,
+        }
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     body = "".join(
         f'<section id="{anchor}"><h2>{html.escape(heading)}</h2>{content}</section>'
