@@ -221,7 +221,8 @@ class Classifier:
     def head_logits(self, texts: list[str], spans: list[list[tuple[int, int]]]):
         """(message, topic, entity per text) logits; topic and entity None for a single-head bundle."""
         if not texts:
-            return np.zeros((0, len(self.bundle.labels)), dtype=np.float32), None, [] if self.heads else None
+            topics = np.zeros((0, len(self.heads["topic"]["labels"])), np.float32) if self.heads else None
+            return np.zeros((0, len(self.bundle.labels)), dtype=np.float32), topics, [] if self.heads else None
         return self._forward(texts, spans)
 
     def infer(self, texts: list[str], spans: list[list[tuple[int, int]]]) -> Inference:
@@ -235,14 +236,17 @@ class Classifier:
             return Inference(message, None, copied, [np.ones(len(s), bool) for s in spans])
         topic = softmax(topic / float(self.heads["topic"].get("temperature", 1.0)))
         temperature = float(self.heads["entity"].get("temperature", 1.0))
-        probs, from_message = [], []
-        for i, logits in enumerate(entity):
-            missing = np.isnan(logits).any(axis=1)
-            row = softmax(np.nan_to_num(logits) / temperature)
-            row[missing] = message[i]
-            probs.append(row)
-            from_message.append(missing)
-        return Inference(message, topic, probs, from_message)
+        # One softmax over every mention of the batch; a mention truncated away (NaN logits)
+        # takes its text's message probabilities.
+        counts = [len(logits) for logits in entity]
+        if not counts:
+            return Inference(message, topic, [], [])
+        stacked = np.concatenate(entity)
+        missing = np.isnan(stacked).any(axis=1)
+        probs = softmax(np.nan_to_num(stacked) / temperature)
+        probs[missing] = np.repeat(message, counts, axis=0)[missing]
+        bounds = np.cumsum(counts)[:-1]
+        return Inference(message, topic, np.split(probs, bounds), np.split(missing, bounds))
 
     def _length_buckets(self, order: list[int], lengths: list[int]):
         """Runs of length-sorted texts whose longest is at most ``length_slack`` x the shortest:

@@ -327,6 +327,13 @@ def test_each_mention_gets_its_own_scores_in_one_pass_whatever_its_batch(tiny_he
     far = classifier.infer([long], [[(len(long) - 5, len(long))]])
     assert far.from_message[0].tolist() == [True]
     np.testing.assert_allclose(far.entities[0][0], far.message[0])
+    # In a batch, it takes its own text's scores, and its batch-mates keep theirs.
+    mixed = classifier.infer(["Fed holds", long, text], [[], [(len(long) - 5, len(long))], spans])
+    assert [m.tolist() for m in mixed.from_message] == [[], [True], [False, False]]
+    np.testing.assert_allclose(mixed.entities[1][0], mixed.message[1], atol=1e-6)
+    np.testing.assert_allclose(mixed.entities[2], alone.entities[0], atol=1e-6)
+    empty = classifier.infer([], [])
+    assert empty.message.shape == (0, 3) and empty.topics.shape == (0, 20) and empty.entities == []
 
 
 def test_a_bundle_with_broken_heads_is_refused(tiny_heads_bundle: Path, tmp_path: Path):
