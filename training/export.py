@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import warnings
@@ -94,11 +95,13 @@ def _optimise(raw: Path, config, fp32_path: Path, fp16_path: Path) -> None:
 # activation scales at export; weight-only recipes (MatMulNBits, 8-bit weights in blocks along K)
 # quantise activations per row and block at run time, so a row never sees its batch-mates. The
 # mixed recipe is static except where static loses labels (the FFN output projections, whose
-# inputs have outliers, and the first layer), which run weight-only (benchmarks.md#int8-recipes).
+# inputs have outliers, and the first layer), which run weight-only (benchmarks.md#int8-recipes);
+# the last-layer variant also keeps weight-only the layer whose tokens the entity head pools.
 INT8_RECIPES = (
     "static_per_channel",
     "static_per_channel_fp32_ffn_out",
     "mixed_static_weight_only",
+    "mixed_static_weight_only_last_layer",
     "weight_only_block128",
     "weight_only_block32",
 )
@@ -121,6 +124,9 @@ def _excluded(matmuls: list[str], recipe: str) -> list[str]:
         exclude += [n for n in matmuls if n.endswith("output/dense/MatMul") and "attention" not in n]
     if recipe.startswith("mixed"):
         exclude += [n for n in matmuls if "layer.0/" in n and n not in exclude]
+    if recipe.endswith("_last_layer"):
+        last = max((int(m) for n in matmuls for m in re.findall(r"layer\.(\d+)/", n)), default=0)
+        exclude += [n for n in matmuls if f"layer.{last}/" in n and n not in exclude]
     if recipe.endswith("_attention_out"):
         exclude += [n for n in matmuls if "attention/output/dense" in n]
     # The heads' MatMuls (mention pooling, the entity head) are tiny; their inputs stay fp32.

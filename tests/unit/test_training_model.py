@@ -84,7 +84,9 @@ def test_int8_gives_a_text_the_same_scores_whatever_its_batch(tiny_bundle: Path)
         np.testing.assert_allclose(other, scores[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("recipe", ["weight_only_block32", "mixed_static_weight_only"])
+@pytest.mark.parametrize(
+    "recipe", ["weight_only_block32", "mixed_static_weight_only", "mixed_static_weight_only_last_layer"]
+)
 def test_weight_only_and_mixed_int8_are_batch_independent_and_close_to_fp32(
     tiny_run: Path, tmp_path: Path, recipe: str
 ):
@@ -102,6 +104,11 @@ def test_weight_only_and_mixed_int8_are_batch_independent_and_close_to_fp32(
     assert "MatMulNBits" in ops
     if recipe.startswith("mixed"):  # static where it keeps labels, weight-only where it does not
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    if recipe.endswith("_last_layer"):  # the last layer's MatMuls with weights all weight-only
+        nodes = onnx.load(str(int8)).graph.node
+        top = max(int(n.name.split("/layer.")[1].split("/")[0]) for n in nodes if "/layer." in n.name)
+        last = [n.op_type for n in nodes if f"/layer.{top}/" in n.name and "MatMul" in n.op_type]
+        assert last.count("MatMulNBits") == 6  # Q, K, V, attention out, FFN in and out (weights)
     sessions = {p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (raw, int8)}
 
     def logits(path: Path, batch: list[str]) -> np.ndarray:
