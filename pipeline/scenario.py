@@ -359,36 +359,27 @@ def score(alerts: list[dict], events=EVENTS, start: datetime = START, heads=("en
         at = minute(alert["fired_at"])
         return alert["topic"] == event.ticker and event.start_min <= at <= event.end_min + GRACE_MIN
 
-    found = []
-    for event in judged:
-        for rule in event.expect:
-            match = next((a for a in alerts if a["rule"] == rule and during(event, a)), None)
-            found.append(
-                {
-                    "event": event.name,
-                    "ticker": event.ticker,
-                    "rule": rule,
-                    "scripted": f"{event.start_min:g}-{event.end_min:g} min",
-                    "fired_at": match and match["fired_at"],
-                    "fired_min": match and minute(match["fired_at"]),
-                    "resolved_at": match and match.get("resolved_at"),
-                    "resolved_min": match and minute(match.get("resolved_at")),
-                }
-            )
-    silent = []
-    for event in judged:
-        for rule in event.forbid:
-            match = next((a for a in alerts if a["rule"] == rule and during(event, a)), None)
-            silent.append(
-                {
-                    "event": event.name,
-                    "ticker": event.ticker,
-                    "rule": rule,
-                    "scripted": f"{event.start_min:g}-{event.end_min:g} min",
-                    "fired_at": match and match["fired_at"],
-                    "fired_min": match and minute(match["fired_at"]),
-                }
-            )
+    def rows(rules_of) -> list[dict]:
+        """Per event and rule: the first alert of that rule on the event's name while it ran."""
+        out = []
+        for event in judged:
+            for rule in rules_of(event):
+                match = next((a for a in alerts if a["rule"] == rule and during(event, a)), None)
+                out.append(
+                    {
+                        "event": event.name,
+                        "ticker": event.ticker,
+                        "rule": rule,
+                        "scripted": f"{event.start_min:g}-{event.end_min:g} min",
+                        "fired_at": match and match["fired_at"],
+                        "fired_min": match and minute(match["fired_at"]),
+                        "resolved_at": match and match.get("resolved_at"),
+                        "resolved_min": match and minute(match.get("resolved_at")),
+                    }
+                )
+        return out
+
+    found, silent = rows(lambda e: e.expect), rows(lambda e: e.forbid)
     false_alerts = [
         a
         for a in alerts

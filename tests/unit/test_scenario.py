@@ -98,7 +98,7 @@ def test_the_scorecard_reports_found_missed_and_false_alerts():
     assert card.passed and [r["fired_min"] for r in card.found] == [13, 25, 18, 31, 34]
     assert card.silent == [
         {"event": "headline pair: AMD, the gainer", "ticker": "AMD", "rule": "negative-burst",
-         "scripted": "30-33 min", "fired_at": None, "fired_min": None}
+         "scripted": "30-33 min", "fired_at": None, "fired_min": None, "resolved_at": None, "resolved_min": None}
     ]  # fmt: skip
     missed = scenario.score(found[:3] + found[4:])
     assert not missed.passed and missed.found[2]["fired_at"] is None
