@@ -57,7 +57,6 @@ def tiny_heads_bundle(tmp_path_factory, phrasebank, data_dir: Path) -> Path:
     """A tiny three-head bundle (message, topic, entity): a few steps on capped data, so its
     scores mean little; tests of the heads' plumbing use it, the default model's card its quality."""
     from training.config import TrainConfig
-    from training.export import export
     from training.train import train
 
     output = tmp_path_factory.mktemp("tiny-heads") / "run"
@@ -73,31 +72,25 @@ def tiny_heads_bundle(tmp_path_factory, phrasebank, data_dir: Path) -> Path:
             class_weights=True,
         )
     )
-    path = tmp_path_factory.mktemp("bundles") / "tiny-heads"
-    export(
-        output / "best",
-        path,
-        parity_limit=120,
-        min_int8_agreement=TINY_INT8_AGREEMENT,
-        max_int8_f1_drop=0.2,
-        model_version="tiny-heads-1",
-        log=lambda *_: None,
-    )
-    return path
+    return _export_tiny(output / "best", tmp_path_factory.mktemp("bundles") / "tiny-heads", 120, "tiny-heads-1")
 
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_run: Path, tmp_path_factory) -> Path:
+    return _export_tiny(tiny_run / "best", tmp_path_factory.mktemp("bundles") / "tiny", 200, "tiny-1")
+
+
+def _export_tiny(checkpoint: Path, path: Path, parity_limit: int, version: str) -> Path:
+    """A tiny run's bundle, its INT8 gate loosened (a few steps leave near-tied logits)."""
     from training.export import export
 
-    path = tmp_path_factory.mktemp("bundles") / "tiny"
     export(
-        tiny_run / "best",
+        checkpoint,
         path,
-        parity_limit=200,
+        parity_limit=parity_limit,
         min_int8_agreement=TINY_INT8_AGREEMENT,
         max_int8_f1_drop=0.2,
-        model_version="tiny-1",
+        model_version=version,
         log=lambda *_: None,
     )
     return path
