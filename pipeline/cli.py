@@ -472,16 +472,8 @@ def worker(
 ) -> None:
     """Run a stream worker: raw topic -> classify -> scored topic + Elasticsearch + metrics."""
     from .app import run_worker
-    from .bundle import BundleError
 
-    try:
-        settings = load_settings(config, **({"model_bundle": bundle} if bundle else {}))
-    except ConfigError as exc:
-        _fail(exc)
-    try:
-        run_worker(settings, loglevel)
-    except (BundleError, ValueError) as exc:
-        _fail(exc)
+    _run_worker(run_worker, config, "model_bundle", bundle, loglevel)
 
 
 @app.command()
@@ -493,14 +485,21 @@ def shadow(
     """Run a shadow worker: a candidate bundle scores the scored topic beside the serving model
     (its own process and consumer group, lowest CPU priority); docs/rollout.md."""
     from .app import run_shadow_worker
+
+    _run_worker(run_shadow_worker, config, "shadow_bundle", bundle, loglevel)
+
+
+def _run_worker(run, config: Path | None, bundle_setting: str, bundle: Path | None, loglevel: str) -> None:
+    """Loads the settings (``bundle`` overriding ``bundle_setting``) and runs a worker; a bad
+    setting or bundle exits with its message."""
     from .bundle import BundleError
 
     try:
-        settings = load_settings(config, **({"shadow_bundle": bundle} if bundle else {}))
+        settings = load_settings(config, **({bundle_setting: bundle} if bundle else {}))
     except ConfigError as exc:
         _fail(exc)
     try:
-        run_shadow_worker(settings, loglevel)
+        run(settings, loglevel)
     except (BundleError, ValueError) as exc:
         _fail(exc)
 
