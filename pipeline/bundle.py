@@ -60,6 +60,12 @@ class Bundle:
     def max_length(self) -> int:
         return int(self.manifest["max_length"])
 
+    @property
+    def cpu_variant(self) -> str:
+        """The variant a CPU runs by default: the faster of INT8 and fp32 as export measured them
+        (a weight-only INT8 model can be slower than fp32); INT8 for bundles that do not say."""
+        return self.manifest.get("cpu_variant", "int8")
+
     def model_file(self, variant: str) -> Path:
         if variant not in VARIANT_FILES:
             raise BundleError(f"unknown model variant {variant!r}; choose from {', '.join(VARIANT_FILES)}")
@@ -120,6 +126,10 @@ def open_bundle(path: Path | str, verify_checksums: bool = True) -> Bundle:
     if labels != list(LABELS) or manifest["labels"] != list(LABELS):
         raise BundleError(f"model bundle {path}: labels {labels} differ from finsent's {list(LABELS)}")
     _check_heads(path, manifest.get("heads"))
+    if manifest.get("cpu_variant", "int8") not in VARIANT_FILES:
+        raise BundleError(
+            f"model bundle {path}: cpu_variant {manifest['cpu_variant']!r} is not one of {list(VARIANT_FILES)}"
+        )
     return Bundle(path, manifest)
 
 

@@ -335,6 +335,8 @@ def export(
             raise ExportError("parity failed: " + "; ".join(failures))
 
         raw.unlink()  # the static recipes' source, not part of the bundle
+        manifest["cpu_variant"], check.parity["cpu_msgs_per_s"] = _faster_on_cpu(work, check.texts)
+        log(f"CPU variant: {manifest['cpu_variant']} ({check.parity['cpu_msgs_per_s']} msg/s)")
         manifest["temperature"], manifest["calibration"] = _calibrate(
             model, tokenizer, meta["max_length"], parts.dev, check.y_true, check.variants["fp32"], log
         )
@@ -358,6 +360,39 @@ def export(
     from pipeline.bundle import open_bundle
 
     return open_bundle(output)
+
+
+CPU_SPEED_TEXTS = 512
+CPU_SPEED_MARGIN = 1.05  # fp32 must beat INT8 by this much to be chosen (INT8 is 4x smaller)
+
+
+def _faster_on_cpu(work: Path, texts: list[str], repeats: int = 3) -> tuple[str, dict[str, float]]:
+    """("int8" or "fp32", msg/s of each): the bundle's default CPU variant. A static INT8 model
+    runs about twice as fast as fp32, but a weight-only one can run slower (benchmarks.md),
+    so export times both as the worker runs them: its inference threads, batches of 32, every
+    head, medians of alternating runs."""
+    import statistics
+    import time
+
+    from pipeline.classify import worker_inference_threads
+
+    bundle = Bundle(work, json.loads((work / "manifest.json").read_text()))
+    sample = texts[:CPU_SPEED_TEXTS]
+    threads = worker_inference_threads()
+    classifiers = {
+        v: Classifier(bundle, variant=v, providers=["CPUExecutionProvider"], intra_op_threads=threads)
+        for v in ("int8", "fp32")
+    }
+    rates: dict[str, list[float]] = {v: [] for v in classifiers}
+    for _ in range(repeats):
+        for variant, classifier in classifiers.items():
+            started = time.perf_counter()
+            for i in range(0, len(sample), 32):
+                batch = sample[i : i + 32]
+                classifier.infer(batch, [[] for _ in batch])
+            rates[variant].append(len(sample) / (time.perf_counter() - started))
+    medians = {v: round(statistics.median(r), 1) for v, r in rates.items()}
+    return ("fp32" if medians["fp32"] > CPU_SPEED_MARGIN * medians["int8"] else "int8"), medians
 
 
 def _without_predictions(metrics: dict) -> dict:

@@ -3,14 +3,16 @@ machine has no GPU. The real CUDA path was checked on a GPU machine (README, "GP
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 
 from pipeline import classify
-from pipeline.bundle import open_bundle
+from pipeline.bundle import BundleError, open_bundle
 from pipeline.classify import LENGTH_SLACK, Classifier, choose_runtime
 
 GPU_BUILD = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -83,3 +85,27 @@ def test_an_explicit_variant_is_kept_after_a_fallback(tiny_bundle: Path, gpu_bui
     )
     classifier = Classifier(open_bundle(tiny_bundle), variant="fp32")
     assert (classifier.variant, classifier.provider) == ("fp32", "CPUExecutionProvider")
+
+
+def test_the_cpu_runs_the_variant_export_measured_faster(tiny_bundle: Path, tmp_path: Path):
+    bundle = open_bundle(tiny_bundle)
+    speeds = bundle.manifest["parity"]["cpu_msgs_per_s"]
+    assert set(speeds) == {"int8", "fp32"} and min(speeds.values()) > 0
+    assert bundle.cpu_variant == ("fp32" if speeds["fp32"] > 1.05 * speeds["int8"] else "int8")
+    assert Classifier(bundle).variant == bundle.cpu_variant
+    # A bundle whose fp32 model ran faster (a weight-only INT8 model can) runs fp32 by default,
+    # unless a variant is chosen; older bundles without the field run INT8.
+    for value, default in (("fp32", "fp32"), ("int8", "int8"), (None, "int8")):
+        copy = tmp_path / f"bundle-{value}"
+        shutil.copytree(tiny_bundle, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        manifest.pop("cpu_variant")
+        if value:
+            manifest["cpu_variant"] = value
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        assert Classifier(open_bundle(copy)).variant == default
+        assert Classifier(open_bundle(copy), variant="int8").variant == "int8"
+    manifest["cpu_variant"] = "int4"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="cpu_variant 'int4' is not one of"):
+        open_bundle(copy)
