@@ -3,7 +3,7 @@
     python benchmarks/end_to_end.py --bundle BUNDLE --data data/twitter_financial_news_sentiment/sent_train.csv
 
 In one run, on the same messages: (1) the bare ONNX Runtime rate (the worker's Classifier,
-INT8 on CPU, in this process), on all cores and on the worker's inference threads; (2) one worker draining a pre-filled raw topic: the sustained
+the bundle's CPU variant, in this process), on all cores and on the worker's inference threads; (2) one worker draining a pre-filled raw topic: the sustained
 rate from 10 % of the backlog scored until every stage (the window stage too) has drained it,
 beside the scoring rate alone (10 % to 90 % scored), checking every message lands in
 Elasticsearch exactly once; (3) produce -> scored latency (Kafka timestamp to processed_at)
