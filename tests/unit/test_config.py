@@ -201,7 +201,7 @@ def test_a_misspelled_environment_variable_is_reported_with_the_setting_it_resem
     [
         (["replay", "data/demo/market_session.jsonl", "--rate", "0"], "'--rate': 0 must be more than 0"),
         (["replay", "data/demo/market_session.jsonl", "--speedup", "-2"], "'--speedup': -2 must be more than 0"),
-        (["replay", "x.csv", "--format", "xml"], "'xml' is not one of phrasebank, twitter, csv, jsonl"),
+        (["replay", "x.csv", "--format", "xml"], "'xml' is not one of phrasebank, twitter, entities, csv, jsonl"),
         (["evaluate", "m", "-d", "f", "--split", "validation"], "'validation' is not one of all, train, dev, test"),
         (["evaluate", "m", "-d", "f", "--variant", "int4"], "'int4' is not one of int8, fp32, fp16, torch"),
         (["report", "--run-id", "r", "--source", "es"], "'es' is not one of elasticsearch, kafka"),
