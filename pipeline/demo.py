@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from . import scenario, stack
+from .bundle import open_bundle
 from .config import Settings
 
 console = Console()
@@ -199,7 +200,7 @@ def run_demo(
         worker, url = _start_worker(env, demo_settings, home / "demo-worker.log")
         _wait_for_assignment(demo_settings, deadline=time.monotonic() + 120)
         _watch(demo_settings, session, rows, name, speedup, url, model)
-        heads = json.loads((bundle / "manifest.json").read_text()).get("heads", {})
+        heads = open_bundle(bundle, verify_checksums=False).heads or {}
         return _score_and_report(demo_settings, rows, name, output, tuple(heads))
     except KeyboardInterrupt:
         console.print("interrupted: stopping")

@@ -341,8 +341,8 @@ class Scorecard:
 
     @property
     def passed(self) -> bool:
-        quiet = all(row["fired_at"] is None for row in self.silent)
-        return all(row["fired_at"] for row in self.found) and not self.false_alerts and quiet
+        # A forbidden rule that fired is also a false alert (no event allows it): `silent` shows it.
+        return all(row["fired_at"] for row in self.found) and not self.false_alerts
 
 
 def score(alerts: list[dict], events=EVENTS, start: datetime = START, heads=("entity", "topic")) -> Scorecard:

@@ -201,7 +201,7 @@ class ScoredRecord(BaseModel):
     lang: str | None = None
     url: str | None = None
     label_true: Label | None = None  # the replay's ground truth, when present
-    entity_labels_true: list[EntityLabel] = Field(default_factory=list)  # an entity replay's
+    entity_labels_true: list[EntityLabel] = Field(default_factory=list)  # an entity replay's truth
     label: Label
     probabilities: dict[str, float]
     sentiment_score: float  # p(positive) - p(negative), in [-1, 1]

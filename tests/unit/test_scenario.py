@@ -105,6 +105,7 @@ def test_the_scorecard_reports_found_missed_and_false_alerts():
     # One label per message: the gainer turns negative with the loser.
     dragged = scenario.score([*found, alert("negative-burst", "AMD", 31, 34)])
     assert not dragged.passed and dragged.silent[0]["fired_min"] == 31
+    assert [(a["topic"], a["rule"]) for a in dragged.false_alerts] == [("AMD", "negative-burst")]
     # A single-head model is not judged on what needs the entity and topic heads.
     single = scenario.score([*found[:4], alert("negative-burst", "AMD", 31, 34)], heads=())
     assert single.passed and single.skipped == [e.name for e in scenario.EVENTS if e.needs]
